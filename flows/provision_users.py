@@ -1,0 +1,175 @@
+"""The ``provision_users`` flow: directory users → SCIM targets.
+
+extract-from-LDAP → transform-to-SCIM (batches) → plan → load-to-SCIM (batches) → report.
+
+Extract and transform results are persisted and cached per flow run, so retrying a failed run
+does not read the directory again; the plan is always made afresh from the state store, so work
+that a failed run already confirmed is never redone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+
+from tasks.config import Config, TargetConfig, load_config
+from tasks.extract import Extraction, extract_users, mapped_attributes
+from tasks.load import Loader, load_batch
+from tasks.plan import Plan, plan_users
+from tasks.report import (
+    LoadProgress,
+    TargetReport,
+    details_markdown,
+    headline,
+    problems,
+    summary_rows,
+)
+from tasks.scim.client import ScimClient
+from tasks.state import StateStore
+from tasks.transform import DesiredUser, Rejection, transform_users
+
+T = TypeVar("T")
+
+TRANSFORM_BATCH = 2000
+
+
+def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _run_name() -> str:
+    target = flow_run.parameters.get("target") or "all-targets"
+    return f"provision-users-{target}"
+
+
+def desired_users(
+    extraction: Extraction, target: TargetConfig
+) -> tuple[list[DesiredUser], list[Rejection]]:
+    """Transform every extracted user for one target, in batches (cached per flow run)."""
+    futures = [
+        transform_users.submit(batch, target.mapping)
+        for batch in batches(extraction.users, TRANSFORM_BATCH)
+    ]
+    desired: list[DesiredUser] = []
+    rejected = [Rejection("", dn, reason) for dn, reason in extraction.invalid]
+    for future in futures:
+        ok, bad = future.result()
+        desired += ok
+        rejected += bad
+    return desired, rejected
+
+
+@task(name="plan", cache_policy=NO_CACHE)
+def make_plan(
+    target: TargetConfig,
+    desired: list[DesiredUser],
+    rejected: list[Rejection],
+    store: StateStore,
+) -> Plan:
+    """Compare the desired users with the state store (always fresh: never cached)."""
+    plan = plan_users(target, desired, rejected, store.records(target.name))
+    get_run_logger().info("plan for %s: %s", target.name, plan.counts())
+    return plan
+
+
+@task(name="discover-target", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def discover(client: ScimClient) -> str:
+    """Read the target's /ServiceProviderConfig once per run; return the update method."""
+    capabilities = client.discover()
+    method = client.target.update_method
+    if method == "auto":
+        method = "patch" if capabilities.patch else "put"
+    get_run_logger().info("target %s: %s, updates by %s", client.target.name, capabilities, method)
+    return method
+
+
+def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore) -> TargetReport:
+    """Plan and load one target; return its report."""
+    started = time.monotonic()
+    desired, rejected = desired_users(extraction, target)
+    plan = make_plan(target, desired, rejected, store)
+    report = TargetReport(target=target.name, planned=plan.counts(), plan=plan)
+    if plan.actions:
+        client = ScimClient(target)
+        try:
+            loader = Loader(client, use_patch=discover(client) == "patch")
+            artifact = create_progress_artifact(
+                progress=0.0, description=f"Loading {len(plan.actions)} changes into {target.name}"
+            )
+            progress = LoadProgress(len(plan.actions), f"{target.name}", artifact)
+            try:
+                for number, batch in enumerate(batches(plan.actions, target.batch_size), 1):
+                    result = load_batch.with_options(
+                        task_run_name=f"load-{target.name}-batch-{number}"
+                    )(loader, store, batch, f"{number}")
+                    for outcome in result.outcomes:
+                        report.add(outcome)
+                    report.requests.update(result.requests)
+                    progress.advance(len(batch))
+            finally:
+                progress.close()
+        finally:
+            client.close()
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def publish(summary: dict[str, Any]) -> None:
+    """The run's summary as Prefect artifacts: a table of counts and the details."""
+    create_table_artifact(
+        key="provision-users-summary",
+        table=summary_rows(summary),
+        description=summary["headline"],
+    )
+    create_markdown_artifact(
+        key="provision-users-details",
+        markdown=details_markdown(summary),
+        description="Failures, skipped actions and rejected entries",
+    )
+
+
+def run_sync(config: Config, target: str | None) -> dict[str, Any]:
+    """Extract once, then plan and load every selected target; return the summary."""
+    targets = config.target(target)
+    attributes = sorted(mapped_attributes(t.mapping for t in targets))
+    extraction = extract_users(config.source, attributes)
+    store = StateStore(config.state.url)
+    try:
+        reports = [sync_target(t, extraction, store) for t in targets]
+    finally:
+        store.close()
+    summary: dict[str, Any] = {
+        "source_entries": len(extraction.users) + len(extraction.invalid),
+        "targets": [r.as_dict() for r in reports],
+    }
+    summary["headline"] = headline(summary)
+    return summary
+
+
+@flow(name="provision_users", flow_run_name=_run_name, validate_parameters=True)
+def provision_users(config_path: str, target: str | None = None) -> State:
+    """Provision the directory's users into the SCIM targets of a config file.
+
+    :param config_path: the YAML config file (see README.md, "Configuration").
+    :param target: the name of one target, or none for all of them.
+    """
+    config = load_config(config_path)
+    summary = run_sync(config, target)
+    publish(summary)
+    logger = get_run_logger()
+    logger.info("summary: %s", summary["headline"])
+    if problems(summary):
+        return Failed(message=summary["headline"], data=summary)
+    return Completed(message=summary["headline"], data=summary)

@@ -1,0 +1,382 @@
+"""The provisioner's configuration: one YAML file, one LDAP source, one or more SCIM targets.
+
+Every model forbids unknown keys, so a typo is an error that names the key. Secrets are never
+written in the file: a secret is a reference, ``{env: NAME}`` or ``{prefect_secret: BLOCK}``,
+resolved only when a connection is made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from tasks.errors import ConfigError
+
+CORE_USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
+ENTERPRISE_USER_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(_Model):
+    """Where a secret lives: an environment variable or a Prefect Secret block."""
+
+    env: str | None = Field(None, description="Name of the environment variable holding it.")
+    prefect_secret: str | None = Field(None, description="Name of the Prefect Secret block.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _not_inline(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            raise ValueError(
+                "secrets are not written in the config file; "
+                "use {env: VARIABLE_NAME} or {prefect_secret: BLOCK_NAME}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretRef:
+        if (self.env is None) == (self.prefect_secret is None):
+            raise ValueError("give exactly one of 'env' or 'prefect_secret'")
+        return self
+
+    def resolve(self) -> SecretStr:
+        """Read the secret now; raise :class:`ConfigError` naming the reference if it is missing."""
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError(f"environment variable {self.env} (a secret) is not set")
+            return SecretStr(value)
+        from prefect.blocks.system import Secret
+
+        try:
+            block = Secret.load(self.prefect_secret)
+        except ValueError as exc:
+            raise ConfigError(f"Prefect Secret block {self.prefect_secret!r} not found") from exc
+        return SecretStr(str(block.get()))
+
+    def describe(self) -> str:
+        """Where the secret comes from, safe to print."""
+        return f"env:{self.env}" if self.env else f"prefect_secret:{self.prefect_secret}"
+
+
+class DirectoryType(StrEnum):
+    openldap = "openldap"
+    active_directory = "active_directory"
+
+
+class TlsMode(StrEnum):
+    ldaps = "ldaps"
+    starttls = "starttls"
+    none = "none"
+
+
+class UsersQuery(_Model):
+    base_dn: str = Field(description="Where the users live, e.g. ou=people,dc=example,dc=org.")
+    filter: str = Field(
+        "(objectClass=inetOrgPerson)", description="LDAP filter selecting the users in scope."
+    )
+    scope: Literal["subtree", "one"] = "subtree"
+    id_attribute: str | None = Field(
+        None,
+        description="Stable source id; default entryUUID (OpenLDAP) or objectGUID (AD).",
+    )
+    attributes: tuple[str, ...] = Field(
+        (), description="Extra attributes to read beyond those the mappings use."
+    )
+
+    @field_validator("filter")
+    @classmethod
+    def _balanced(cls, value: str) -> str:
+        value = value.strip()
+        if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(
+            ")"
+        ):
+            raise ValueError("an LDAP filter in parentheses, e.g. (objectClass=inetOrgPerson)")
+        return value
+
+
+class AccountStatus(_Model):
+    """How a disabled account is recognised in the directory."""
+
+    method: Literal["none", "user_account_control", "flag"] | None = Field(
+        None,
+        description="none, user_account_control (AD ACCOUNTDISABLE bit) or flag; "
+        "default user_account_control for AD, else none.",
+    )
+    attribute: str = Field("nsAccountLock", description="The flag attribute (method flag).")
+    disabled_values: tuple[str, ...] = Field(
+        ("TRUE",), description="Values of the flag attribute meaning disabled (case-insensitive)."
+    )
+
+
+class LdapSource(_Model):
+    type: DirectoryType = DirectoryType.openldap
+    url: str = Field(description="ldap://host:389 or ldaps://host:636.")
+    tls: TlsMode | None = Field(
+        None, description="ldaps, starttls or none; default ldaps for ldaps://, else starttls."
+    )
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    bind_dn: str | None = None
+    bind_password: SecretRef | None = None
+    connect_timeout: float = Field(10, gt=0)
+    receive_timeout: float = Field(120, gt=0)
+    page_size: int = Field(500, ge=1, le=10000)
+    users: UsersQuery
+    account_status: AccountStatus = AccountStatus()
+
+    @field_validator("url")
+    @classmethod
+    def _ldap_url(cls, value: str) -> str:
+        if not re.match(r"^ldaps?://[^/\s]+/?$", value):
+            raise ValueError("an URL like ldap://host:389 or ldaps://host:636")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> LdapSource:
+        ad = self.type is DirectoryType.active_directory
+        if self.tls is None:
+            object.__setattr__(
+                self, "tls", TlsMode.ldaps if self.url.startswith("ldaps://") else TlsMode.starttls
+            )
+        if self.url.startswith("ldaps://") and self.tls is not TlsMode.ldaps:
+            raise ValueError("an ldaps:// url needs tls: ldaps")
+        if self.tls is TlsMode.ldaps and not self.url.startswith("ldaps://"):
+            raise ValueError("tls: ldaps needs an ldaps:// url")
+        if self.users.id_attribute is None:
+            users = self.users.model_copy(
+                update={"id_attribute": "objectGUID" if ad else "entryUUID"}
+            )
+            object.__setattr__(self, "users", users)
+        if self.account_status.method is None:
+            status = self.account_status.model_copy(
+                update={"method": "user_account_control" if ad else "none"}
+            )
+            object.__setattr__(self, "account_status", status)
+        if (self.bind_dn is None) != (self.bind_password is None):
+            raise ValueError("bind_dn and bind_password go together (or neither, for anonymous)")
+        return self
+
+
+class AuthConfig(_Model):
+    type: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None
+    password: SecretRef | None = None
+    token: SecretRef | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthConfig:
+        if self.type == "basic" and (self.username is None or self.password is None):
+            raise ValueError("auth type basic needs username and password")
+        if self.type == "bearer" and self.token is None:
+            raise ValueError("auth type bearer needs token")
+        return self
+
+
+class MultiValuedRule(_Model):
+    """One source of entries of a multi-valued SCIM attribute (emails, phoneNumbers, ...).
+
+    Every value of the source attribute becomes one entry with this ``type``; the first one is
+    marked primary when ``primary`` is set.
+    """
+
+    value: str
+    type: str | None = None
+    primary: bool = False
+    display: str | None = None
+
+
+MappingValue = str | dict[str, Any] | list[MultiValuedRule]
+
+DEFAULT_USER_MAPPING: dict[str, Any] = {
+    "userName": "uid",
+    "externalId": "$id",
+    "displayName": "cn",
+    "name": {"givenName": "givenName", "familyName": "sn", "formatted": "cn"},
+    "title": "title",
+    "emails": [{"value": "mail", "type": "work", "primary": True}],
+    "phoneNumbers": [
+        {"value": "telephoneNumber", "type": "work"},
+        {"value": "mobile", "type": "mobile"},
+    ],
+    ENTERPRISE_USER_SCHEMA: {
+        "employeeNumber": "employeeNumber",
+        "department": "departmentNumber",
+    },
+}
+
+
+def _validate_mapping(mapping: dict[str, Any], where: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        path = f"{where}{key}"
+        if key in ("active", "id", "meta", "schemas"):
+            raise ValueError(f"{path}: set by the provisioner, it cannot be mapped")
+        if isinstance(value, str):
+            out[key] = value
+        elif isinstance(value, list):
+            out[key] = [MultiValuedRule.model_validate(rule) for rule in value]
+        elif isinstance(value, dict):
+            out[key] = _validate_mapping(value, f"{path}.")
+        else:
+            raise ValueError(
+                f"{path}: expected an LDAP attribute name, a '{{template}}', "
+                "a mapping of sub-attributes or a list of {value, type, primary}"
+            )
+    return out
+
+
+class TargetConfig(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    url: str = Field(description="Base URL of the SCIM service, e.g. https://app/scim/v2.")
+    scim_version: Literal["2.0"] = "2.0"
+    auth: AuthConfig = AuthConfig()
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    timeout: float = Field(60, gt=0, description="Seconds per request.")
+    max_retries: int = Field(5, ge=0, le=20)
+    max_backoff: float = Field(60, gt=0)
+    concurrency: int = Field(4, ge=1, le=64)
+    batch_size: int = Field(500, ge=1, le=10000)
+    user_match_filter: str = Field(
+        'userName eq "%s"', description="Filter used to find an existing user; %s is the value."
+    )
+    user_match_attribute: str = Field(
+        "userName", description="SCIM attribute whose desired value fills the %s."
+    )
+    update_method: Literal["auto", "patch", "put"] = "auto"
+    create_users: bool = True
+    update_users: bool = True
+    deprovision_users: bool = True
+    remove_action: Literal["disable", "delete"] = "disable"
+    provision_disabled_users: bool = False
+    mapping: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_USER_MAPPING))
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://\S+$", value):
+            raise ValueError("an URL like https://app.example.com/scim/v2")
+        return value.rstrip("/")
+
+    @field_validator("user_match_filter")
+    @classmethod
+    def _one_placeholder(cls, value: str) -> str:
+        if value.count("%s") != 1:
+            raise ValueError('a SCIM filter with exactly one %s, e.g. userName eq "%s"')
+        return value
+
+    @field_validator("mapping")
+    @classmethod
+    def _mapping(cls, value: dict[str, Any]) -> dict[str, Any]:
+        mapping = _validate_mapping(value)
+        if "userName" not in mapping:
+            raise ValueError("userName must be mapped (SCIM requires it)")
+        return mapping
+
+
+class StateConfig(_Model):
+    url: str = Field(
+        "sqlite:///state.db",
+        description="SQLAlchemy URL; a relative sqlite path is relative to the config file.",
+    )
+
+
+class Config(_Model):
+    source: LdapSource
+    targets: Annotated[list[TargetConfig], Field(min_length=1)]
+    state: StateConfig = StateConfig()
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_names(cls, value: list[TargetConfig]) -> list[TargetConfig]:
+        names = [t.name for t in value]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"target names must be unique: {', '.join(duplicates)}")
+        return value
+
+    def target(self, name: str | None) -> list[TargetConfig]:
+        """The targets to work on: all of them, or the one named."""
+        if name is None:
+            return list(self.targets)
+        for target in self.targets:
+            if target.name == name:
+                return [target]
+        known = ", ".join(t.name for t in self.targets)
+        raise ConfigError(f"no target named {name!r} in the config (known: {known})")
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the key path and what is expected."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in err["loc"])
+        loc = loc.replace(".[", "[")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see the config reference in README.md)"
+        lines.append(f"{loc or '(top level)'}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, base_dir: Path | None = None) -> Config:
+    """Validate a config document; raise :class:`ConfigError` with every problem named."""
+    if not isinstance(data, dict):
+        raise ConfigError("the config file must hold a mapping with 'source' and 'targets'")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {format_validation_error(exc)}") from None
+    if base_dir is not None:
+        config = _relative_to(config, base_dir)
+    return config
+
+
+def _relative_to(config: Config, base_dir: Path) -> Config:
+    """Resolve relative file paths in the config against the config file's folder."""
+    source = config.source
+    if source.ca_file is not None and not source.ca_file.is_absolute():
+        source = source.model_copy(update={"ca_file": base_dir / source.ca_file})
+    targets = [
+        t.model_copy(update={"ca_file": base_dir / t.ca_file})
+        if t.ca_file is not None and not t.ca_file.is_absolute()
+        else t
+        for t in config.targets
+    ]
+    state = config.state
+    match = re.match(r"^sqlite:///(?!/)(.+)$", state.url)
+    if match:
+        state = StateConfig(url=f"sqlite:///{(base_dir / match.group(1)).resolve()}")
+    return config.model_copy(update={"source": source, "targets": targets, "state": state})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return parse_config(data, base_dir=path.resolve().parent)

@@ -1,0 +1,147 @@
+"""One error taxonomy for the whole provisioner.
+
+Every failure ends up as one of three outcomes, and this module decides which::
+
+    ProvisionerError
+    ├── ConfigError          stop the run: the configuration is invalid
+    ├── SourceError          the directory failed (bind, search, TLS)
+    │   └── SourceUnavailable    transient: the task is retried
+    └── ScimError            the SCIM target answered badly
+        ├── TransientError       retry with backoff (network, timeout, 429, 5xx)
+        ├── RejectedError        skip this user and report it (4xx)
+        │   ├── ConflictError        409: look the user up and adopt it
+        │   └── NotFoundError        404: the resource is gone
+        └── FatalError           stop the run (401/403, unusable target)
+
+Messages never contain secrets: the transport builds them from the status, the target's
+error detail and the request's method and path only.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+
+class ProvisionerError(Exception):
+    """Base class of the provisioner's errors."""
+
+
+class ConfigError(ProvisionerError):
+    """The configuration is invalid; nothing can run until it is fixed."""
+
+
+class SourceError(ProvisionerError):
+    """The directory refused or failed a request."""
+
+
+class SourceUnavailable(SourceError):
+    """The directory could not be reached; retrying later may succeed."""
+
+
+class ScimError(ProvisionerError):
+    """A SCIM request failed.
+
+    :param status: the HTTP status, or ``None`` when no response arrived.
+    :param detail: the target's own words (SCIM ``detail``), or a description of the failure.
+    :param scim_type: the SCIM ``scimType`` when the target gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        detail: str = "",
+        scim_type: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+        self.scim_type = scim_type
+
+
+class TransientError(ScimError):
+    """Worth retrying: network failure, timeout, 429 or 5xx.
+
+    :param retry_after: seconds the target asked us to wait (``Retry-After``), if any.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class RejectedError(ScimError):
+    """The target refused this one request (4xx); other users go on."""
+
+
+class ConflictError(RejectedError):
+    """409: the resource already exists on the target."""
+
+
+class NotFoundError(RejectedError):
+    """404: the resource does not exist on the target."""
+
+
+class FatalError(ScimError):
+    """Nothing more can succeed in this run (authentication, authorisation, unusable target)."""
+
+
+def error_detail(body: bytes, limit: int = 300) -> tuple[str, str | None]:
+    """Return the human-readable detail and the ``scimType`` of an error body.
+
+    Understands SCIM 2.0 (``detail``/``scimType``) and SCIM 1.1 (``Errors[].description``)
+    bodies; anything else (an HTML error page, garbage) is shortened to ``limit`` characters.
+    """
+    text = body.decode("utf-8", errors="replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return (_shorten(text, limit) or "(empty body)"), None
+    if isinstance(doc, dict):
+        if "detail" in doc or "scimType" in doc:
+            return str(doc.get("detail", "")), doc.get("scimType")
+        errors = doc.get("Errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            return str(errors[0].get("description", "")), None
+    return _shorten(text, limit), None
+
+
+def _shorten(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds; ``None`` when absent or unusable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def classify_response(status: int, body: bytes, headers: dict[str, str], what: str) -> ScimError:
+    """Turn an unsuccessful HTTP answer into the error that says what to do next."""
+    detail, scim_type = error_detail(body)
+    message = f"{what} failed: HTTP {status}" + (f": {detail}" if detail else "")
+    if status == 429 or status >= 500:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        return TransientError(
+            message, status=status, detail=detail, scim_type=scim_type, retry_after=retry_after
+        )
+    if status in (401, 403):
+        return FatalError(message, status=status, detail=detail, scim_type=scim_type)
+    if status == 409:
+        return ConflictError(message, status=status, detail=detail, scim_type=scim_type)
+    if status == 404:
+        return NotFoundError(message, status=status, detail=detail, scim_type=scim_type)
+    return RejectedError(message, status=status, detail=detail, scim_type=scim_type)

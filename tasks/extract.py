@@ -1,0 +1,270 @@
+"""Extract: read the users in scope from the directory (OpenLDAP, Active Directory, any LDAPv3).
+
+The connection is made in one place (:func:`connect`), with TLS verification on unless the
+config turns it off. The search is paged; values come back as text, the stable id as a string
+(``entryUUID`` as given, AD's binary ``objectGUID`` as its canonical UUID form).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import ldap3
+from ldap3.core import exceptions as ldap_exc
+from ldap3.utils.conv import escape_filter_chars
+from prefect import task
+from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+
+from tasks.config import LdapSource, MultiValuedRule, TlsMode
+from tasks.errors import SourceError, SourceUnavailable
+
+log = logging.getLogger(__name__)
+
+ACCOUNTDISABLE = 0x0002
+"""The ACCOUNTDISABLE bit of AD's userAccountControl."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceUser:
+    """One directory entry in scope: its stable id, DN, status and attribute values as text.
+
+    Attribute names are lower-cased, as LDAP compares them case-insensitively.
+    """
+
+    source_id: str
+    dn: str
+    attributes: dict[str, list[str]]
+    disabled: bool = False
+    warnings: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    """Everything one search returned: the usable entries and those without a stable id."""
+
+    users: list[SourceUser]
+    invalid: list[tuple[str, str]]
+    """(dn, reason) of entries that cannot be tracked."""
+
+
+def equality_filter(attribute: str, value: str) -> str:
+    """``(attribute=value)`` with the value escaped (RFC 4515), never an injection hole."""
+    return f"({attribute}={escape_filter_chars(value)})"
+
+
+def mapped_attributes(mappings: Iterable[dict[str, Any]]) -> set[str]:
+    """The LDAP attributes that the mappings read."""
+    names: set[str] = set()
+
+    def expression(expr: str) -> None:
+        if expr in ("$id", "$dn"):
+            return
+        if "{" in expr:
+            names.update(part.split("}", 1)[0] for part in expr.split("{")[1:])
+        else:
+            names.add(expr)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, str):
+            expression(node)
+        elif isinstance(node, MultiValuedRule):
+            expression(node.value)
+            if node.display:
+                expression(node.display)
+        elif isinstance(node, dict):
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    for mapping in mappings:
+        walk(mapping)
+    return names
+
+
+def connect(source: LdapSource) -> ldap3.Connection:
+    """Open and bind a connection as the config says; StartTLS happens before the bind."""
+    parts = urlsplit(source.url)
+    ldaps = source.tls is TlsMode.ldaps
+    port = parts.port or (636 if ldaps else 389)
+    tls = None
+    if source.tls is not TlsMode.none:
+        if not source.verify_tls:
+            log.warning(
+                "TLS certificate verification is OFF for %s (verify_tls: false)", source.url
+            )
+        tls = ldap3.Tls(
+            validate=ssl.CERT_REQUIRED if source.verify_tls else ssl.CERT_NONE,
+            ca_certs_file=str(source.ca_file) if source.ca_file else None,
+        )
+    else:
+        log.warning("LDAP traffic to %s is not encrypted (tls: none)", source.url)
+    server = ldap3.Server(
+        parts.hostname,
+        port=port,
+        use_ssl=ldaps,
+        tls=tls,
+        get_info=ldap3.NONE,
+        connect_timeout=source.connect_timeout,
+    )
+    password = source.bind_password.resolve().get_secret_value() if source.bind_password else None
+    conn = ldap3.Connection(
+        server,
+        user=source.bind_dn,
+        password=password,
+        auto_bind=ldap3.AUTO_BIND_NONE,
+        receive_timeout=source.receive_timeout,
+        raise_exceptions=True,
+        read_only=True,
+        auto_referrals=False,
+        return_empty_attributes=False,
+    )
+    try:
+        conn.open()
+        if source.tls is TlsMode.starttls:
+            conn.start_tls()
+        conn.bind()
+    except ldap_exc.LDAPInvalidCredentialsResult:
+        raise SourceError(
+            f"LDAP bind to {source.url} as {source.bind_dn!r} refused: invalid credentials"
+        ) from None
+    except (ldap_exc.LDAPCommunicationError, ldap_exc.LDAPStartTLSError) as exc:
+        raise _communication_error(source.url, exc) from None
+    except ldap_exc.LDAPException as exc:
+        raise SourceError(f"LDAP connection to {source.url} failed: {exc}") from None
+    return conn
+
+
+def _communication_error(url: str, exc: Exception) -> SourceError:
+    text = str(exc)
+    if "certificate" in text.lower() or "ssl" in text.lower():
+        return SourceError(f"TLS with {url} failed (check ca_file and the server name): {text}")
+    return SourceUnavailable(f"LDAP server {url} unreachable: {text}")
+
+
+def _decode(name: str, values: list[bytes], warnings: list[str]) -> list[str]:
+    out = []
+    for value in values:
+        try:
+            out.append(value.decode("utf-8"))
+        except UnicodeDecodeError:
+            warnings.append(f"attribute {name}: a value is not UTF-8 text and was ignored")
+    return out
+
+
+def source_id(attribute: str, values: list[bytes]) -> str:
+    """The stable id as text; ``objectGUID`` is binary (little-endian UUID) in AD."""
+    if attribute.lower() == "objectguid":
+        return str(uuid.UUID(bytes_le=values[0]))
+    return values[0].decode("utf-8")
+
+
+def is_disabled(source: LdapSource, attributes: dict[str, list[str]]) -> bool:
+    """Whether the account status of an entry says disabled."""
+    status = source.account_status
+    if status.method == "user_account_control":
+        values = attributes.get("useraccountcontrol", [])
+        return bool(values) and bool(int(values[0]) & ACCOUNTDISABLE)
+    if status.method == "flag":
+        disabled = {v.upper() for v in status.disabled_values}
+        return any(v.upper() in disabled for v in attributes.get(status.attribute.lower(), []))
+    return False
+
+
+def entry_to_user(
+    source: LdapSource, dn: str, raw: dict[str, list[bytes]]
+) -> SourceUser | tuple[str, str]:
+    """One search result as a :class:`SourceUser`, or ``(dn, reason)`` if it has no usable id."""
+    id_attribute = source.users.id_attribute or "entryUUID"
+    raw_lower = {name.lower(): values for name, values in raw.items()}
+    id_values = raw_lower.pop(id_attribute.lower(), [])
+    if not id_values:
+        return dn, f"no {id_attribute} (the stable source id)"
+    warnings: list[str] = []
+    attributes = {name: _decode(name, values, warnings) for name, values in raw_lower.items()}
+    try:
+        ident = source_id(id_attribute, id_values)
+        disabled = is_disabled(source, attributes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return dn, f"unreadable {id_attribute} or account status: {exc}"
+    return SourceUser(ident, dn, attributes, disabled, tuple(warnings))
+
+
+def search_users(
+    conn: ldap3.Connection, source: LdapSource, attributes: Iterable[str]
+) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
+    """Paged search of the users in scope, yielding (dn, raw attributes)."""
+    query = source.users
+    wanted = {*attributes, *query.attributes, query.id_attribute or "entryUUID"}
+    if source.account_status.method == "user_account_control":
+        wanted.add("userAccountControl")
+    elif source.account_status.method == "flag":
+        wanted.add(source.account_status.attribute)
+    scope = ldap3.SUBTREE if query.scope == "subtree" else ldap3.LEVEL
+    results = conn.extend.standard.paged_search(
+        query.base_dn,
+        query.filter,
+        search_scope=scope,
+        dereference_aliases=ldap3.DEREF_NEVER,
+        attributes=sorted(wanted),
+        paged_size=source.page_size,
+        generator=True,
+    )
+    for item in results:
+        if item.get("type") == "searchResEntry":
+            yield item["dn"], item["raw_attributes"]
+
+
+def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[str]) -> Extraction:
+    """Every user in scope, with the entries that cannot be tracked set aside."""
+    users: list[SourceUser] = []
+    invalid: list[tuple[str, str]] = []
+    try:
+        for dn, raw in search_users(conn, source, attributes):
+            result = entry_to_user(source, dn, raw)
+            if isinstance(result, SourceUser):
+                users.append(result)
+            else:
+                invalid.append(result)
+    except ldap_exc.LDAPNoSuchObjectResult:
+        raise SourceError(f"base DN {source.users.base_dn!r} does not exist") from None
+    except ldap_exc.LDAPCommunicationError as exc:
+        raise _communication_error(source.url, exc) from None
+    except ldap_exc.LDAPException as exc:
+        raise SourceError(f"LDAP search failed: {exc}") from None
+    return Extraction(users, invalid)
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry the extract only when the directory was unreachable."""
+    try:
+        state.result()
+    except SourceUnavailable:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    name="extract-from-LDAP",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=_transient,
+    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+    persist_result=True,
+)
+def extract_users(source: LdapSource, attributes: list[str]) -> Extraction:
+    """Read every user in scope from the directory (cached per flow run)."""
+    conn = connect(source)
+    try:
+        return read_users(conn, source, attributes)
+    finally:
+        conn.unbind()

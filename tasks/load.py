@@ -1,0 +1,258 @@
+"""Load: carry out a plan's actions on a SCIM target and record each confirmed one.
+
+A batch of actions runs on a few threads (the target's ``concurrency``); each outcome is written
+to the state store as soon as the target confirmed it, from the calling thread. A rejected user is
+reported and the others go on; a fatal error (authentication) stops the batch after recording
+what was already confirmed.
+
+Creating is idempotent: the user is looked up by the configured filter first and adopted if it
+exists; a 409 also leads to a look-up and adoption; after a lost response the next attempt looks
+up again instead of sending a second POST.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.errors import (
+    ConflictError,
+    FatalError,
+    NotFoundError,
+    RejectedError,
+    ScimError,
+    TransientError,
+)
+from tasks.plan import Action
+from tasks.scim.client import ScimClient
+from tasks.state import StateRecord, StateStore
+from tasks.transform import content_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one action."""
+
+    action: Action
+    ok: bool
+    detail: str = ""
+    scim_id: str | None = None
+    adopted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    outcomes: list[Outcome]
+    requests: dict[str, int]
+
+
+def _lookup_value(payload: dict[str, Any], attribute: str) -> str | None:
+    """The desired value of the matching attribute (``emails`` means the primary email)."""
+    node: Any = payload
+    for part in attribute.split("."):
+        if isinstance(node, list):
+            primary = [e for e in node if isinstance(e, dict) and e.get("primary")] or node
+            node = primary[0] if primary else None
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, list) and node:
+        node = node[0].get("value") if isinstance(node[0], dict) else node[0]
+    return str(node) if node not in (None, "") else None
+
+
+class Loader:
+    """Carries out actions on one target; safe to call from several threads."""
+
+    def __init__(self, client: ScimClient, *, use_patch: bool) -> None:
+        self.client = client
+        self.dialect = client.dialect
+        self.use_patch = use_patch
+        self.target = client.target
+
+    def find_existing(self, payload: dict[str, Any]) -> dict[str, Any] | None:
+        """The target's user matching this payload, by the configured filter, then userName."""
+        filters = []
+        value = _lookup_value(payload, self.target.user_match_attribute)
+        if value is not None:
+            filters.append(self.dialect.match_filter(self.target.user_match_filter, value))
+        by_name = self.dialect.match_filter('userName eq "%s"', str(payload["userName"]))
+        if by_name not in filters:
+            filters.append(by_name)
+        for filter_ in filters:
+            found = self.client.find_users(filter_)
+            if len(found) > 1:
+                raise RejectedError(
+                    f"{len(found)} users on the target match {filter_}; refusing to guess"
+                )
+            if found:
+                return found[0]
+        return None
+
+    def update(
+        self, scim_id: str, old: dict[str, Any], new: dict[str, Any], *, adopting: bool = False
+    ) -> None:
+        """Bring a target user from ``old`` to ``new`` by PATCH (when allowed) or PUT."""
+        if self.use_patch:
+            operations = self.dialect.patch_operations(old, new)
+            if adopting:
+                operations = [op for op in operations if op["op"] != "remove"]
+            if operations:
+                self.client.patch_user(scim_id, operations)
+        else:
+            self.client.replace_user(scim_id, new)
+
+    def create(self, payload: dict[str, Any]) -> tuple[str, bool]:
+        """Create or adopt the user; return (SCIM id, adopted).
+
+        A POST that failed transiently may still have created the user, so every new attempt
+        starts with a look-up: a lost response never turns into a duplicate.
+        """
+        attempts = 1 + self.target.max_retries
+        for attempt in range(1, attempts + 1):
+            existing = self.find_existing(payload)
+            if existing is not None:
+                self.adopt(existing, payload)
+                return str(existing["id"]), True
+            try:
+                created = self.client.create_user(payload)
+            except ConflictError:
+                existing = self.find_existing(payload)
+                if existing is None:
+                    raise
+                self.adopt(existing, payload)
+                return str(existing["id"]), True
+            except TransientError as exc:
+                if attempt == attempts:
+                    raise
+                self.client.sleep(self.client.backoff(attempt, exc.retry_after))
+                continue
+            return str(created["id"]), False
+        raise AssertionError("unreachable")
+
+    def adopt(self, existing: dict[str, Any], payload: dict[str, Any]) -> None:
+        """Take over a user that already exists on the target, aligning what we manage."""
+        known = {key: existing[key] for key in payload if key in existing}
+        self.update(str(existing["id"]), known, payload, adopting=True)
+
+    def run(self, action: Action) -> Outcome:
+        """Carry out one action; never raises except :class:`FatalError`."""
+        try:
+            return self._run(action)
+        except FatalError:
+            raise
+        except ScimError as exc:
+            return Outcome(action, False, str(exc))
+
+    def _run(self, action: Action) -> Outcome:
+        payload = action.payload or {}
+        if action.kind == "create":
+            scim_id, adopted = self.create(payload)
+            return Outcome(
+                action, True, "adopted existing user" if adopted else "", scim_id, adopted
+            )
+        assert action.scim_id is not None
+        if action.kind == "update":
+            try:
+                self.update(action.scim_id, action.previous or {}, payload)
+            except NotFoundError:
+                scim_id, adopted = self.create(payload)
+                return Outcome(
+                    action, True, "was missing on the target; re-created", scim_id, adopted
+                )
+            return Outcome(action, True, "", action.scim_id)
+        if action.kind == "disable":
+            try:
+                if self.use_patch:
+                    self.client.patch_user(action.scim_id, self.dialect.disable_operations())
+                else:
+                    self.client.replace_user(action.scim_id, payload)
+            except NotFoundError:
+                return Outcome(action, True, "already gone from the target", None)
+            return Outcome(action, True, "", action.scim_id)
+        try:
+            self.client.delete_user(action.scim_id)
+        except NotFoundError:
+            return Outcome(action, True, "already gone from the target", None)
+        return Outcome(action, True, "", None)
+
+
+def record(store: StateStore, target: str, outcome: Outcome) -> None:
+    """Write a confirmed outcome to the state store."""
+    action = outcome.action
+    if not outcome.ok:
+        return
+    if outcome.scim_id is None:
+        store.remove(target, action.source_id)
+        return
+    payload = action.payload or {}
+    store.save(
+        target,
+        StateRecord(
+            source_id=action.source_id,
+            scim_id=outcome.scim_id,
+            user_name=str(payload.get("userName", action.user_name)),
+            content_hash=content_hash(payload),
+            payload=payload,
+            status="active" if payload.get("active", True) else "disabled",
+        ),
+    )
+
+
+def run_batch(
+    loader: Loader,
+    store: StateStore,
+    actions: Iterable[Action],
+    *,
+    on_outcome: Callable[[Outcome], None] | None = None,
+) -> list[Outcome]:
+    """Carry out actions concurrently; record each confirmed one as it completes."""
+    outcomes: list[Outcome] = []
+    target = loader.target.name
+    with ThreadPoolExecutor(max_workers=loader.target.concurrency) as pool:
+        pending = {pool.submit(loader.run, action) for action in actions}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for future in done:
+                if future.exception() is not None:
+                    continue
+                outcome = future.result()
+                record(store, target, outcome)
+                outcomes.append(outcome)
+                if on_outcome is not None:
+                    on_outcome(outcome)
+            fatal = next((f.exception() for f in done if f.exception() is not None), None)
+            if fatal is not None:
+                for future in pending:
+                    future.cancel()
+                for future in wait(pending).done:
+                    if not future.cancelled() and future.exception() is None:
+                        record(store, target, future.result())
+                        outcomes.append(future.result())
+                raise fatal
+    return outcomes
+
+
+@task(name="load-to-SCIM", cache_policy=NO_CACHE)
+def load_batch(loader: Loader, store: StateStore, actions: list[Action], batch: str) -> BatchResult:
+    """Apply one batch of planned actions to the target (never cached: these are writes)."""
+    before = dict(loader.client.stats)
+    started = time.monotonic()
+    outcomes = run_batch(loader, store, actions)
+    requests = {k: v - before.get(k, 0) for k, v in loader.client.stats.items()}
+    failed = sum(1 for o in outcomes if not o.ok)
+    log.info(
+        "batch %s: %d actions, %d failed, %.1fs",
+        batch,
+        len(outcomes),
+        failed,
+        time.monotonic() - started,
+    )
+    return BatchResult(outcomes, requests)

@@ -1,0 +1,161 @@
+"""Plan: compare the desired users with what the state store says was provisioned.
+
+Pure functions only. The result says, per user, create / update / disable / delete or nothing,
+and which of those a switched-off target setting prevented (reported as skipped, with why).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tasks.config import TargetConfig
+from tasks.state import StateRecord
+from tasks.transform import DesiredUser, Rejection
+
+ActionKind = Literal["create", "update", "disable", "delete"]
+
+GONE = "no longer in the directory or out of the source filter"
+DISABLED = "disabled in the directory"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One write to make on the target."""
+
+    kind: ActionKind
+    source_id: str
+    user_name: str
+    reason: str
+    payload: dict[str, Any] | None = None
+    """Desired SCIM user (create, update, disable)."""
+    previous: dict[str, Any] | None = None
+    """What was last provisioned (update, disable), for PATCH diffs."""
+    scim_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """An action that would have happened but a target switch prevents."""
+
+    source_id: str
+    user_name: str
+    would: ActionKind
+    reason: str
+
+
+@dataclass(slots=True)
+class Plan:
+    target: str
+    actions: list[Action] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    unchanged: int = 0
+    not_provisioned: int = 0
+    """Disabled in the directory and never provisioned (provision_disabled_users is off)."""
+
+    def counts(self) -> dict[str, int]:
+        counts = Counter(a.kind for a in self.actions)
+        return {
+            "create": counts["create"],
+            "update": counts["update"],
+            "disable": counts["disable"],
+            "delete": counts["delete"],
+            "unchanged": self.unchanged,
+            "skipped": len(self.skipped),
+            "rejected": len(self.rejected),
+            "not provisioned (disabled)": self.not_provisioned,
+        }
+
+
+def _deprovision(plan: Plan, target: TargetConfig, record: StateRecord, why: str) -> None:
+    """Apply the remove action to a provisioned user, honouring the switches."""
+    kind: ActionKind = "delete" if target.remove_action == "delete" else "disable"
+    if kind == "disable" and record.status == "disabled":
+        plan.unchanged += 1
+        return
+    if not target.deprovision_users:
+        plan.skipped.append(
+            Skipped(
+                record.source_id, record.user_name, kind, f"{why}; disable/delete is switched off"
+            )
+        )
+        return
+    payload = {**record.payload, "active": False} if kind == "disable" else None
+    plan.actions.append(
+        Action(
+            kind, record.source_id, record.user_name, why, payload, record.payload, record.scim_id
+        )
+    )
+
+
+def plan_users(
+    target: TargetConfig,
+    desired: Iterable[DesiredUser],
+    rejected: Iterable[Rejection],
+    state: dict[str, StateRecord],
+    present_ids: Iterable[str] = (),
+) -> Plan:
+    """Decide what to do for every user of one target.
+
+    :param present_ids: source ids still in the directory whose entry could not be used (a
+        rejected entry, an entry without a stable id): never deprovisioned because of that.
+    """
+    plan = Plan(target=target.name, rejected=list(rejected))
+    keep = {r.source_id for r in plan.rejected} | set(present_ids)
+    seen: set[str] = set()
+    for user in desired:
+        seen.add(user.source_id)
+        record = state.get(user.source_id)
+        if user.disabled and not target.provision_disabled_users:
+            if record is None:
+                plan.not_provisioned += 1
+            else:
+                _deprovision(plan, target, record, DISABLED)
+            continue
+        if record is None:
+            if target.create_users:
+                plan.actions.append(
+                    Action("create", user.source_id, user.user_name, "new", user.payload)
+                )
+            else:
+                plan.skipped.append(
+                    Skipped(
+                        user.source_id, user.user_name, "create", "user creation is switched off"
+                    )
+                )
+        elif record.content_hash != user.content_hash:
+            reason = "re-enabled" if record.status == "disabled" else "attributes changed"
+            if target.update_users:
+                plan.actions.append(
+                    Action(
+                        "update",
+                        user.source_id,
+                        user.user_name,
+                        reason,
+                        user.payload,
+                        record.payload,
+                        record.scim_id,
+                    )
+                )
+            else:
+                plan.skipped.append(
+                    Skipped(
+                        user.source_id,
+                        user.user_name,
+                        "update",
+                        f"{reason}; updates are switched off",
+                    )
+                )
+        else:
+            plan.unchanged += 1
+    for source_id, record in state.items():
+        if source_id in seen:
+            continue
+        if source_id in keep:
+            plan.unchanged += 1
+            continue
+        _deprovision(plan, target, record, GONE)
+    return plan

@@ -1,0 +1,207 @@
+"""The SCIM transport: one ``requests.Session`` per target, with auth, timeouts and retries.
+
+This is the only place that talks HTTP to a target. It turns every outcome into the error
+taxonomy of :mod:`tasks.errors`; idempotent requests (GET, PUT, PATCH, DELETE) are retried
+here on transient failures with exponential backoff, full jitter and ``Retry-After``. A POST is
+never blindly re-sent: its caller looks the resource up first (see :mod:`tasks.load`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from tasks.config import TargetConfig
+from tasks.errors import (
+    RejectedError,
+    ScimError,
+    TransientError,
+    classify_response,
+)
+from tasks.scim.dialect import Capabilities, Scim20, dialect_for
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY_AFTER = 600.0
+
+
+def build_session(target: TargetConfig) -> requests.Session:
+    """A keep-alive session with the target's auth and TLS settings (secrets resolved here)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=target.concurrency)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    auth = target.auth
+    if auth.type == "basic" and auth.username and auth.password:
+        session.auth = (auth.username, auth.password.resolve().get_secret_value())
+    elif auth.type == "bearer" and auth.token:
+        session.headers["Authorization"] = f"Bearer {auth.token.resolve().get_secret_value()}"
+    if not target.verify_tls:
+        log.warning("TLS certificate verification is OFF for target %s", target.name)
+        session.verify = False
+    elif target.ca_file:
+        session.verify = str(target.ca_file)
+    return session
+
+
+class ScimClient:
+    """Requests to one SCIM target.
+
+    ``stats`` counts every HTTP request sent, per method, retries included.
+    """
+
+    def __init__(
+        self,
+        target: TargetConfig,
+        session: requests.Session | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.target = target
+        self.dialect: Scim20 = dialect_for(target.scim_version)
+        self.session = session if session is not None else build_session(target)
+        self.session.headers.update({"Accept": f"{self.dialect.media_type}, application/json"})
+        self.capabilities = Capabilities()
+        self.stats: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self.sleep = sleep
+
+    def close(self) -> None:
+        self.session.close()
+
+    # -- transport -------------------------------------------------------------------------
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry ``attempt`` (1-based)."""
+        if retry_after is not None:
+            return min(retry_after, MAX_RETRY_AFTER)
+        return random.uniform(0.5, 1.0) * min(self.target.max_backoff, 0.5 * 2 ** (attempt - 1))
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        retry: bool = True,
+    ) -> tuple[int, Any, dict[str, str]]:
+        """Send one request; return (status, parsed JSON body or None, headers).
+
+        Raises a :class:`~tasks.errors.ScimError` subclass for every unsuccessful outcome.
+        """
+        url = f"{self.target.url}{path}"
+        what = f"{method} {path}"
+        attempts = 1 + (self.target.max_retries if retry else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._send_once(method, url, what, body, params)
+            except TransientError as exc:
+                if attempt == attempts:
+                    raise
+                delay = self.backoff(attempt, exc.retry_after)
+                log.info("%s; retry %d/%d in %.1fs", exc, attempt, attempts - 1, delay)
+                with self._lock:
+                    self.stats["retries"] += 1
+                self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _send_once(
+        self, method: str, url: str, what: str, body: Any, params: dict[str, str] | None
+    ) -> tuple[int, Any, dict[str, str]]:
+        headers = {"Content-Type": self.dialect.media_type} if body is not None else None
+        with self._lock:
+            self.stats[method] += 1
+        try:
+            response = self.session.request(
+                method, url, json=body, params=params, headers=headers, timeout=self.target.timeout
+            )
+        except requests.Timeout:
+            raise TransientError(
+                f"{what} failed: no answer within {self.target.timeout:g}s"
+            ) from None
+        except requests.ConnectionError as exc:
+            raise TransientError(f"{what} failed: connection error ({_reason(exc)})") from None
+        except requests.RequestException as exc:
+            raise RejectedError(f"{what} failed: {_reason(exc)}") from None
+        status = response.status_code
+        content = response.content
+        if status >= 400:
+            raise classify_response(status, content, dict(response.headers), what)
+        if not content.strip():
+            return status, None, dict(response.headers)
+        try:
+            parsed = response.json()
+        except ValueError:
+            raise TransientError(
+                f"{what} answered HTTP {status} with a body that is not JSON", status=status
+            ) from None
+        return status, parsed, dict(response.headers)
+
+    # -- SCIM operations -------------------------------------------------------------------
+
+    def discover(self) -> Capabilities:
+        """Read ``/ServiceProviderConfig`` once; on any failure assume no optional feature."""
+        for path in self.dialect.service_provider_config_paths:
+            try:
+                _, body, _ = self.send("GET", path)
+            except TransientError:
+                raise
+            except ScimError as exc:
+                log.warning("discovery at %s failed (%s); assuming no optional features", path, exc)
+                continue
+            self.capabilities = Capabilities.from_service_provider_config(body)
+            return self.capabilities
+        self.capabilities = Capabilities()
+        return self.capabilities
+
+    def find_users(self, filter_: str) -> list[dict[str, Any]]:
+        _, body, _ = self.send(
+            "GET", self.dialect.users_path, params={"filter": filter_, "count": "2"}
+        )
+        return self.dialect.list_resources(body)
+
+    def create_user(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST a user (not retried here); return the created resource."""
+        _, body, headers = self.send("POST", self.dialect.users_path, body=payload, retry=False)
+        if not isinstance(body, dict) or not body.get("id"):
+            location = headers.get("Location", "")
+            if location:
+                return {**payload, "id": location.rstrip("/").rsplit("/", 1)[-1]}
+            raise TransientError(
+                "POST /Users answered without the new user's id; it will be looked up"
+            )
+        return body
+
+    def replace_user(self, scim_id: str, payload: dict[str, Any]) -> None:
+        self.send(
+            "PUT",
+            f"{self.dialect.users_path}/{scim_id}",
+            body=self.dialect.replace_body(scim_id, payload),
+        )
+
+    def patch_user(self, scim_id: str, operations: list[dict[str, Any]]) -> None:
+        self.send(
+            "PATCH",
+            f"{self.dialect.users_path}/{scim_id}",
+            body=self.dialect.patch_body(operations),
+        )
+
+    def delete_user(self, scim_id: str) -> None:
+        self.send("DELETE", f"{self.dialect.users_path}/{scim_id}")
+
+
+def _reason(exc: Exception) -> str:
+    """A short cause for a requests exception, without URLs that might carry credentials."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    return type(cause).__name__

@@ -1,0 +1,127 @@
+"""The state store: what was provisioned where, written only after the target confirmed it.
+
+Per target and source id: the SCIM id, the userName, the hash and body of the last payload the
+target accepted (the body lets an update PATCH exactly what changed and clear what disappeared),
+and the status (``active`` or ``disabled``). SQLite by default; any SQLAlchemy URL works, and
+PostgreSQL is tested (``postgresql+psycopg://...``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+Status = Literal["active", "disabled"]
+
+metadata = sa.MetaData()
+
+provisioned_users = sa.Table(
+    "provisioned_users",
+    metadata,
+    sa.Column("target", sa.String(200), primary_key=True),
+    sa.Column("source_id", sa.String(200), primary_key=True),
+    sa.Column("scim_id", sa.String(400), nullable=False),
+    sa.Column("user_name", sa.String(400), nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    source_id: str
+    scim_id: str
+    user_name: str
+    content_hash: str
+    payload: dict[str, Any]
+    status: Status
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the store's URL (``postgresql://`` means the psycopg 3 driver)."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    engine = sa.create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class StateStore:
+    """Reads and writes provisioning state; one instance per run, shared by its tasks."""
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.read_only = read_only
+        if not read_only:
+            metadata.create_all(self.engine)
+
+    def records(self, target: str) -> dict[str, StateRecord]:
+        """Every user provisioned to ``target``, by source id."""
+        if self.read_only and not sa.inspect(self.engine).has_table(provisioned_users.name):
+            return {}
+        t = provisioned_users
+        query = sa.select(
+            t.c.source_id, t.c.scim_id, t.c.user_name, t.c.content_hash, t.c.payload, t.c.status
+        ).where(t.c.target == target)
+        with self.engine.connect() as conn:
+            return {
+                row.source_id: StateRecord(
+                    row.source_id,
+                    row.scim_id,
+                    row.user_name,
+                    row.content_hash,
+                    json.loads(row.payload),
+                    row.status,
+                )
+                for row in conn.execute(query)
+            }
+
+    def save(self, target: str, record: StateRecord) -> None:
+        """Insert or replace one record (call only after the target confirmed the write)."""
+        self._check_writable()
+        t = provisioned_users
+        values = {
+            "scim_id": record.scim_id,
+            "user_name": record.user_name,
+            "content_hash": record.content_hash,
+            "payload": json.dumps(record.payload, sort_keys=True),
+            "status": record.status,
+            "updated_at": datetime.now(UTC),
+        }
+        key = (t.c.target == target) & (t.c.source_id == record.source_id)
+        with self.engine.begin() as conn:
+            if conn.execute(sa.update(t).where(key).values(**values)).rowcount == 0:
+                conn.execute(
+                    sa.insert(t).values(target=target, source_id=record.source_id, **values)
+                )
+
+    def remove(self, target: str, source_id: str) -> None:
+        """Forget a user (it was deleted on the target)."""
+        self._check_writable()
+        t = provisioned_users
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(t).where((t.c.target == target) & (t.c.source_id == source_id)))
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise RuntimeError("this state store was opened read-only")
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,154 @@
+"""Transform: directory entries → desired SCIM 2.0 users, by the target's attribute mapping.
+
+The mapping has the shape of the SCIM JSON it produces. Each leaf is a *source expression*:
+
+- ``uid``                an LDAP attribute (the first value for a single-valued SCIM attribute);
+- ``"{givenName} {sn}"`` a template over LDAP attributes (missing ones render empty);
+- ``$id`` / ``$dn``      the entry's stable source id / its DN.
+
+A list of ``{value, type, primary}`` rules builds a multi-valued attribute (emails, phoneNumbers):
+every value of the source attribute becomes an entry, so nothing is dropped. Keys that are schema
+URNs hold extension attributes (enterprise or custom). An attribute whose source is empty is left
+out of the payload, which is what lets an update clear it on the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+
+from tasks.config import CORE_USER_SCHEMA, MultiValuedRule
+from tasks.extract import SourceUser
+
+_TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredUser:
+    """What a directory entry should look like on a target."""
+
+    source_id: str
+    dn: str
+    payload: dict[str, Any]
+    disabled: bool
+
+    @property
+    def user_name(self) -> str:
+        return str(self.payload["userName"])
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A directory entry that cannot be provisioned, and why."""
+
+    source_id: str
+    dn: str
+    reason: str
+
+
+def content_hash(payload: dict[str, Any]) -> str:
+    """A stable hash of a SCIM payload (key order does not matter)."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def evaluate(expression: str, user: SourceUser) -> list[str]:
+    """Every value a source expression yields for one entry (empty list when none)."""
+    if expression == "$id":
+        return [user.source_id]
+    if expression == "$dn":
+        return [user.dn]
+    if "{" in expression:
+        rendered = _TEMPLATE_FIELD.sub(
+            lambda m: next(iter(user.attributes.get(m.group(1).lower(), [])), ""), expression
+        )
+        rendered = " ".join(rendered.split())
+        return [rendered] if rendered else []
+    return [v for v in user.attributes.get(expression.lower(), []) if v.strip()]
+
+
+def _multi_valued(rules: list[MultiValuedRule], user: SourceUser) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    seen: set[tuple[str | None, str]] = set()
+    has_primary = False
+    for rule in rules:
+        for index, value in enumerate(evaluate(rule.value, user)):
+            if (rule.type, value) in seen:
+                continue
+            seen.add((rule.type, value))
+            entry: dict[str, Any] = {"value": value}
+            if rule.type is not None:
+                entry["type"] = rule.type
+            if rule.display is not None:
+                display = evaluate(rule.display, user)
+                if display:
+                    entry["display"] = display[0]
+            if rule.primary and index == 0 and not has_primary:
+                entry["primary"] = True
+                has_primary = True
+            entries.append(entry)
+    return entries
+
+
+def _build(mapping: dict[str, Any], user: SourceUser) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, rule in mapping.items():
+        value: Any
+        if isinstance(rule, str):
+            values = evaluate(rule, user)
+            value = values[0] if values else None
+        elif isinstance(rule, list):
+            value = _multi_valued(rule, user)
+        else:
+            value = _build(rule, user)
+        if value:
+            out[key] = value
+    return out
+
+
+def build_user(user: SourceUser, mapping: dict[str, Any]) -> DesiredUser:
+    """The desired SCIM user for one entry; raise ``ValueError`` when it cannot be built."""
+    attributes = _build(mapping, user)
+    if not attributes.get("userName"):
+        raise ValueError("no value for userName (check the entry and the userName mapping)")
+    extensions = sorted(k for k in attributes if k.startswith("urn:"))
+    payload = {"schemas": [CORE_USER_SCHEMA, *extensions], **attributes}
+    payload["active"] = not user.disabled
+    return DesiredUser(user.source_id, user.dn, payload, user.disabled)
+
+
+def transform_batch(
+    users: Iterable[SourceUser], mapping: dict[str, Any]
+) -> tuple[list[DesiredUser], list[Rejection]]:
+    """Build every user of a batch; a bad entry is rejected with its reason, the others go on."""
+    desired: list[DesiredUser] = []
+    rejected: list[Rejection] = []
+    for user in users:
+        try:
+            desired.append(build_user(user, mapping))
+        except ValueError as exc:
+            rejected.append(Rejection(user.source_id, user.dn, str(exc)))
+    return desired, rejected
+
+
+@task(
+    name="transform-to-SCIM",
+    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+    persist_result=True,
+)
+def transform_users(
+    users: list[SourceUser], mapping: dict[str, Any]
+) -> tuple[list[DesiredUser], list[Rejection]]:
+    """Map one batch of directory entries to desired SCIM users."""
+    return transform_batch(users, mapping)

@@ -1,0 +1,115 @@
+"""The plan: create / update / disable / delete / unchanged, under the target's switches."""
+
+from typing import Any
+
+from tasks.config import parse_config
+from tasks.plan import plan_users
+from tasks.state import StateRecord
+from tasks.transform import DesiredUser, Rejection, content_hash
+
+
+def target(**switches: Any):
+    return parse_config(
+        {
+            "source": {"url": "ldap://x", "users": {"base_dn": "dc=x"}},
+            "targets": [{"name": "t", "url": "http://t/v2", **switches}],
+        }
+    ).targets[0]
+
+
+def desired(sid: str, name: str, *, disabled: bool = False, title: str = "") -> DesiredUser:
+    payload: dict[str, Any] = {"userName": name, "active": not disabled}
+    if title:
+        payload["title"] = title
+    return DesiredUser(sid, f"uid={name}", payload, disabled)
+
+
+def record(user: DesiredUser, *, status: str = "active") -> StateRecord:
+    return StateRecord(
+        user.source_id,
+        f"scim-{user.source_id}",
+        user.user_name,
+        content_hash(user.payload),
+        user.payload,
+        status,
+    )  # type: ignore[arg-type]
+
+
+def kinds(plan) -> dict[str, str]:
+    return {a.user_name: a.kind for a in plan.actions}
+
+
+def test_new_changed_unchanged_and_gone() -> None:
+    ada, bob, cy = desired("1", "ada"), desired("2", "bob"), desired("3", "cy")
+    state = {"2": record(bob), "3": record(cy), "9": record(desired("9", "gone"))}
+    plan = plan_users(target(), [ada, desired("2", "bob", title="Dr"), cy], [], state)
+    assert kinds(plan) == {"ada": "create", "bob": "update", "gone": "disable"}
+    assert plan.unchanged == 1
+    update = next(a for a in plan.actions if a.kind == "update")
+    assert update.previous == bob.payload and update.scim_id == "scim-2"
+
+
+def test_remove_action_delete() -> None:
+    state = {"9": record(desired("9", "gone"))}
+    assert kinds(plan_users(target(remove_action="delete"), [], [], state)) == {"gone": "delete"}
+
+
+def test_disabled_in_directory_is_deprovisioned() -> None:
+    """A provisioned user disabled in the directory gets the remove action."""
+    bob = desired("2", "bob")
+    plan = plan_users(target(), [desired("2", "bob", disabled=True)], [], {"2": record(bob)})
+    assert kinds(plan) == {"bob": "disable"}
+    assert plan.actions[0].payload["active"] is False
+
+
+def test_disabled_user_already_disabled_is_unchanged() -> None:
+    bob = desired("2", "bob", disabled=True)
+    plan = plan_users(target(), [bob], [], {"2": record(bob, status="disabled")})
+    assert plan.actions == [] and plan.unchanged == 1
+
+
+def test_disabled_never_provisioned_is_not_created() -> None:
+    plan = plan_users(target(), [desired("1", "ada", disabled=True)], [], {})
+    assert plan.actions == [] and plan.not_provisioned == 1
+
+
+def test_provision_disabled_users_creates_them_inactive() -> None:
+    plan = plan_users(
+        target(provision_disabled_users=True), [desired("1", "ada", disabled=True)], [], {}
+    )
+    assert kinds(plan) == {"ada": "create"}
+    assert plan.actions[0].payload["active"] is False
+
+
+def test_re_enabled_user_is_updated() -> None:
+    bob = desired("2", "bob")
+    disabled_record = record(
+        DesiredUser("2", "uid=bob", {"userName": "bob", "active": False}, True), status="disabled"
+    )
+    plan = plan_users(target(), [bob], [], {"2": disabled_record})
+    assert kinds(plan) == {"bob": "update"}
+    assert plan.actions[0].reason == "re-enabled"
+
+
+def test_switched_off_actions_are_skipped_with_reason() -> None:
+    """Each switch stops only its own action, and says so."""
+    bob, gone = desired("2", "bob"), desired("9", "gone")
+    state = {"2": record(bob), "9": record(gone)}
+    users = [desired("1", "ada"), desired("2", "bob", title="Dr")]
+    plan = plan_users(target(create_users=False), users, [], state)
+    assert kinds(plan) == {"bob": "update", "gone": "disable"}
+    assert [(s.user_name, s.would) for s in plan.skipped] == [("ada", "create")]
+    assert "switched off" in plan.skipped[0].reason
+    plan = plan_users(target(update_users=False), users, [], state)
+    assert kinds(plan) == {"ada": "create", "gone": "disable"}
+    assert [(s.user_name, s.would) for s in plan.skipped] == [("bob", "update")]
+    plan = plan_users(target(deprovision_users=False), users, [], state)
+    assert kinds(plan) == {"ada": "create", "bob": "update"}
+    assert [(s.user_name, s.would) for s in plan.skipped] == [("gone", "disable")]
+
+
+def test_rejected_entry_is_not_deprovisioned() -> None:
+    """An entry still in the directory but unusable keeps its target user."""
+    bob = desired("2", "bob")
+    plan = plan_users(target(), [], [Rejection("2", "uid=bob", "no userName")], {"2": record(bob)})
+    assert plan.actions == [] and plan.counts()["rejected"] == 1

@@ -1,0 +1,119 @@
+"""Directory entries become SCIM users by the mapping."""
+
+import pytest
+
+from tasks.config import (
+    CORE_USER_SCHEMA,
+    DEFAULT_USER_MAPPING,
+    ENTERPRISE_USER_SCHEMA,
+    parse_config,
+)
+from tasks.extract import SourceUser
+from tasks.transform import build_user, content_hash, transform_batch
+
+MAPPING = (
+    parse_config(
+        {
+            "source": {"url": "ldap://x", "users": {"base_dn": "dc=x"}},
+            "targets": [
+                {
+                    "name": "t",
+                    "url": "http://t/v2",
+                    "mapping": {
+                        **DEFAULT_USER_MAPPING,
+                        "name": {
+                            "givenName": "givenName",
+                            "familyName": "sn",
+                            "formatted": "{givenName} {sn}",
+                        },
+                        "urn:example:custom:2.0:User": {"costCenter": "employeeType"},
+                        "nickName": "$dn",
+                    },
+                }
+            ],
+        }
+    )
+    .targets[0]
+    .mapping
+)
+
+
+def user(**attributes: list[str]) -> SourceUser:
+    return SourceUser(
+        "id-1", "uid=ada,ou=people,dc=x", {k.lower(): v for k, v in attributes.items()}
+    )
+
+
+def test_core_enterprise_and_custom_attributes() -> None:
+    """Core, enterprise and custom URN attributes are built, with extension schemas listed."""
+    desired = build_user(
+        user(
+            uid=["ada"],
+            cn=["Ada L"],
+            givenName=["Ada"],
+            sn=["Lovelace"],
+            employeeNumber=["42"],
+            departmentNumber=["R&D"],
+            employeeType=["CC-7"],
+        ),
+        MAPPING,
+    )
+    p = desired.payload
+    assert p["schemas"] == [CORE_USER_SCHEMA, "urn:example:custom:2.0:User", ENTERPRISE_USER_SCHEMA]
+    assert p["userName"] == "ada"
+    assert p["externalId"] == "id-1"
+    assert p["name"] == {"givenName": "Ada", "familyName": "Lovelace", "formatted": "Ada Lovelace"}
+    assert p[ENTERPRISE_USER_SCHEMA] == {"employeeNumber": "42", "department": "R&D"}
+    assert p["urn:example:custom:2.0:User"] == {"costCenter": "CC-7"}
+    assert p["nickName"] == "uid=ada,ou=people,dc=x"
+    assert p["active"] is True
+
+
+def test_multi_valued_attributes_keep_every_value() -> None:
+    """Two mail values give two work emails, the first primary; phones keep their types."""
+    p = build_user(
+        user(uid=["ada"], mail=["a@x.org", "ada@x.org"], telephoneNumber=["1"], mobile=["2", "3"]),
+        MAPPING,
+    ).payload
+    assert p["emails"] == [
+        {"value": "a@x.org", "type": "work", "primary": True},
+        {"value": "ada@x.org", "type": "work"},
+    ]
+    assert p["phoneNumbers"] == [
+        {"value": "1", "type": "work"},
+        {"value": "2", "type": "mobile"},
+        {"value": "3", "type": "mobile"},
+    ]
+
+
+def test_missing_attributes_are_left_out() -> None:
+    """An attribute without a source value is absent (so an update clears it)."""
+    p = build_user(user(uid=["ada"]), MAPPING).payload
+    assert set(p) == {"schemas", "userName", "externalId", "nickName", "active"}
+    assert p["schemas"] == [CORE_USER_SCHEMA]
+
+
+def test_disabled_account_is_inactive() -> None:
+    source = SourceUser("id-1", "uid=a,dc=x", {"uid": ["a"]}, disabled=True)
+    assert build_user(source, MAPPING).payload["active"] is False
+
+
+def test_bad_entry_is_rejected_and_others_go_on() -> None:
+    """An entry without userName is rejected with its reason; the others are built."""
+    good = user(uid=["ada"])
+    bad = SourceUser("id-2", "cn=nouid,dc=x", {"cn": ["No Uid"]})
+    desired, rejected = transform_batch([bad, good], MAPPING)
+    assert [d.user_name for d in desired] == ["ada"]
+    assert rejected[0].dn == "cn=nouid,dc=x"
+    assert "userName" in rejected[0].reason
+
+
+def test_content_hash_ignores_key_order() -> None:
+    assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
+    assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_blank_values_count_as_missing(value: str) -> None:
+    p = build_user(user(uid=["ada"], title=[value]), MAPPING).payload
+    assert "title" not in p
