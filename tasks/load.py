@@ -77,24 +77,23 @@ class Loader:
         self.use_patch = use_patch
         self.target = client.target
 
-    def find_existing(self, payload: dict[str, Any]) -> dict[str, Any] | None:
-        """The target's user matching this payload, by the configured filter, then userName."""
-        filters = []
-        value = _lookup_value(payload, self.target.user_match_attribute)
-        if value is not None:
-            filters.append(self.dialect.match_filter(self.target.user_match_filter, value))
-        by_name = self.dialect.match_filter('userName eq "%s"', str(payload["userName"]))
-        if by_name not in filters:
-            filters.append(by_name)
-        for filter_ in filters:
-            found = self.client.find_users(filter_)
-            if len(found) > 1:
-                raise RejectedError(
-                    f"{len(found)} users on the target match {filter_}; refusing to guess"
-                )
-            if found:
-                return found[0]
-        return None
+    def find_existing(
+        self, payload: dict[str, Any], *, by_user_name: bool = False
+    ) -> dict[str, Any] | None:
+        """The target's user matching this payload: by the configured filter, or by userName."""
+        if by_user_name:
+            filter_ = self.dialect.match_filter('userName eq "%s"', str(payload["userName"]))
+        else:
+            value = _lookup_value(payload, self.target.user_match_attribute)
+            if value is None:
+                return None
+            filter_ = self.dialect.match_filter(self.target.user_match_filter, value)
+        found = self.client.find_users(filter_)
+        if len(found) > 1:
+            raise RejectedError(
+                f"{len(found)} users on the target match {filter_}; refusing to guess"
+            )
+        return found[0] if found else None
 
     def update(
         self, scim_id: str, old: dict[str, Any], new: dict[str, Any], *, adopting: bool = False
@@ -124,7 +123,7 @@ class Loader:
             try:
                 created = self.client.create_user(payload)
             except ConflictError:
-                existing = self.find_existing(payload)
+                existing = self.find_existing(payload, by_user_name=True)
                 if existing is None:
                     raise
                 self.adopt(existing, payload)

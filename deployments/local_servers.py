@@ -1,0 +1,748 @@
+"""Real local servers for the demo and the tests: OpenLDAP's slapd and a SCIM server.
+
+Each server listens on 127.0.0.1 only, on free ports, runs as a child process,
+and keeps its files and its log in a work directory the caller gives.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_TIMEOUT = 15.0
+STOP_TIMEOUT = 5.0
+LOG_TAIL_LINES = 30
+
+OPENLDAP_TOOLS = ("slapd", "slapadd", "ldapsearch")
+SBIN_DIRECTORIES = ("/usr/sbin", "/sbin")
+LDAP_MODULE_DIRECTORY = Path("/usr/lib/ldap")
+LDAP_SCHEMA_DIRECTORY = Path("/etc/ldap/schema")
+BASE_SCHEMAS = ("core", "cosine", "nis", "inetorgperson")
+MDB_INDEXES = (
+    "objectClass eq",
+    "entryUUID eq",
+    "entryCSN eq",
+    "modifyTimestamp eq",
+    "uid eq,pres,sub",
+    "cn eq,pres,sub",
+    "mail eq,pres,sub",
+    "member eq",
+)
+EC_KEY_OPTIONS = {"-newkey": "ec", "-pkeyopt": "ec_paramgen_curve:prime256v1"}
+GUNICORN_OPTIONS = {
+    "--worker-class": "gthread",
+    "--threads": "8",
+    "--workers": "1",
+    "--graceful-timeout": "3",
+}
+DN_SPECIAL_CHARACTERS = frozenset('\\,+"<>;=')
+
+# Lets the tests flag disabled accounts the way 389-DS does.
+ACCOUNT_LOCK_SCHEMA_LDIF = """\
+dn: cn=accountlock,cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: accountlock
+olcAttributeTypes: ( 2.16.840.1.113730.3.1.610 NAME 'nsAccountLock'
+  DESC '389-DS: the account is disabled when TRUE'
+  EQUALITY caseIgnoreMatch
+  SYNTAX 1.3.6.1.4.1.1466.115.121.1.15 SINGLE-VALUE )
+olcObjectClasses: ( 1.3.6.1.4.1.99999.2.1 NAME 'nsAccountLockable'
+  DESC 'An entry that may carry nsAccountLock'
+  SUP top AUXILIARY MAY nsAccountLock )
+"""
+
+OPENSSL_CONFIG = """\
+[req]
+distinguished_name = subject
+prompt = no
+
+[subject]
+CN = scim-provisioner test
+
+[ca_extensions]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+
+[server_extensions]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid, issuer
+"""
+
+
+# -- Processes ---------------------------------------------------------------
+
+
+def _run(
+    command: list[str],
+    *,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120.0,
+) -> str:
+    """Run a command and return its output; raise RuntimeError with its errors when it fails."""
+    result = subprocess.run(
+        command,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        message = result.stderr.strip() or result.stdout.strip()
+        name = Path(command[0]).name
+        raise RuntimeError(f"{name} failed with status {result.returncode}: {message}")
+    return result.stdout
+
+
+def _command(*words: str | Path, options: Mapping[str, str | Path]) -> list[str]:
+    """Return a command line: the words, then each option followed by its value."""
+    pairs = (item for option, value in options.items() for item in (option, value))
+    return [str(word) for word in (*words, *pairs)]
+
+
+def _log_tail(log_path: Path) -> str:
+    """Return the last lines of a log file, or a note when it is empty."""
+    if not log_path.exists():
+        return "(no log)"
+    lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+    return "\n".join(lines) or "(empty log)"
+
+
+@dataclass
+class _Child:
+    """A server running as a child process in its own process group, its output in a log file."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: IO[bytes]
+    log_path: Path
+
+    @classmethod
+    def spawn(
+        cls,
+        name: str,
+        command: list[str],
+        log_path: Path,
+        *,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> _Child:
+        """Start a server, its output appended to a log file."""
+        log = log_path.open("ab")
+        try:
+            process = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            log.close()
+            raise
+        return cls(name, process, log, log_path)
+
+    def wait_until_ready(self, ready: Callable[[], bool]) -> None:
+        """Wait until the server answers; if it does not, halt it and raise RuntimeError."""
+        try:
+            self._poll(ready)
+        except BaseException:
+            self.halt(signal.SIGKILL)
+            raise
+
+    def _poll(self, ready: Callable[[], bool]) -> None:
+        """Wait until the server answers; raise RuntimeError, with its log tail, if it does not."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with status {self.process.returncode}:\n"
+                    f"{_log_tail(self.log_path)}"
+                )
+            if ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"{self.name} did not answer within {START_TIMEOUT:.0f} s:\n{_log_tail(self.log_path)}"
+        )
+
+    def halt(self, stop_signal: signal.Signals) -> None:
+        """Send ``stop_signal``, SIGKILL if the server lingers, SIGKILL its group, close the log."""
+        if self.process.poll() is None:
+            self.process.send_signal(stop_signal)
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def _free_ports(count: int) -> list[int]:
+    """Return distinct TCP ports that are free on 127.0.0.1."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1."""
+    return _free_ports(1)[0]
+
+
+# -- OpenLDAP tools ----------------------------------------------------------
+
+
+def _find_tool(name: str) -> str | None:
+    """Return the path of a program, looking in the sbin directories too."""
+    search_path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRECTORIES])
+    return shutil.which(name, path=search_path)
+
+
+def _tool(name: str) -> str:
+    """Return the path of an OpenLDAP program; raise RuntimeError when it is missing."""
+    path = _find_tool(name)
+    if path is None:
+        raise RuntimeError(f"{name} not found: install the Debian packages slapd and ldap-utils")
+    return path
+
+
+def ensure_openldap_installed() -> None:
+    """Install slapd and ldap-utils with apt-get when their programs are missing.
+
+    :raises RuntimeError: When they are missing and the process is not root.
+    """
+    missing = [name for name in OPENLDAP_TOOLS if _find_tool(name) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise RuntimeError(
+            f"OpenLDAP programs missing ({', '.join(missing)}): "
+            "install the Debian packages slapd and ldap-utils (apt-get install slapd ldap-utils)"
+        )
+    _run(["apt-get", "update", "-qq"], timeout=600)
+    _run(
+        ["apt-get", "install", "-y", "-qq", "slapd", "ldap-utils"],
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        timeout=600,
+    )
+
+
+def _ldap_client_env() -> dict[str, str]:
+    """Return the environment of the OpenLDAP clients, ignoring any ldap.conf or ldaprc."""
+    return {**os.environ, "LDAPNOINIT": "1"}
+
+
+# -- TLS ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM files of a test CA and of a server certificate it signed."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _openssl(*words: str, options: Mapping[str, str | Path]) -> None:
+    """Run the openssl command line tool."""
+    _run(_command("openssl", *words, options=options))
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Write a self-signed CA and a server certificate it signs, for 127.0.0.1 and localhost."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(directory / "ca.crt", directory / "server.crt", directory / "server.key")
+    config = directory / "openssl.cnf"
+    config.write_text(OPENSSL_CONFIG)
+    ca_key = directory / "ca.key"
+    request = directory / "server.csr"
+    _openssl(
+        "req",
+        "-x509",
+        "-nodes",
+        options={
+            **EC_KEY_OPTIONS,
+            "-keyout": ca_key,
+            "-config": config,
+            "-extensions": "ca_extensions",
+            "-subj": "/CN=scim-provisioner test CA",
+            "-days": "3650",
+            "-out": files.ca_cert,
+        },
+    )
+    _openssl(
+        "req",
+        "-new",
+        "-nodes",
+        options={
+            **EC_KEY_OPTIONS,
+            "-keyout": files.server_key,
+            "-config": config,
+            "-subj": "/CN=localhost",
+            "-out": request,
+        },
+    )
+    _openssl(
+        "x509",
+        "-req",
+        options={
+            "-in": request,
+            "-CA": files.ca_cert,
+            "-CAkey": ca_key,
+            "-set_serial": str(secrets.randbits(63)),
+            "-days": "825",
+            "-extfile": config,
+            "-extensions": "server_extensions",
+            "-out": files.server_cert,
+        },
+    )
+    return files
+
+
+# -- LDIF --------------------------------------------------------------------
+
+
+def _is_safe_ldif_value(value: str) -> bool:
+    """Tell whether LDIF can hold a value as is, rather than in base64 (RFC 2849)."""
+    return (
+        value.isascii()
+        and value[:1] not in (" ", ":", "<")
+        and not value.endswith(" ")
+        and not any(character in value for character in "\0\r\n")
+    )
+
+
+def _ldif_line(attribute: str, value: str) -> str:
+    """Return the LDIF line of an attribute value, in base64 when needed."""
+    if _is_safe_ldif_value(value):
+        return f"{attribute}: {value}"
+    return f"{attribute}:: {base64.b64encode(value.encode()).decode()}"
+
+
+def _entry_ldif(lines: list[tuple[str, str]]) -> str:
+    """Return an LDIF entry, ended by a blank line so that entries can be concatenated."""
+    return "".join(f"{_ldif_line(attribute, value)}\n" for attribute, value in lines) + "\n"
+
+
+def _escape_rdn_value(value: str) -> str:
+    """Escape a value for an RDN (RFC 4514)."""
+    escaped = "".join(
+        f"\\{character}" if character in DN_SPECIAL_CHARACTERS else character for character in value
+    )
+    if escaped[:1] in (" ", "#"):
+        escaped = f"\\{escaped}"
+    if escaped.endswith(" ") and not escaped.endswith("\\ "):
+        escaped = f"{escaped[:-1]}\\ "
+    return escaped
+
+
+def _leading_rdn_value(dn: str, attribute: str) -> str:
+    """Return the value of the first RDN of a DN; raise ValueError when its attribute differs."""
+    name, _, value = dn.split(",", 1)[0].partition("=")
+    if name.strip().lower() != attribute.lower() or not value:
+        raise ValueError(f"expected a DN starting with {attribute}=: {dn!r}")
+    return value.strip()
+
+
+def ou_ldif(dn: str) -> str:
+    """Return the LDIF entry of an organizationalUnit, such as ``ou=people,dc=example,dc=org``."""
+    return _entry_ldif(
+        [("dn", dn), ("objectClass", "organizationalUnit"), ("ou", _leading_rdn_value(dn, "ou"))]
+    )
+
+
+def person_ldif(
+    uid: str,
+    *,
+    given_name: str,
+    surname: str,
+    mail: list[str] | None = None,
+    ou_dn: str,
+    extra: dict[str, list[str]] | None = None,
+    locked: bool = False,
+) -> str:
+    """Return the LDIF entry of the inetOrgPerson ``uid=<uid>,<ou_dn>``.
+
+    Its cn is "<given_name> <surname>"; ``extra`` adds attribute values. A
+    locked person is also an nsAccountLockable with ``nsAccountLock: TRUE``,
+    as 389-DS flags disabled accounts.
+    """
+    lines = [
+        ("dn", f"uid={_escape_rdn_value(uid)},{ou_dn}"),
+        ("objectClass", "inetOrgPerson"),
+        *([("objectClass", "nsAccountLockable")] if locked else []),
+        ("uid", uid),
+        ("cn", f"{given_name} {surname}"),
+        ("givenName", given_name),
+        ("sn", surname),
+        *(("mail", address) for address in mail or []),
+        *((attribute, value) for attribute, values in (extra or {}).items() for value in values),
+        *([("nsAccountLock", "TRUE")] if locked else []),
+    ]
+    return _entry_ldif(lines)
+
+
+def _suffix_ldif(suffix: str) -> str:
+    """Return the LDIF entry of the suffix, a dcObject organization."""
+    domain_component = _leading_rdn_value(suffix, "dc")
+    return _entry_ldif(
+        [
+            ("dn", suffix),
+            ("objectClass", "dcObject"),
+            ("objectClass", "organization"),
+            ("dc", domain_component),
+            ("o", domain_component),
+        ]
+    )
+
+
+def _ssha(password: str) -> str:
+    """Return the salted SHA-1 hash of a password, as slappasswd writes it."""
+    salt = secrets.token_bytes(8)
+    digest = hashlib.sha1(password.encode() + salt).digest()
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+def _config_ldif(
+    *, suffix: str, admin_dn: str, admin_password: str, data_directory: Path, tls: TlsFiles
+) -> str:
+    """Return the cn=config of a slapd serving one mdb database over LDAP, StartTLS and LDAPS."""
+    schema_includes = "".join(
+        f"include: file://{LDAP_SCHEMA_DIRECTORY / schema}.ldif\n\n" for schema in BASE_SCHEMAS
+    )
+    indexes = "".join(f"olcDbIndex: {index}\n" for index in MDB_INDEXES)
+    return f"""\
+dn: cn=config
+objectClass: olcGlobal
+cn: config
+olcTLSCACertificateFile: {tls.ca_cert}
+olcTLSCertificateFile: {tls.server_cert}
+olcTLSCertificateKeyFile: {tls.server_key}
+
+dn: cn=module{{0}},cn=config
+objectClass: olcModuleList
+cn: module{{0}}
+olcModulePath: {LDAP_MODULE_DIRECTORY}
+olcModuleLoad: back_mdb
+
+dn: cn=schema,cn=config
+objectClass: olcSchemaConfig
+cn: schema
+
+{schema_includes}{ACCOUNT_LOCK_SCHEMA_LDIF}
+dn: olcDatabase={{-1}}frontend,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcFrontendConfig
+olcDatabase: {{-1}}frontend
+olcAccess: {{0}}to dn.base="" by * read
+olcAccess: {{1}}to dn.base="cn=Subschema" by * read
+
+dn: olcDatabase={{0}}config,cn=config
+objectClass: olcDatabaseConfig
+olcDatabase: {{0}}config
+olcAccess: {{0}}to * by * none
+
+dn: olcDatabase={{1}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{1}}mdb
+olcDbDirectory: {data_directory}
+olcSuffix: {suffix}
+olcRootDN: {admin_dn}
+olcRootPW: {_ssha(admin_password)}
+olcDbMaxSize: 1073741824
+olcDbNoSync: TRUE
+{indexes}olcAccess: {{0}}to * by anonymous auth by users read
+"""
+
+
+# -- slapd -------------------------------------------------------------------
+
+
+class Slapd:
+    """A private OpenLDAP slapd, with its own cn=config and mdb database in a work directory.
+
+    It serves LDAP (StartTLS included) and LDAPS on two free ports of
+    127.0.0.1, with a certificate of a test CA (:attr:`tls`). Anonymous clients
+    may only bind; authenticated ones read everything; the admin is the
+    rootdn.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        suffix: str = "dc=example,dc=org",
+        admin_password: str = "admin-secret",
+    ) -> None:
+        self.workdir = workdir
+        self.suffix = suffix
+        self.admin_password = admin_password
+        self.ldap_port, self.ldaps_port = _free_ports(2)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tls = make_tls_files(workdir / "tls")
+        self._config_directory = workdir / "slapd.d"
+        self._data_directory = workdir / "data"
+        self._log_path = workdir / "slapd.log"
+        self._child: _Child | None = None
+
+    @property
+    def admin_dn(self) -> str:
+        """The DN of the admin, the rootdn of the database."""
+        return f"cn=admin,{self.suffix}"
+
+    @property
+    def ldap_url(self) -> str:
+        """The URL of the LDAP listener, which supports StartTLS."""
+        return f"ldap://127.0.0.1:{self.ldap_port}"
+
+    @property
+    def ldaps_url(self) -> str:
+        """The URL of the LDAPS listener."""
+        return f"ldaps://127.0.0.1:{self.ldaps_port}"
+
+    def start(self, ldif: str = "") -> None:
+        """Build a fresh configuration, load the suffix entry and ``ldif``, and start slapd.
+
+        ``ldif`` holds the entries below the suffix.
+
+        :raises RuntimeError: When slapd is already running, or fails to start.
+        """
+        if self._child is not None:
+            raise RuntimeError("slapd is already running")
+        ensure_openldap_installed()
+        self._write_config()
+        self._load(ldif)
+        self._launch()
+
+    def stop(self) -> None:
+        """Stop slapd, if it runs."""
+        if self._child is not None:
+            self._child.halt(signal.SIGTERM)
+            self._child = None
+
+    def reload(self, ldif: str) -> None:
+        """Restart slapd on the same ports with a new database: the suffix entry and ``ldif``."""
+        if not self._config_directory.exists():
+            raise RuntimeError("start() slapd before reloading it")
+        self.stop()
+        self._load(ldif)
+        self._launch()
+
+    def modify(self, ldif: str) -> None:
+        """Apply LDIF changes (changetype add, modify, delete...) as the admin, with ldapmodify."""
+        options = {"-H": self.ldap_url, "-D": self.admin_dn, "-w": self.admin_password}
+        _run(
+            _command(_tool("ldapmodify"), "-x", options=options), stdin=ldif, env=_ldap_client_env()
+        )
+
+    def _write_config(self) -> None:
+        """Write a new cn=config with slapadd, dropping any previous configuration and data."""
+        for directory in (self._config_directory, self._data_directory):
+            shutil.rmtree(directory, ignore_errors=True)
+            directory.mkdir()
+        config_ldif = self.workdir / "config.ldif"
+        config_ldif.write_text(
+            _config_ldif(
+                suffix=self.suffix,
+                admin_dn=self.admin_dn,
+                admin_password=self.admin_password,
+                data_directory=self._data_directory,
+                tls=self.tls,
+            )
+        )
+        options = {"-F": self._config_directory, "-l": config_ldif}
+        _run(_command(_tool("slapadd"), "-n0", options=options))
+
+    def _load(self, ldif: str) -> None:
+        """Replace the database with the suffix entry and ``ldif``, with slapadd."""
+        shutil.rmtree(self._data_directory, ignore_errors=True)
+        self._data_directory.mkdir()
+        data_ldif = self.workdir / "data.ldif"
+        data_ldif.write_text(f"{_suffix_ldif(self.suffix)}{ldif}")
+        options = {"-F": self._config_directory, "-l": data_ldif}
+        _run(_command(_tool("slapadd"), "-q", "-n1", options=options))
+
+    def _launch(self) -> None:
+        """Start slapd in the foreground and wait until it answers."""
+        options: dict[str, str | Path] = {
+            "-F": self._config_directory,
+            "-h": f"{self.ldap_url}/ {self.ldaps_url}/",
+            # "none" rather than 0: slapd then logs its errors, and only them.
+            "-d": "none",
+        }
+        command = _command(_tool("slapd"), options=options)
+        child = _Child.spawn("slapd", command, self._log_path)
+        child.wait_until_ready(self._answers)
+        self._child = child
+
+    def _answers(self) -> bool:
+        """Tell whether slapd answers an anonymous search of its root DSE."""
+        options = {"-H": self.ldap_url, "-o": "nettimeout=1", "-s": "base", "-b": ""}
+        command = [*_command(_tool("ldapsearch"), "-x", options=options), "namingContexts"]
+        try:
+            result = subprocess.run(
+                command, capture_output=True, env=_ldap_client_env(), timeout=2, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return False
+        return result.returncode == 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# -- SCIM server -------------------------------------------------------------
+
+
+class ScimServer:
+    """A real scim2-server, served by gunicorn from :mod:`deployments.scim_app`.
+
+    Its resources are kept in memory. The ``/_test`` endpoints of its
+    instrumentation give the request counts and empty the storage.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        bearer_token: str | None = None,
+        basic: tuple[str, str] | None = None,
+        patch_supported: bool = True,
+        user_extensions: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.options: dict[str, Any] = {
+            "bearer_tokens": [bearer_token] if bearer_token is not None else [],
+            "basic": list(basic) if basic is not None else None,
+            "patch_supported": patch_supported,
+            "user_extensions": user_extensions or [],
+        }
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log_path = workdir / "gunicorn.log"
+        self._child: _Child | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The root URL of the SCIM endpoints."""
+        return f"{self._root_url}/v2"
+
+    @property
+    def _root_url(self) -> str:
+        """The URL of the server, without the SCIM version prefix."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start gunicorn, wait until /ServiceProviderConfig answers, then reset the counts.
+
+        :raises RuntimeError: When the server is already running, or fails to start.
+        """
+        if self._child is not None:
+            raise RuntimeError("the SCIM server is already running")
+        options = {**GUNICORN_OPTIONS, "--bind": f"127.0.0.1:{self.port}"}
+        command = [
+            *_command(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
+            "deployments.scim_app:create_app()",
+        ]
+        env = {**os.environ, "SCIM_APP_OPTIONS": json.dumps(self.options)}
+        child = _Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)
+        child.wait_until_ready(self._answers)
+        self._child = child
+        self.reset_stats()
+
+    def stop(self) -> None:
+        """Stop the server, if it runs: gunicorn's quick shutdown, as its data is thrown away."""
+        if self._child is not None:
+            self._child.halt(signal.SIGQUIT)
+            self._child = None
+
+    def stats(self) -> dict[str, int]:
+        """Return the number of requests under /v2 per HTTP method, since the last reset."""
+        counts: dict[str, int] = json.loads(self._call("GET", "/_test/stats"))
+        return counts
+
+    def reset_stats(self) -> None:
+        """Reset the request counts."""
+        self._call("POST", "/_test/reset-stats")
+
+    def wipe(self) -> None:
+        """Delete every user and group, and reset the request counts."""
+        self._call("POST", "/_test/wipe")
+
+    def writes(self) -> int:
+        """Return the number of write requests (POST, PUT, PATCH, DELETE) since the last reset."""
+        counts = self.stats()
+        return sum(counts.get(method, 0) for method in ("POST", "PUT", "PATCH", "DELETE"))
+
+    def _call(self, method: str, path: str) -> bytes:
+        """Send a request to an endpoint of the test instrumentation and return its body."""
+        data = b"" if method == "POST" else None
+        request = urllib.request.Request(f"{self._root_url}{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: bytes = response.read()
+            return body
+
+    def _answers(self) -> bool:
+        """Tell whether the server answers /ServiceProviderConfig with 200."""
+        try:
+            with urllib.request.urlopen(
+                f"{self.base_url}/ServiceProviderConfig", timeout=1
+            ) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()

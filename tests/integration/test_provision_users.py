@@ -1,0 +1,291 @@
+"""provision_users end to end: real slapd → real Prefect flow → real scim2-server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from deployments.local_servers import ScimServer, Slapd
+from tests.conftest import CUSTOM_URN, PEOPLE, sync, target_users, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
+
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+
+
+def counts(summary: dict, kind: str) -> int:
+    return summary["targets"][0]["succeeded"][kind]
+
+
+class TestInitialSync:
+    def test_creates_active_users_with_all_attributes(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Active people in scope are created with core, enterprise and custom attributes."""
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        users = target_users(scim)
+        assert sorted(users) == ["ada", "bob", "dee"]  # cy is locked, eve out of scope
+        ada = users["ada"]
+        assert ada["name"]["formatted"] == "Ada Lovelace"
+        assert ada["title"] == "Countess"
+        assert [e["value"] for e in ada["emails"]] == ["ada@example.org", "countess@example.org"]
+        assert ada["emails"][0]["primary"] is True
+        assert {p["type"] for p in ada["phoneNumbers"]} == {"work", "mobile"}
+        assert ada[ENTERPRISE] == {"employeeNumber": "1815", "department": "Analytical Engines"}
+        assert ada[CUSTOM_URN] == {"costCenter": "CC-1001"}
+        assert ada["active"] is True
+        assert len(ada["externalId"]) == 36  # the entryUUID
+        assert counts(summary, "create") == 3
+        assert summary["targets"][0]["planned"]["not provisioned (disabled)"] == 1
+
+    def test_second_sync_without_change_makes_no_write(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A sync right after a sync sends zero write requests."""
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        scim.reset_stats()
+        code, summary = sync(config, capsys)
+        assert code == 0
+        assert scim.writes() == 0
+        assert summary["targets"][0]["writes"] == 0
+        assert summary["targets"][0]["planned"]["unchanged"] == 3
+
+
+class TestUpdates:
+    @pytest.mark.parametrize("variant", ["open", "nopatch"])
+    def test_changes_and_cleared_attributes_reach_the_target(
+        self,
+        variant: str,
+        tmp_path: Path,
+        directory: Slapd,
+        scim_servers,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A changed title is updated and removed attributes are cleared (PATCH and PUT)."""
+        scim = scim_servers.get(variant)
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(
+            f"dn: uid=ada,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Mathematician\n-\n"
+            "delete: mobile\n-\ndelete: description\n-\ndelete: departmentNumber\n\n"
+            f"dn: uid=bob,{PEOPLE}\nchangetype: modify\ndelete: mail\n-\ndelete: title\n"
+        )
+        scim.reset_stats()
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert counts(summary, "update") == 2
+        method = "PATCH" if variant == "open" else "PUT"
+        assert scim.stats().get(method) == 2
+        assert scim.writes() == 2
+        users = target_users(scim)
+        assert users["ada"]["title"] == "Mathematician"
+        assert [p["type"] for p in users["ada"]["phoneNumbers"]] == ["work"]
+        assert users["ada"][ENTERPRISE] == {"employeeNumber": "1815"}
+        assert CUSTOM_URN not in users["ada"] or not users["ada"][CUSTOM_URN]
+        assert "emails" not in users["bob"] and "title" not in users["bob"]
+
+
+class TestDeprovisioning:
+    def test_locked_deleted_and_out_of_scope_users_are_disabled(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Disable is the default remove action, for all three ways of leaving."""
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(
+            f"dn: uid=ada,{PEOPLE}\nchangetype: modify\nadd: objectClass\n"
+            "objectClass: nsAccountLockable\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n\n"
+            f"dn: uid=bob,{PEOPLE}\nchangetype: delete\n\n"
+            f"dn: uid=dee,{PEOPLE}\nchangetype: modify\nadd: employeeType\n"
+            "employeeType: contractor\n"
+        )
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert counts(summary, "disable") == 3
+        users = target_users(scim)
+        assert {name: u["active"] for name, u in users.items()} == {
+            "ada": False,
+            "bob": False,
+            "dee": False,
+        }
+        scim.reset_stats()
+        assert sync(config, capsys)[0] == 0
+        assert scim.writes() == 0
+
+    def test_remove_action_delete(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With remove_action delete, a deleted and a locked user are deleted on the target."""
+        config = write_config(tmp_path / "c.yaml", directory, scim, remove_action="delete")
+        assert sync(config, capsys)[0] == 0
+        directory.modify(
+            f"dn: uid=bob,{PEOPLE}\nchangetype: delete\n\n"
+            f"dn: uid=ada,{PEOPLE}\nchangetype: modify\nadd: objectClass\n"
+            "objectClass: nsAccountLockable\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n"
+        )
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert counts(summary, "delete") == 2
+        assert sorted(target_users(scim)) == ["dee"]
+
+    def test_re_enabled_user_is_active_again(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        lock = (
+            f"dn: uid=bob,{PEOPLE}\nchangetype: modify\nadd: objectClass\n"
+            "objectClass: nsAccountLockable\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n"
+        )
+        directory.modify(lock)
+        assert sync(config, capsys)[0] == 0
+        assert target_users(scim)["bob"]["active"] is False
+        directory.modify(
+            f"dn: uid=bob,{PEOPLE}\nchangetype: modify\n"
+            "replace: nsAccountLock\nnsAccountLock: FALSE\n"
+        )
+        code, summary = sync(config, capsys)
+        assert code == 0
+        assert counts(summary, "update") == 1
+        assert target_users(scim)["bob"]["active"] is True
+
+
+class TestSwitches:
+    def test_provision_disabled_users(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With provision_disabled_users, the locked user is created inactive."""
+        config = write_config(tmp_path / "c.yaml", directory, scim, provision_disabled_users=True)
+        assert sync(config, capsys)[0] == 0
+        users = target_users(scim)
+        assert users["cy"]["active"] is False
+        assert len(users) == 4
+
+    def test_create_switched_off(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Nothing is created; each would-be creation is reported as skipped with the reason."""
+        config = write_config(tmp_path / "c.yaml", directory, scim, create_users=False)
+        code, summary = sync(config, capsys)
+        assert code == 0
+        assert target_users(scim) == {}
+        skipped = summary["targets"][0]["skipped"]
+        assert sorted(s["user"] for s in skipped) == ["ada", "bob", "dee"]
+        assert all(s["would"] == "create" and "switched off" in s["reason"] for s in skipped)
+
+    def test_update_switched_off(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(f"dn: uid=bob,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Boss\n")
+        config = write_config(tmp_path / "c.yaml", directory, scim, update_users=False)
+        scim.reset_stats()
+        code, summary = sync(config, capsys)
+        assert code == 0
+        assert scim.writes() == 0
+        assert target_users(scim)["bob"]["title"] == "Engineer"
+        assert [(s["user"], s["would"]) for s in summary["targets"][0]["skipped"]] == [
+            ("bob", "update")
+        ]
+
+    def test_deprovision_switched_off(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(f"dn: uid=bob,{PEOPLE}\nchangetype: delete\n")
+        config = write_config(tmp_path / "c.yaml", directory, scim, deprovision_users=False)
+        code, summary = sync(config, capsys)
+        assert code == 0
+        assert target_users(scim)["bob"]["active"] is True
+        assert [(s["user"], s["would"]) for s in summary["targets"][0]["skipped"]] == [
+            ("bob", "disable")
+        ]
+
+
+class TestMatching:
+    def test_existing_user_is_adopted_not_duplicated(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A user already on the target with the same userName is found by filter and adopted."""
+        created = requests.post(
+            f"{scim.base_url}/Users",
+            json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "ada"},
+            timeout=10,
+        ).json()
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        users = target_users(scim)
+        assert len(users) == 3
+        assert users["ada"]["id"] == created["id"]
+        assert users["ada"]["title"] == "Countess"
+        assert summary["targets"][0]["adopted"] == 1
+
+    def test_conflict_409_is_looked_up_and_adopted(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Matching by externalId misses, the POST answers 409, the user is adopted."""
+        created = requests.post(
+            f"{scim.base_url}/Users",
+            json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "bob"},
+            timeout=10,
+        ).json()
+        config = write_config(
+            tmp_path / "c.yaml",
+            directory,
+            scim,
+            user_match_filter='externalId eq "%s"',
+            user_match_attribute="externalId",
+        )
+        scim.reset_stats()
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        users = target_users(scim)
+        assert users["bob"]["id"] == created["id"]
+        assert users["bob"]["externalId"]
+        assert scim.stats()["POST"] == 3  # ada, dee created; bob's POST answered 409
+        assert len(users) == 3
+
+
+class TestBadInput:
+    def test_bad_entry_is_reported_and_others_provisioned(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """An entry without uid is rejected with its DN; the others are created; exit code 1."""
+        directory.modify(
+            f"dn: cn=No Uid,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\n"
+            "cn: No Uid\nsn: Uid\n"
+        )
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        code, summary = sync(config, capsys)
+        assert code == 1
+        assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+        rejected = summary["targets"][0]["rejected"]
+        assert rejected == [
+            {
+                "entry": f"cn=No Uid,{PEOPLE}",
+                "reason": "no value for userName (check the entry and the userName mapping)",
+            }
+        ]
+
+    def test_invalid_config_gives_one_clear_line(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from flows.cli import main
+
+        path = tmp_path / "bad.yaml"
+        path.write_text(
+            "source: {url: 'ldap://x', users: {base_dn: 'dc=x'}}\n"
+            "targets: [{name: a, url: 'http://t', remove_action: purge}]\n"
+        )
+        assert main(["sync", "--config", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err
+        assert "targets[0].remove_action" in err and "'disable' or 'delete'" in err
