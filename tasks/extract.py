@@ -131,15 +131,29 @@ def connect(source: LdapSource) -> ldap3.Connection:
         if source.tls is TlsMode.starttls:
             conn.start_tls()
         conn.bind()
-    except ldap_exc.LDAPInvalidCredentialsResult:
-        raise SourceError(
-            f"LDAP bind to {source.url} as {source.bind_dn!r} refused: invalid credentials"
-        ) from None
-    except (ldap_exc.LDAPCommunicationError, ldap_exc.LDAPStartTLSError) as exc:
-        raise _communication_error(source.url, exc) from None
     except ldap_exc.LDAPException as exc:
-        raise SourceError(f"LDAP connection to {source.url} failed: {exc}") from None
+        _close_quietly(conn)
+        raise _connection_error(source, exc) from None
     return conn
+
+
+def _close_quietly(conn: ldap3.Connection) -> None:
+    try:
+        conn.unbind()
+    except ldap_exc.LDAPException:
+        if conn.socket is not None:
+            conn.socket.close()
+
+
+def _connection_error(source: LdapSource, exc: ldap_exc.LDAPException) -> SourceError:
+    """The source error for a failed open, StartTLS or bind."""
+    if isinstance(exc, ldap_exc.LDAPInvalidCredentialsResult):
+        return SourceError(
+            f"LDAP bind to {source.url} as {source.bind_dn!r} refused: invalid credentials"
+        )
+    if isinstance(exc, ldap_exc.LDAPCommunicationError | ldap_exc.LDAPStartTLSError):
+        return _communication_error(source.url, exc)
+    return SourceError(f"LDAP connection to {source.url} failed: {exc}")
 
 
 def _communication_error(url: str, exc: Exception) -> SourceError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -74,7 +75,7 @@ class StateStore:
 
     def records(self, target: str) -> dict[str, StateRecord]:
         """Every user provisioned to ``target``, by source id."""
-        if self.read_only and not sa.inspect(self.engine).has_table(provisioned_users.name):
+        if self.read_only and not self._has_table():
             return {}
         t = provisioned_users
         query = sa.select(
@@ -118,6 +119,14 @@ class StateStore:
         t = provisioned_users
         with self.engine.begin() as conn:
             conn.execute(sa.delete(t).where((t.c.target == target) & (t.c.source_id == source_id)))
+
+    def _has_table(self) -> bool:
+        """Whether the store exists, without creating an SQLite file as a side effect."""
+        if self.engine.dialect.name == "sqlite":
+            database = self.engine.url.database
+            if database and database != ":memory:" and not Path(database).exists():
+                return False
+        return sa.inspect(self.engine).has_table(provisioned_users.name)
 
     def _check_writable(self) -> None:
         if self.read_only:

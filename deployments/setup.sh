@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install what the project needs on a fresh Debian/Ubuntu machine, then stay quiet on later runs:
+#   - Debian packages: slapd + ldap-utils (the demo's and the tests' real OpenLDAP), python3-venv;
+#   - a virtual environment (.venv, or $SCIM_PROVISIONER_VENV) with the project and its test extras.
+# Sourced by deployments/demo.sh and tests/run.sh; exports VENV_PYTHON.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${SCIM_PROVISIONER_VENV:-$ROOT/.venv}"
+
+missing=()
+{ command -v slapd || [ -x /usr/sbin/slapd ]; } >/dev/null 2>&1 || missing+=(slapd)
+command -v ldapsearch >/dev/null 2>&1 || missing+=(ldap-utils)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
+    echo "setup: please install these Debian packages first: ${missing[*]}" >&2; exit 1
+  fi
+  echo "setup: installing ${missing[*]} (apt-get)" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating the virtual environment $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+stamp="$VENV/.scim-provisioner-installed"
+if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || \
+   [ "$(cat "$stamp")" != "$ROOT" ]; then
+  echo "setup: installing the project and its dependencies into $VENV (about a minute)" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -U pip
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[test]"
+  echo "$ROOT" > "$stamp"
+fi
+export VENV_PYTHON="$VENV/bin/python"
+# Prefect's anonymous usage telemetry: off (and these machines have no internet anyway).
+export PREFECT_SERVER_ANALYTICS_ENABLED="${PREFECT_SERVER_ANALYTICS_ENABLED:-false}"
