@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except ProvisionerError as exc:
         print(f"scim-provisioner: {args.command} failed: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as exc:  # a bug: the traceback is in the log above / the Prefect run
+        print(f"scim-provisioner: {args.command} failed unexpectedly: {exc!r}", file=sys.stderr)
+        return EXIT_ERROR
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -267,7 +267,9 @@ class TargetConfig(_Model):
     deprovision_users: bool = True
     remove_action: Literal["disable", "delete"] = "disable"
     provision_disabled_users: bool = False
-    mapping: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_USER_MAPPING))
+    mapping: dict[str, Any] = Field(
+        default_factory=lambda: dict(DEFAULT_USER_MAPPING), validate_default=True
+    )
 
     @field_validator("url")
     @classmethod

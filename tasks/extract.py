@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
-from ldap3.utils.conv import escape_filter_chars
 from prefect import task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
@@ -51,11 +50,6 @@ class Extraction:
     users: list[SourceUser]
     invalid: list[tuple[str, str]]
     """(dn, reason) of entries that cannot be tracked."""
-
-
-def equality_filter(attribute: str, value: str) -> str:
-    """``(attribute=value)`` with the value escaped (RFC 4515), never an injection hole."""
-    return f"({attribute}={escape_filter_chars(value)})"
 
 
 def mapped_attributes(mappings: Iterable[dict[str, Any]]) -> set[str]:

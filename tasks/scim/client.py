@@ -141,6 +141,8 @@ class ScimClient:
         try:
             parsed = response.json()
         except ValueError:
+            if method in ("PATCH", "PUT", "DELETE"):
+                return status, None, dict(response.headers)  # confirmed; the body is not needed
             raise TransientError(
                 f"{what} answered HTTP {status} with a body that is not JSON", status=status
             ) from None

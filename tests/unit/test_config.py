@@ -45,6 +45,7 @@ class TestDefaults:
         assert target.remove_action == "disable"
         assert target.provision_disabled_users is False
         assert target.mapping["userName"] == DEFAULT_USER_MAPPING["userName"]
+        assert target.mapping["emails"][0].type == "work"  # the default is validated too
 
 
 class TestErrors:
