@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.config import LdapSource, MultiValuedRule, TlsMode
@@ -273,6 +273,15 @@ def extract_users(source: LdapSource, attributes: list[str]) -> Extraction:
     """Read every user in scope from the directory (cached per flow run)."""
     conn = connect(source)
     try:
-        return read_users(conn, source, attributes)
+        extraction = read_users(conn, source, attributes)
     finally:
         conn.unbind()
+    logger = get_run_logger()
+    for user in [u for u in extraction.users if u.warnings][:20]:
+        logger.warning("%s: %s", user.dn, "; ".join(user.warnings))
+    logger.info(
+        "read %d users in scope (%d without a usable id)",
+        len(extraction.users),
+        len(extraction.invalid),
+    )
+    return extraction

@@ -157,3 +157,19 @@ def test_plan_writes_nothing(
     assert sum(scim.stats().values()) == 0
     assert not (tmp_path / "state.db").exists()
     assert LDAP_PASSWORD not in out
+
+
+def test_token_from_a_prefect_secret_block(
+    tmp_path: Path, directory: Slapd, scim_servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A secret reference can name a Prefect Secret block instead of an environment variable."""
+    from prefect.blocks.system import Secret
+
+    Secret(value=BEARER_TOKEN).save("test-scim-token", overwrite=True)
+    scim = scim_servers.get("bearer")
+    auth = {"type": "bearer", "token": {"prefect_secret": "test-scim-token"}}
+    config = write_config(tmp_path / "c.yaml", directory, scim, auth=auth)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert len(target_users(scim, headers={"Authorization": f"Bearer {BEARER_TOKEN}"})) == 3
+    assert BEARER_TOKEN not in capsys.readouterr().out

@@ -1,0 +1,81 @@
+"""Directory entries become source users: ids, account status, text values."""
+
+import uuid
+
+from tasks.config import parse_config
+from tasks.extract import entry_to_user, mapped_attributes
+
+
+def source(directory_type: str = "openldap", **status: object):
+    data = {
+        "source": {"type": directory_type, "url": "ldap://x", "users": {"base_dn": "dc=x"}},
+        "targets": [{"name": "t", "url": "http://t/v2"}],
+    }
+    if status:
+        data["source"]["account_status"] = status
+    return parse_config(data)
+
+
+class TestIds:
+    def test_entry_uuid_is_the_openldap_id(self) -> None:
+        user = entry_to_user(
+            source().source, "uid=a,dc=x", {"entryUUID": [b"1b4e28ba-2fa1-11d2-883f-0016d3cca427"]}
+        )
+        assert user.source_id == "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+    def test_object_guid_is_decoded_little_endian(self) -> None:
+        """AD's binary objectGUID becomes the UUID string AD tools show."""
+        guid = uuid.UUID("7d3b6a0e-5d1c-4f0a-9b8e-1c2d3e4f5a6b")
+        user = entry_to_user(
+            source("active_directory").source,
+            "CN=a,DC=x",
+            {"objectGUID": [guid.bytes_le], "userAccountControl": [b"512"]},
+        )
+        assert user.source_id == str(guid)
+
+    def test_entry_without_id_is_set_aside(self) -> None:
+        assert entry_to_user(source().source, "uid=a,dc=x", {"uid": [b"a"]}) == (
+            "uid=a,dc=x",
+            "no entryUUID (the stable source id)",
+        )
+
+
+class TestAccountStatus:
+    def test_user_account_control_disable_bit(self) -> None:
+        ad = source("active_directory").source
+        guid = [uuid.uuid4().bytes_le]
+        assert entry_to_user(
+            ad, "CN=a", {"objectGUID": guid, "userAccountControl": [b"514"]}
+        ).disabled
+        assert not entry_to_user(
+            ad, "CN=a", {"objectGUID": guid, "userAccountControl": [b"512"]}
+        ).disabled
+
+    def test_flag_attribute_case_insensitive(self) -> None:
+        flag = source(method="flag", attribute="nsAccountLock", disabled_values=["true"]).source
+        entry = {"entryUUID": [b"id"], "nsaccountlock": [b"TRUE"]}
+        assert entry_to_user(flag, "uid=a", entry).disabled
+        entry["nsaccountlock"] = [b"FALSE"]
+        assert not entry_to_user(flag, "uid=a", entry).disabled
+
+    def test_bad_user_account_control_is_set_aside(self) -> None:
+        ad = source("active_directory").source
+        result = entry_to_user(
+            ad, "CN=a", {"objectGUID": [uuid.uuid4().bytes_le], "userAccountControl": [b"x"]}
+        )
+        assert isinstance(result, tuple) and "unreadable" in result[1]
+
+
+def test_values_that_are_not_utf8_are_dropped_with_a_warning() -> None:
+    user = entry_to_user(
+        source().source, "uid=a", {"entryUUID": [b"id"], "cn": [b"ok", b"\xff\xfe"]}
+    )
+    assert user.attributes["cn"] == ["ok"]
+    assert user.warnings == ("attribute cn: a value is not UTF-8 text and was ignored",)
+
+
+def test_mapped_attributes_reads_only_what_the_mappings_use() -> None:
+    config = source()
+    names = mapped_attributes([config.targets[0].mapping])
+    assert {"uid", "cn", "givenName", "sn", "mail", "telephoneNumber", "mobile"} <= names
+    assert "$id" not in names
