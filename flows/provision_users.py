@@ -26,7 +26,7 @@ from prefect.states import Completed, Failed, State
 from tasks.config import Config, TargetConfig, load_config
 from tasks.extract import Extraction, extract_users, mapped_attributes
 from tasks.load import Loader, load_batch
-from tasks.plan import Plan, plan_users
+from tasks.plan import Action, Plan, plan_users
 from tasks.report import (
     LoadProgress,
     TargetReport,
@@ -95,8 +95,34 @@ def discover(client: ScimClient) -> str:
     return method
 
 
+def load_actions(
+    loader: Loader, store: StateStore, actions: list[Action], report: TargetReport, label: str
+) -> None:
+    """Load actions in batches (one task each), with a progress bar and a progress artifact."""
+    name = loader.target.name
+    artifact = create_progress_artifact(
+        progress=0.0, description=f"{label}: {len(actions)} changes into {name}"
+    )
+    progress = LoadProgress(len(actions), name, artifact)
+    try:
+        for number, batch in enumerate(batches(actions, loader.target.batch_size), 1):
+            result = load_batch.with_options(task_run_name=f"load-{name}-{label}-{number}")(
+                loader, store, batch, f"{label}-{number}"
+            )
+            for outcome in result.outcomes:
+                report.add(outcome)
+            report.requests.update(result.requests)
+            progress.advance(len(batch))
+    finally:
+        progress.close()
+
+
 def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore) -> TargetReport:
-    """Plan and load one target; return its report."""
+    """Plan and load one target; return its report.
+
+    References to users created in this run (a manager) cannot be resolved in the first plan;
+    when there are such references, a second, small plan after the creates fills them in.
+    """
     started = time.monotonic()
     desired, rejected = desired_users(extraction, target)
     plan = make_plan(target, desired, rejected, store)
@@ -105,21 +131,13 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
         client = ScimClient(target)
         try:
             loader = Loader(client, use_patch=discover(client) == "patch")
-            artifact = create_progress_artifact(
-                progress=0.0, description=f"Loading {len(plan.actions)} changes into {target.name}"
-            )
-            progress = LoadProgress(len(plan.actions), f"{target.name}", artifact)
-            try:
-                for number, batch in enumerate(batches(plan.actions, target.batch_size), 1):
-                    result = load_batch.with_options(
-                        task_run_name=f"load-{target.name}-batch-{number}"
-                    )(loader, store, batch, f"{number}")
-                    for outcome in result.outcomes:
-                        report.add(outcome)
-                    report.requests.update(result.requests)
-                    progress.advance(len(batch))
-            finally:
-                progress.close()
+            load_actions(loader, store, plan.actions, report, "batch")
+            if plan.deferred and report.done["create"]:
+                follow_up = make_plan(target, desired, rejected, store)
+                updates = [a for a in follow_up.actions if a.kind == "update"]
+                report.planned["update"] += len(updates)
+                if updates:
+                    load_actions(loader, store, updates, report, "references")
         finally:
             client.close()
     report.seconds = time.monotonic() - started

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
+from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.utils.dn import parse_dn
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
@@ -52,6 +54,15 @@ class Extraction:
     """(dn, reason) of entries that cannot be tracked."""
 
 
+def normalize_dn(dn: str) -> str:
+    """A DN in a form that compares equal for equal DNs (case and spacing ignored)."""
+    try:
+        parts = parse_dn(dn, escape=False, strip=True)
+    except LDAPInvalidDnError:
+        return dn.strip().lower()
+    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+
+
 def mapped_attributes(mappings: Iterable[dict[str, Any]]) -> set[str]:
     """The LDAP attributes that the mappings read."""
     names: set[str] = set()
@@ -59,6 +70,7 @@ def mapped_attributes(mappings: Iterable[dict[str, Any]]) -> set[str]:
     def expression(expr: str) -> None:
         if expr in ("$id", "$dn"):
             return
+        expr = expr.removeprefix("@")
         if "{" in expr:
             names.update(part.split("}", 1)[0] for part in expr.split("{")[1:])
         else:

@@ -7,13 +7,14 @@ and which of those a switched-off target setting prevented (reported as skipped,
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tasks.config import TargetConfig
+from tasks.extract import normalize_dn
 from tasks.state import StateRecord
-from tasks.transform import DesiredUser, Rejection
+from tasks.transform import REFERENCE, DesiredUser, Rejection
 
 ActionKind = Literal["create", "update", "disable", "delete"]
 
@@ -55,6 +56,8 @@ class Plan:
     unchanged: int = 0
     not_provisioned: int = 0
     """Disabled in the directory and never provisioned (provision_disabled_users is off)."""
+    deferred: int = 0
+    """Users with a reference (e.g. manager) to a user not provisioned yet: left out for now."""
 
     def counts(self) -> dict[str, int]:
         counts = Counter(a.kind for a in self.actions)
@@ -91,6 +94,35 @@ def _deprovision(plan: Plan, target: TargetConfig, record: StateRecord, why: str
     )
 
 
+def resolve_references(
+    payload: dict[str, Any], scim_id_of: Callable[[str], str | None]
+) -> tuple[dict[str, Any], int]:
+    """Replace ``@attribute`` placeholders by SCIM ids; drop those not resolvable yet.
+
+    Returns the resolved payload (the same object when it held no placeholder) and how many
+    references were dropped. A complex attribute left empty by a dropped reference is dropped.
+    """
+    dropped = 0
+
+    def walk(node: dict[str, Any]) -> dict[str, Any]:
+        nonlocal dropped
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            if isinstance(value, dict) and REFERENCE in value:
+                value = scim_id_of(value[REFERENCE])
+                if value is None:
+                    dropped += 1
+                    continue
+            elif isinstance(value, dict):
+                value = walk(value)
+                if not value:
+                    continue
+            out[key] = value
+        return out if out != node else node
+
+    return walk(payload), dropped
+
+
 def plan_users(
     target: TargetConfig,
     desired: Iterable[DesiredUser],
@@ -106,9 +138,20 @@ def plan_users(
     plan = Plan(target=target.name, rejected=list(rejected))
     keep = {r.source_id for r in plan.rejected} | set(present_ids)
     seen: set[str] = set()
+    desired = list(desired)
+    by_dn = {normalize_dn(user.dn): user.source_id for user in desired}
+
+    def scim_id_of(dn: str) -> str | None:
+        record = state.get(by_dn.get(dn, ""))
+        return record.scim_id if record is not None else None
+
     for user in desired:
         seen.add(user.source_id)
         record = state.get(user.source_id)
+        payload, dropped = resolve_references(user.payload, scim_id_of)
+        plan.deferred += bool(dropped)
+        if payload is not user.payload:
+            user = replace(user, payload=payload)
         if user.disabled and not target.provision_disabled_users:
             if record is None:
                 plan.not_provisioned += 1

@@ -4,7 +4,11 @@ The mapping has the shape of the SCIM JSON it produces. Each leaf is a *source e
 
 - ``uid``                an LDAP attribute (the first value for a single-valued SCIM attribute);
 - ``"{givenName} {sn}"`` a template over LDAP attributes (missing ones render empty);
-- ``$id`` / ``$dn``      the entry's stable source id / its DN.
+- ``$id`` / ``$dn``      the entry's stable source id / its DN;
+- ``@manager``           a reference: the SCIM id, on this target, of the directory user whose
+                         DN the LDAP attribute holds (for the enterprise ``manager.value``).
+                         Until that user is provisioned the attribute is left out (see
+                         :func:`tasks.plan.resolve_references`).
 
 A list of ``{value, type, primary}`` rules builds a multi-valued attribute (emails, phoneNumbers):
 every value of the source attribute becomes an entry, so nothing is dropped. Keys that are schema
@@ -25,9 +29,12 @@ from prefect import task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.config import CORE_USER_SCHEMA, MultiValuedRule
-from tasks.extract import SourceUser
+from tasks.extract import SourceUser, normalize_dn
 
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
+
+REFERENCE = "$dn-reference"
+"""Key of the placeholder a ``@attribute`` mapping leaves in a payload until it is resolved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +112,10 @@ def _build(mapping: dict[str, Any], user: SourceUser) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, rule in mapping.items():
         value: Any
-        if isinstance(rule, str):
+        if isinstance(rule, str) and rule.startswith("@"):
+            values = evaluate(rule[1:], user)
+            value = {REFERENCE: normalize_dn(values[0])} if values else None
+        elif isinstance(rule, str):
             values = evaluate(rule, user)
             value = values[0] if values else None
         elif isinstance(rule, list):

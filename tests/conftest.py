@@ -56,7 +56,11 @@ def sample_people() -> str:
             surname="Babbage",
             mail=["bob@example.org"],
             ou_dn=PEOPLE,
-            extra={"title": ["Engineer"], "employeeType": ["staff"]},
+            extra={
+                "title": ["Engineer"],
+                "employeeType": ["staff"],
+                "manager": [f"uid=ada,{PEOPLE}"],
+            },
         ),
         person_ldif("cy", given_name="Cy", surname="Locked", ou_dn=PEOPLE, locked=True),
         person_ldif("dee", given_name="Dee", surname="Dee", mail=["dee@example.org"], ou_dn=PEOPLE),
@@ -168,6 +172,7 @@ def write_config(
         "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {
             "employeeNumber": "employeeNumber",
             "department": "departmentNumber",
+            "manager": {"value": "@manager"},
         },
         CUSTOM_URN: {"costCenter": "description"},
     }

@@ -42,6 +42,20 @@ class TestInitialSync:
         assert counts(summary, "create") == 3
         assert summary["targets"][0]["planned"]["not provisioned (disabled)"] == 1
 
+    def test_manager_reference_is_resolved_in_the_same_run(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """bob's manager DN (ada, created in the same run) becomes ada's SCIM id."""
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        users = target_users(scim)
+        assert users["bob"][ENTERPRISE]["manager"]["value"] == users["ada"]["id"]
+        assert counts(summary, "update") == 1  # the follow-up that filled in the reference
+        scim.reset_stats()
+        assert sync(config, capsys)[0] == 0
+        assert scim.writes() == 0
+
     def test_second_sync_without_change_makes_no_write(
         self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
     ) -> None:

@@ -113,3 +113,25 @@ def test_rejected_entry_is_not_deprovisioned() -> None:
     bob = desired("2", "bob")
     plan = plan_users(target(), [], [Rejection("2", "uid=bob", "no userName")], {"2": record(bob)})
     assert plan.actions == [] and plan.counts()["rejected"] == 1
+
+
+def test_manager_reference_resolved_or_deferred() -> None:
+    """A DN reference becomes the SCIM id of a provisioned user, else it is left out for now."""
+    from tasks.transform import REFERENCE
+
+    ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+    boss = desired("1", "boss")
+    worker = DesiredUser(
+        "2",
+        "uid=worker",
+        {"userName": "worker", ent: {"manager": {"value": {REFERENCE: "uid=boss"}}}},
+        False,
+    )
+    plan = plan_users(target(), [boss, worker], [], {})
+    create = next(a for a in plan.actions if a.user_name == "worker")
+    assert create.payload == {"userName": "worker"}
+    assert plan.deferred == 1
+    plan = plan_users(target(), [boss, worker], [], {"1": record(boss)})
+    create = next(a for a in plan.actions if a.user_name == "worker")
+    assert create.payload == {"userName": "worker", ent: {"manager": {"value": "scim-1"}}}
+    assert plan.deferred == 0
