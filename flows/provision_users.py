@@ -22,6 +22,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import quote
 
 from tasks.config import Config, TargetConfig, load_config
 from tasks.extract import Extraction, extract_users, mapped_attributes
@@ -59,7 +60,7 @@ def desired_users(
 ) -> tuple[list[DesiredUser], list[Rejection]]:
     """Transform every extracted user for one target, in batches (cached per flow run)."""
     futures = [
-        transform_users.submit(batch, target.mapping)
+        transform_users.submit(quote(batch), target.mapping)
         for batch in batches(extraction.users, TRANSFORM_BATCH)
     ]
     desired: list[DesiredUser] = []
@@ -95,6 +96,18 @@ def discover(client: ScimClient) -> str:
     return method
 
 
+@task(name="index-target-users", cache_policy=NO_CACHE)
+def index_target(loader: Loader, creates: int) -> None:
+    """Before many creates, list the target's users once instead of one look-up per create."""
+    if loader.prefetch(creates):
+        get_run_logger().info(
+            "listed %d users of %s to match %d creates",
+            len(loader.index or {}),
+            loader.target.name,
+            creates,
+        )
+
+
 def load_actions(
     loader: Loader, store: StateStore, actions: list[Action], report: TargetReport, label: str
 ) -> None:
@@ -107,7 +120,7 @@ def load_actions(
     try:
         for number, batch in enumerate(batches(actions, loader.target.batch_size), 1):
             result = load_batch.with_options(task_run_name=f"load-{name}-{label}-{number}")(
-                loader, store, batch, f"{label}-{number}"
+                loader, store, quote(batch), f"{label}-{number}"
             )
             for outcome in result.outcomes:
                 report.add(outcome)
@@ -125,15 +138,16 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
     """
     started = time.monotonic()
     desired, rejected = desired_users(extraction, target)
-    plan = make_plan(target, desired, rejected, store)
+    plan = make_plan(target, quote(desired), quote(rejected), store)
     report = TargetReport(target=target.name, planned=plan.counts(), plan=plan)
     if plan.actions:
         client = ScimClient(target)
         try:
             loader = Loader(client, use_patch=discover(client) == "patch")
+            index_target(loader, sum(1 for a in plan.actions if a.kind == "create"))
             load_actions(loader, store, plan.actions, report, "batch")
             if plan.deferred and report.done["create"]:
-                follow_up = make_plan(target, desired, rejected, store)
+                follow_up = make_plan(target, quote(desired), quote(rejected), store)
                 updates = [a for a in follow_up.actions if a.kind == "update"]
                 report.planned["update"] += len(updates)
                 if updates:

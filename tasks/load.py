@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,10 @@ from tasks.state import StateRecord, StateStore
 from tasks.transform import content_hash
 
 log = logging.getLogger(__name__)
+
+PREFETCH_MIN_CREATES = 50
+"""Below this many creates, one look-up per create is cheap enough."""
+LIST_PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +80,47 @@ class Loader:
         self.dialect = client.dialect
         self.use_patch = use_patch
         self.target = client.target
+        self.index: dict[str, str | None] | None = None
+        self.index_attribute = ""
+
+    def prefetch(self, creates: int) -> bool:
+        """List the target's users once when that costs fewer requests than a look-up per create.
+
+        Only for a plain ``attr eq "%s"`` matching filter. Afterwards a create whose value is
+        not in the listing is POSTed without a look-up; a 409 still leads to adoption, and a
+        retried create looks up for real, so the listing never causes a duplicate.
+        """
+        attribute = self.dialect.equality_attribute(self.target.user_match_filter)
+        if attribute is None or creates < PREFETCH_MIN_CREATES:
+            return False
+        total = self.client.count_users()
+        if total is None or -(-total // LIST_PAGE_SIZE) >= creates:
+            return False
+        index: dict[str, str | None] = {}
+        for resource in self.client.list_users([attribute], LIST_PAGE_SIZE):
+            value = resource.get(attribute)
+            if isinstance(value, str) and resource.get("id"):
+                key = self.dialect.match_key(attribute, value)
+                index[key] = None if key in index else str(resource["id"])  # None: ambiguous
+        self.index = index
+        self.index_attribute = attribute
+        return True
 
     def find_existing(
-        self, payload: dict[str, Any], *, by_user_name: bool = False
+        self, payload: dict[str, Any], *, by_user_name: bool = False, use_index: bool = False
     ) -> dict[str, Any] | None:
-        """The target's user matching this payload: by the configured filter, or by userName."""
+        """The target's user matching this payload: by the configured filter, or by userName.
+
+        With ``use_index`` and a listing from :meth:`prefetch`, the listing answers instead.
+        """
+        if use_index and self.index is not None and not by_user_name:
+            value = _lookup_value(payload, self.target.user_match_attribute)
+            key = self.dialect.match_key(self.index_attribute, value) if value else ""
+            if key not in self.index:
+                return None
+            scim_id = self.index[key]
+            if scim_id is not None:
+                return self.client.get_user(scim_id)
         if by_user_name:
             filter_ = self.dialect.match_filter('userName eq "%s"', str(payload["userName"]))
         else:
@@ -116,7 +156,7 @@ class Loader:
         """
         attempts = 1 + self.target.max_retries
         for attempt in range(1, attempts + 1):
-            existing = self.find_existing(payload)
+            existing = self.find_existing(payload, use_index=attempt == 1)
             if existing is not None:
                 self.adopt(existing, payload)
                 return str(existing["id"]), True
@@ -183,59 +223,58 @@ class Loader:
         return Outcome(action, True, "", None)
 
 
-def record(store: StateStore, target: str, outcome: Outcome) -> None:
-    """Write a confirmed outcome to the state store."""
-    action = outcome.action
-    if not outcome.ok:
-        return
-    if outcome.scim_id is None:
-        store.remove(target, action.source_id)
-        return
-    payload = action.payload or {}
-    store.save(
-        target,
-        StateRecord(
-            source_id=action.source_id,
-            scim_id=outcome.scim_id,
-            user_name=str(payload.get("userName", action.user_name)),
-            content_hash=content_hash(payload),
-            payload=payload,
-            status="active" if payload.get("active", True) else "disabled",
-        ),
-    )
+def record(store: StateStore, target: str, outcomes: list[Outcome]) -> None:
+    """Write confirmed outcomes to the state store (failed ones leave it as it was)."""
+    saves: list[StateRecord] = []
+    removals: list[str] = []
+    for outcome in outcomes:
+        if not outcome.ok:
+            continue
+        action = outcome.action
+        if outcome.scim_id is None:
+            removals.append(action.source_id)
+            continue
+        payload = action.payload or {}
+        saves.append(
+            StateRecord(
+                source_id=action.source_id,
+                scim_id=outcome.scim_id,
+                user_name=str(payload.get("userName", action.user_name)),
+                content_hash=content_hash(payload),
+                payload=payload,
+                status="active" if payload.get("active", True) else "disabled",
+            )
+        )
+    store.apply(target, saves, removals)
 
 
-def run_batch(
-    loader: Loader,
-    store: StateStore,
-    actions: Iterable[Action],
-    *,
-    on_outcome: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Carry out actions concurrently; record each confirmed one as it completes."""
+RECORD_EVERY = 0.25
+"""Seconds between state-store transactions while a batch runs."""
+
+
+def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> list[Outcome]:
+    """Carry out actions concurrently; record confirmed ones every :data:`RECORD_EVERY` seconds.
+
+    A fatal error stops the batch: nothing new starts, what is running finishes and is
+    recorded, then the error is raised.
+    """
     outcomes: list[Outcome] = []
     target = loader.target.name
     with ThreadPoolExecutor(max_workers=loader.target.concurrency) as pool:
         pending = {pool.submit(loader.run, action) for action in actions}
+        fatal: BaseException | None = None
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
-            for future in done:
-                if future.exception() is not None:
-                    continue
-                outcome = future.result()
-                record(store, target, outcome)
-                outcomes.append(outcome)
-                if on_outcome is not None:
-                    on_outcome(outcome)
-            fatal = next((f.exception() for f in done if f.exception() is not None), None)
-            if fatal is not None:
-                for future in pending:
-                    future.cancel()
-                for future in wait(pending).done:
-                    if not future.cancelled() and future.exception() is None:
-                        record(store, target, future.result())
-                        outcomes.append(future.result())
-                raise fatal
+            done, pending = wait(pending, timeout=RECORD_EVERY)
+            if fatal is None:
+                fatal = next((f.exception() for f in done if f.exception() is not None), None)
+                if fatal is not None:
+                    for future in pending:
+                        future.cancel()
+            confirmed = [f.result() for f in done if not f.cancelled() and f.exception() is None]
+            record(store, target, confirmed)
+            outcomes += confirmed
+        if fatal is not None:
+            raise fatal
     return outcomes
 
 

@@ -35,6 +35,12 @@ provisioned_users = sa.Table(
 )
 
 
+_DELETE_ONE = sa.delete(provisioned_users).where(
+    (provisioned_users.c.target == sa.bindparam("k_target"))
+    & (provisioned_users.c.source_id == sa.bindparam("k_source_id"))
+)
+
+
 @dataclass(frozen=True, slots=True)
 class StateRecord:
     source_id: str
@@ -94,31 +100,34 @@ class StateStore:
                 for row in conn.execute(query)
             }
 
-    def save(self, target: str, record: StateRecord) -> None:
-        """Insert or replace one record (call only after the target confirmed the write)."""
-        self._check_writable()
-        t = provisioned_users
-        values = {
-            "scim_id": record.scim_id,
-            "user_name": record.user_name,
-            "content_hash": record.content_hash,
-            "payload": json.dumps(record.payload, sort_keys=True),
-            "status": record.status,
-            "updated_at": datetime.now(UTC),
-        }
-        key = (t.c.target == target) & (t.c.source_id == record.source_id)
-        with self.engine.begin() as conn:
-            if conn.execute(sa.update(t).where(key).values(**values)).rowcount == 0:
-                conn.execute(
-                    sa.insert(t).values(target=target, source_id=record.source_id, **values)
-                )
+    def apply(self, target: str, saves: list[StateRecord], removals: list[str]) -> None:
+        """Record confirmed writes in one transaction: ``saves`` replace, ``removals`` forget.
 
-    def remove(self, target: str, source_id: str) -> None:
-        """Forget a user (it was deleted on the target)."""
+        Call only with writes the target confirmed.
+        """
         self._check_writable()
-        t = provisioned_users
+        if not saves and not removals:
+            return
+        now = datetime.now(UTC)
+        keys = [{"k_target": target, "k_source_id": sid} for sid in removals]
+        keys += [{"k_target": target, "k_source_id": r.source_id} for r in saves]
+        rows = [
+            {
+                "target": target,
+                "source_id": r.source_id,
+                "scim_id": r.scim_id,
+                "user_name": r.user_name,
+                "content_hash": r.content_hash,
+                "payload": json.dumps(r.payload, sort_keys=True),
+                "status": r.status,
+                "updated_at": now,
+            }
+            for r in saves
+        ]
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(t).where((t.c.target == target) & (t.c.source_id == source_id)))
+            conn.execute(_DELETE_ONE, keys)
+            if rows:
+                conn.execute(sa.insert(provisioned_users), rows)
 
     def _has_table(self) -> bool:
         """Whether the store exists, without creating an SQLite file as a side effect."""

@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import requests
@@ -170,6 +170,35 @@ class ScimClient:
             "GET", self.dialect.users_path, params={"filter": filter_, "count": "2"}
         )
         return self.dialect.list_resources(body)
+
+    def count_users(self) -> int | None:
+        """How many users the target holds (``totalResults``), if it says."""
+        _, body, _ = self.send("GET", self.dialect.users_path, params={"count": "1"})
+        total = body.get("totalResults") if isinstance(body, dict) else None
+        return total if isinstance(total, int) else None
+
+    def list_users(self, attributes: list[str], page_size: int) -> Iterator[dict[str, Any]]:
+        """Every user of the target, page by page (``startIndex``/``count``)."""
+        start = 1
+        while True:
+            params = {
+                "startIndex": str(start),
+                "count": str(page_size),
+                "attributes": ",".join(attributes),
+            }
+            _, body, _ = self.send("GET", self.dialect.users_path, params=params)
+            page = self.dialect.list_resources(body)
+            yield from page
+            total = body.get("totalResults") if isinstance(body, dict) else None
+            start += len(page)
+            if not page or not isinstance(total, int) or start > total:
+                return
+
+    def get_user(self, scim_id: str) -> dict[str, Any]:
+        _, body, _ = self.send("GET", f"{self.dialect.users_path}/{scim_id}")
+        if not isinstance(body, dict):
+            raise TransientError(f"GET {self.dialect.users_path}/{scim_id} answered no resource")
+        return body
 
     def create_user(self, payload: dict[str, Any]) -> dict[str, Any]:
         """POST a user (not retried here); return the created resource."""

@@ -6,10 +6,13 @@ discovery documents. The loader asks the dialect; it never branches on versions 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+
+_EQUALITY_TEMPLATE = re.compile(r'^\s*([A-Za-z][A-Za-z0-9_-]*)\s+eq\s+"%s"\s*$', re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,18 @@ class Scim20:
     def match_filter(self, template: str, value: str) -> str:
         """The configured lookup filter with its ``%s`` replaced by the escaped value."""
         return template.replace("%s", self.escape_filter_value(value))
+
+    def equality_attribute(self, template: str) -> str | None:
+        """The attribute of a plain ``attr eq "%s"`` filter template, else ``None``.
+
+        Only such a filter can be answered from a listing of the target instead of a query.
+        """
+        match = _EQUALITY_TEMPLATE.match(template)
+        return match.group(1) if match else None
+
+    def match_key(self, attribute: str, value: str) -> str:
+        """How two values of a matching attribute compare: userName ignores case (RFC 7643)."""
+        return value.casefold() if attribute == "userName" else value
 
     def patch_operations(self, old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
         """PATCH operations turning ``old`` into ``new``: replace what changed, remove what left."""

@@ -303,3 +303,38 @@ class TestBadInput:
         err = capsys.readouterr().err.strip()
         assert "\n" not in err
         assert "targets[0].remove_action" in err and "'disable' or 'delete'" in err
+
+
+def test_many_creates_match_against_one_listing(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With many creates the target is listed once instead of one look-up per create; users
+    already there are still adopted, and each new user costs one POST."""
+    from deployments.local_servers import person_ldif
+
+    def add(entry: str) -> str:
+        dn_line, rest = entry.split("\n", 1)
+        return f"{dn_line}\nchangetype: add\n{rest}"
+
+    directory.modify(
+        "".join(
+            add(person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE))
+            for n in range(60)
+        )
+    )
+    for name in ("ada", "p007"):
+        requests.post(
+            f"{scim.base_url}/Users",
+            json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name},
+            timeout=10,
+        ).raise_for_status()
+    config = write_config(tmp_path / "c.yaml", directory, scim)
+    scim.reset_stats()
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    stats = scim.stats()
+    assert len(target_users(scim)) == 63
+    assert summary["targets"][0]["adopted"] == 2
+    assert stats["POST"] == 61
+    # /ServiceProviderConfig, the count, one page of the listing, and the 2 adopted users
+    assert stats["GET"] == 5
