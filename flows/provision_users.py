@@ -37,7 +37,7 @@ from tasks.report import (
     summary_rows,
 )
 from tasks.scim.client import ScimClient
-from tasks.state import StateStore
+from tasks.state import StateRecord, StateStore
 from tasks.transform import DesiredUser, Rejection, transform_users
 
 T = TypeVar("T")
@@ -77,10 +77,10 @@ def make_plan(
     target: TargetConfig,
     desired: list[DesiredUser],
     rejected: list[Rejection],
-    store: StateStore,
+    state: dict[str, StateRecord],
 ) -> Plan:
     """Compare the desired users with the state store (always fresh: never cached)."""
-    plan = plan_users(target, desired, rejected, store.records(target.name))
+    plan = plan_users(target, desired, rejected, state)
     get_run_logger().info("plan for %s: %s", target.name, plan.counts())
     return plan
 
@@ -138,16 +138,22 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
     """
     started = time.monotonic()
     desired, rejected = desired_users(extraction, target)
-    plan = make_plan(target, quote(desired), quote(rejected), store)
+    state = store.records(target.name)
+    plan = make_plan(target, quote(desired), quote(rejected), quote(state))
     report = TargetReport(target=target.name, planned=plan.counts(), plan=plan)
     if plan.actions:
         client = ScimClient(target)
         try:
-            loader = Loader(client, use_patch=discover(client) == "patch")
+            loader = Loader(
+                client,
+                use_patch=discover(client) == "patch",
+                managed_ids=(r.scim_id for r in state.values()),
+            )
             index_target(loader, sum(1 for a in plan.actions if a.kind == "create"))
             load_actions(loader, store, plan.actions, report, "batch")
             if plan.deferred and report.done["create"]:
-                follow_up = make_plan(target, quote(desired), quote(rejected), store)
+                state = store.records(target.name)
+                follow_up = make_plan(target, quote(desired), quote(rejected), quote(state))
                 updates = [a for a in follow_up.actions if a.kind == "update"]
                 report.planned["update"] += len(updates)
                 if updates:

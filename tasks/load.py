@@ -13,6 +13,7 @@ up again instead of sending a second POST.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -75,12 +76,17 @@ def _lookup_value(payload: dict[str, Any], attribute: str) -> str | None:
 class Loader:
     """Carries out actions on one target; safe to call from several threads."""
 
-    def __init__(self, client: ScimClient, *, use_patch: bool) -> None:
+    def __init__(
+        self, client: ScimClient, *, use_patch: bool, managed_ids: Iterable[str] = ()
+    ) -> None:
+        """:param managed_ids: SCIM ids the state store already links to directory entries."""
         self.client = client
         self.dialect = client.dialect
         self.use_patch = use_patch
         self.target = client.target
         self.index: dict[str, str | None] | None = None
+        self.claimed = set(managed_ids)
+        self._lock = threading.Lock()
         self.index_attribute = ""
 
     def prefetch(self, creates: int) -> bool:
@@ -173,11 +179,23 @@ class Loader:
                     raise
                 self.client.sleep(self.client.backoff(attempt, exc.retry_after))
                 continue
+            self.claim(str(created["id"]), str(payload.get("userName")))
             return str(created["id"]), False
         raise AssertionError("unreachable")
 
+    def claim(self, scim_id: str, user_name: str) -> None:
+        """Mark a target user as ours for this run's directory entry; refuse a second claim."""
+        with self._lock:
+            if scim_id in self.claimed:
+                raise RejectedError(
+                    f"the target's user {user_name!r} ({scim_id}) is already provisioned for "
+                    "another directory entry; refusing to take it over"
+                )
+            self.claimed.add(scim_id)
+
     def adopt(self, existing: dict[str, Any], payload: dict[str, Any]) -> None:
         """Take over a user that already exists on the target, aligning what we manage."""
+        self.claim(str(existing["id"]), str(payload.get("userName")))
         known = {key: existing[key] for key in payload if key in existing}
         self.update(str(existing["id"]), known, payload, adopting=True)
 

@@ -123,22 +123,53 @@ def resolve_references(
     return walk(payload), dropped
 
 
+def without_duplicate_names(
+    desired: Iterable[DesiredUser], state: dict[str, StateRecord]
+) -> tuple[list[DesiredUser], list[Rejection]]:
+    """Set aside users whose userName another directory entry has too (case-insensitive).
+
+    When exactly one of them is already provisioned it keeps its account; the others (all of
+    them otherwise) are rejected with the DNs involved, so nobody takes over another's account.
+    """
+    users = list(desired)
+    groups: dict[str, list[DesiredUser]] = {}
+    for user in users:
+        groups.setdefault(user.user_name.casefold(), []).append(user)
+    rejected: list[Rejection] = []
+    for group in groups.values():
+        if len(group) == 1:
+            continue
+        owners = [u for u in group if u.source_id in state]
+        keeper = owners[0] if len(owners) == 1 else None
+        for user in group:
+            if user is not keeper:
+                others = "; ".join(o.dn for o in group if o is not user)
+                rejected.append(
+                    Rejection(
+                        user.source_id,
+                        user.dn,
+                        f"duplicate userName {user.user_name!r} in the directory (also {others})",
+                    )
+                )
+    refused = {r.source_id for r in rejected}
+    return [u for u in users if u.source_id not in refused], rejected
+
+
 def plan_users(
     target: TargetConfig,
     desired: Iterable[DesiredUser],
     rejected: Iterable[Rejection],
     state: dict[str, StateRecord],
-    present_ids: Iterable[str] = (),
 ) -> Plan:
     """Decide what to do for every user of one target.
 
-    :param present_ids: source ids still in the directory whose entry could not be used (a
-        rejected entry, an entry without a stable id): never deprovisioned because of that.
+    A rejected entry is still in the directory: its target user is left alone, never
+    deprovisioned because of that.
     """
-    plan = Plan(target=target.name, rejected=list(rejected))
-    keep = {r.source_id for r in plan.rejected} | set(present_ids)
+    desired, duplicates = without_duplicate_names(desired, state)
+    plan = Plan(target=target.name, rejected=[*rejected, *duplicates])
+    keep = {r.source_id for r in plan.rejected}
     seen: set[str] = set()
-    desired = list(desired)
     by_dn = {normalize_dn(user.dn): user.source_id for user in desired}
 
     def scim_id_of(dn: str) -> str | None:

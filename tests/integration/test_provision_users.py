@@ -289,6 +289,27 @@ class TestBadInput:
             }
         ]
 
+    def test_duplicate_user_name_does_not_take_over_an_account(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A second entry with bob's uid is rejected, naming both DNs; bob's account stays his."""
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        before = target_users(scim)["bob"]
+        directory.modify(
+            f"dn: ou=elsewhere,{PEOPLE}\nchangetype: add\nobjectClass: organizationalUnit\n"
+            f"ou: elsewhere\n\ndn: uid=bob,ou=elsewhere,{PEOPLE}\nchangetype: add\n"
+            "objectClass: inetOrgPerson\nuid: bob\ncn: Other Bob\nsn: Bob\n"
+        )
+        scim.reset_stats()
+        code, summary = sync(config, capsys)
+        assert code == 1
+        assert scim.writes() == 0
+        (rejected,) = summary["targets"][0]["rejected"]
+        assert rejected["entry"] == f"uid=bob,ou=elsewhere,{PEOPLE}"
+        assert f"also uid=bob,{PEOPLE}" in rejected["reason"]
+        assert target_users(scim)["bob"] == before
+
     def test_invalid_config_gives_one_clear_line(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:

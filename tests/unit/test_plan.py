@@ -135,3 +135,16 @@ def test_manager_reference_resolved_or_deferred() -> None:
     create = next(a for a in plan.actions if a.user_name == "worker")
     assert create.payload == {"userName": "worker", ent: {"manager": {"value": "scim-1"}}}
     assert plan.deferred == 0
+
+
+def test_duplicate_user_names_are_rejected_not_merged() -> None:
+    """A second entry with a provisioned user's userName is rejected; the owner keeps it.
+    Two new entries sharing a userName are both rejected."""
+    bob = desired("2", "bob")
+    other_bob = DesiredUser("7", "uid=bob,ou=elsewhere", {"userName": "BOB", "active": True}, False)
+    plan = plan_users(target(), [bob, other_bob], [], {"2": record(bob)})
+    assert plan.actions == [] and plan.unchanged == 1
+    assert [r.dn for r in plan.rejected] == ["uid=bob,ou=elsewhere"]
+    assert "duplicate userName 'BOB'" in plan.rejected[0].reason
+    plan = plan_users(target(), [bob, other_bob], [], {})
+    assert plan.actions == [] and len(plan.rejected) == 2
