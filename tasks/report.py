@@ -138,7 +138,9 @@ def headline(summary: dict[str, Any]) -> str:
         counts.update({k: v for k, v in t["succeeded"].items()})
     done = ", ".join(f"{counts[k]} {k}d" for k in KINDS if counts[k]) or "no changes"
     bad = problems(summary)
-    return f"{done}; " + (f"{bad} users with problems" if bad else "every user in step")
+    if not bad:
+        return f"{done}; every user in step"
+    return f"{done}; {bad} user{'s' if bad > 1 else ''} with problems"
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
