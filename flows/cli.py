@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
@@ -105,7 +105,7 @@ def _sync(config_path: str, target: str | None) -> dict[str, Any]:
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise data
-    return data
+    return cast(dict[str, Any], data)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
@@ -45,6 +45,11 @@ T = TypeVar("T")
 TRANSFORM_BATCH = 2000
 
 
+def as_is(value: T) -> T:
+    """Pass a large collection to a task without Prefect walking every element of it."""
+    return cast(T, quote(value))
+
+
 def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -60,7 +65,7 @@ def desired_users(
 ) -> tuple[list[DesiredUser], list[Rejection]]:
     """Transform every extracted user for one target, in batches (cached per flow run)."""
     futures = [
-        transform_users.submit(quote(batch), target.mapping)
+        transform_users.submit(as_is(batch), target.mapping)
         for batch in batches(extraction.users, TRANSFORM_BATCH)
     ]
     desired: list[DesiredUser] = []
@@ -120,7 +125,7 @@ def load_actions(
     try:
         for number, batch in enumerate(batches(actions, loader.target.batch_size), 1):
             result = load_batch.with_options(task_run_name=f"load-{name}-{label}-{number}")(
-                loader, store, quote(batch), f"{label}-{number}"
+                loader, store, as_is(batch), f"{label}-{number}"
             )
             for outcome in result.outcomes:
                 report.add(outcome)
@@ -139,7 +144,7 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
     started = time.monotonic()
     desired, rejected = desired_users(extraction, target)
     state = store.records(target.name)
-    plan = make_plan(target, quote(desired), quote(rejected), quote(state))
+    plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state))
     report = TargetReport(target=target.name, planned=plan.counts(), plan=plan)
     if plan.actions:
         client = ScimClient(target)
@@ -153,7 +158,7 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
             load_actions(loader, store, plan.actions, report, "batch")
             if plan.deferred and report.done["create"]:
                 state = store.records(target.name)
-                follow_up = make_plan(target, quote(desired), quote(rejected), quote(state))
+                follow_up = make_plan(target, as_is(desired), as_is(rejected), as_is(state))
                 updates = [a for a in follow_up.actions if a.kind == "update"]
                 report.planned["update"] += len(updates)
                 if updates:

@@ -11,7 +11,7 @@ import os
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
@@ -66,14 +66,10 @@ class SecretRef(_Model):
         from prefect.blocks.system import Secret
 
         try:
-            block = Secret.load(self.prefect_secret)
+            block = cast(Secret[str], Secret.load(cast(str, self.prefect_secret)))
         except ValueError as exc:
             raise ConfigError(f"Prefect Secret block {self.prefect_secret!r} not found") from exc
         return SecretStr(str(block.get()))
-
-    def describe(self) -> str:
-        """Where the secret comes from, safe to print."""
-        return f"env:{self.env}" if self.env else f"prefect_secret:{self.prefect_secret}"
 
 
 class DirectoryType(StrEnum):

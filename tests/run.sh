@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 source deployments/setup.sh
 "$VENV_PYTHON" -m ruff check --quiet .
 "$VENV_PYTHON" -m ruff format --check --quiet .
+"$VENV_PYTHON" -m mypy
 status=0
 "$VENV_PYTHON" -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then
