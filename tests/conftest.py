@@ -205,6 +205,17 @@ def target_users(scim: ScimServer, **auth: Any) -> dict[str, dict[str, Any]]:
     return {u["userName"]: u for u in response.json().get("Resources", [])}
 
 
+def create_on_target(scim: ScimServer, user_name: str) -> dict[str, Any]:
+    """Create a bare user directly on the target, as if someone else had made it."""
+    response = requests.post(
+        f"{scim.base_url}/Users",
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return dict(response.json())
+
+
 def sync(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
     """Run ``scim-provisioner sync --json`` and return (exit code, summary or stderr)."""
     from flows.cli import main

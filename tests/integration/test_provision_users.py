@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import requests
 
 from deployments.local_servers import ScimServer, Slapd
-from tests.conftest import CUSTOM_URN, PEOPLE, sync, target_users, write_config
+from tests.conftest import (
+    CUSTOM_URN,
+    PEOPLE,
+    create_on_target,
+    sync,
+    target_users,
+    write_config,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 
@@ -228,11 +234,7 @@ class TestMatching:
         self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """A user already on the target with the same userName is found by filter and adopted."""
-        created = requests.post(
-            f"{scim.base_url}/Users",
-            json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "ada"},
-            timeout=10,
-        ).json()
+        created = create_on_target(scim, "ada")
         config = write_config(tmp_path / "c.yaml", directory, scim)
         code, summary = sync(config, capsys)
         assert code == 0, summary
@@ -246,11 +248,7 @@ class TestMatching:
         self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
     ) -> None:
         """Matching by externalId misses, the POST answers 409, the user is adopted."""
-        created = requests.post(
-            f"{scim.base_url}/Users",
-            json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "bob"},
-            timeout=10,
-        ).json()
+        created = create_on_target(scim, "bob")
         config = write_config(
             tmp_path / "c.yaml",
             directory,
@@ -344,11 +342,7 @@ def test_many_creates_match_against_one_listing(
         )
     )
     for name in ("ada", "p007"):
-        requests.post(
-            f"{scim.base_url}/Users",
-            json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": name},
-            timeout=10,
-        ).raise_for_status()
+        create_on_target(scim, name)
     config = write_config(tmp_path / "c.yaml", directory, scim)
     scim.reset_stats()
     code, summary = sync(config, capsys)
