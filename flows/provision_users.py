@@ -1,6 +1,8 @@
 """The ``provision_users`` flow: directory users → SCIM targets.
 
-extract-from-LDAP → transform-to-SCIM (batches) → plan → load-to-SCIM (batches) → report.
+extract-from-LDAP → transform-to-SCIM (batches) → plan → load-to-SCIM (batches) → report;
+then, when the config has groups and ``sync_with_users`` is on, the steps of
+``sync_group_memberships`` on the same extract.
 
 Extract and transform results are persisted and cached per flow run, so retrying a failed run
 does not read the directory again; the plan is always made afresh from the state store, so work
@@ -10,49 +12,27 @@ that a failed run already confirmed is never redone.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-)
+from prefect.artifacts import create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
-from prefect.utilities.annotations import quote
+from prefect.states import State
 
+from flows.sync_group_memberships import run_group_sync
+from tasks.batching import as_is, batches
 from tasks.config import Config, TargetConfig, load_config
 from tasks.extract import Extraction, extract_users, mapped_attributes
 from tasks.load import Loader, load_batch
 from tasks.plan import Action, Plan, plan_users
-from tasks.report import (
-    LoadProgress,
-    TargetReport,
-    details_markdown,
-    headline,
-    problems,
-    summary_rows,
-)
+from tasks.report import LoadProgress, TargetReport, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.state import StateRecord, StateStore
+from tasks.target import discover, uses_patch
 from tasks.transform import DesiredUser, Rejection, transform_users
 
-T = TypeVar("T")
-
 TRANSFORM_BATCH = 2000
-
-
-def as_is(value: T) -> T:
-    """Pass a large collection to a task without Prefect walking every element of it."""
-    return cast(T, quote(value))
-
-
-def batches(items: Sequence[T], size: int) -> Iterator[list[T]]:
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])
 
 
 def _run_name() -> str:
@@ -88,17 +68,6 @@ def make_plan(
     plan = plan_users(target, desired, rejected, state)
     get_run_logger().info("plan for %s: %s", target.name, plan.counts())
     return plan
-
-
-@task(name="discover-target", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def discover(client: ScimClient) -> str:
-    """Read the target's /ServiceProviderConfig once per run; return the update method."""
-    capabilities = client.discover()
-    method = client.target.update_method
-    if method == "auto":
-        method = "patch" if capabilities.patch else "put"
-    get_run_logger().info("target %s: %s, updates by %s", client.target.name, capabilities, method)
-    return method
 
 
 @task(name="index-target-users", cache_policy=NO_CACHE)
@@ -151,7 +120,7 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
         try:
             loader = Loader(
                 client,
-                use_patch=discover(client) == "patch",
+                use_patch=uses_patch(target, discover(client)),
                 managed_ids=(r.scim_id for r in state.values()),
             )
             index_target(loader, sum(1 for a in plan.actions if a.kind == "create"))
@@ -169,20 +138,6 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
     return report
 
 
-def publish(summary: dict[str, Any]) -> None:
-    """The run's summary as Prefect artifacts: a table of counts and the details."""
-    create_table_artifact(
-        key="provision-users-summary",
-        table=summary_rows(summary),
-        description=summary["headline"],
-    )
-    create_markdown_artifact(
-        key="provision-users-details",
-        markdown=details_markdown(summary),
-        description="Failures, skipped actions and rejected entries",
-    )
-
-
 def run_sync(config: Config, target: str | None) -> dict[str, Any]:
     """Extract once, then plan and load every selected target; return the summary."""
     targets = config.target(target)
@@ -191,12 +146,17 @@ def run_sync(config: Config, target: str | None) -> dict[str, Any]:
     store = StateStore(config.state.url)
     try:
         reports = [sync_target(t, extraction, store) for t in targets]
+        groups = config.source.groups
+        with_groups = groups is not None and groups.sync_with_users
+        group_reports = run_group_sync(config, targets, extraction, store) if with_groups else []
     finally:
         store.close()
     summary: dict[str, Any] = {
         "source_entries": len(extraction.users) + len(extraction.invalid),
         "targets": [r.as_dict() for r in reports],
     }
+    if group_reports:
+        summary["groups"] = group_reports
     summary["headline"] = headline(summary)
     return summary
 
@@ -210,9 +170,6 @@ def provision_users(config_path: str, target: str | None = None) -> State:
     """
     config = load_config(config_path)
     summary = run_sync(config, target)
-    publish(summary)
-    logger = get_run_logger()
-    logger.info("summary: %s", summary["headline"])
-    if problems(summary):
-        return Failed(message=summary["headline"], data=summary)
-    return Completed(message=summary["headline"], data=summary)
+    publish(summary, "provision-users")
+    get_run_logger().info("summary: %s", summary["headline"])
+    return final_state(summary)

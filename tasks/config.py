@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, cast
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -83,9 +84,20 @@ class TlsMode(StrEnum):
     none = "none"
 
 
+def _ldap_filter(value: str) -> str:
+    value = value.strip()
+    balanced = value.count("(") == value.count(")")
+    if not (value.startswith("(") and value.endswith(")") and balanced):
+        raise ValueError("an LDAP filter in parentheses, e.g. (objectClass=inetOrgPerson)")
+    return value
+
+
+LdapFilter = Annotated[str, AfterValidator(_ldap_filter)]
+
+
 class UsersQuery(_Model):
     base_dn: str = Field(description="Where the users live, e.g. ou=people,dc=example,dc=org.")
-    filter: str = Field(
+    filter: LdapFilter = Field(
         "(objectClass=inetOrgPerson)", description="LDAP filter selecting the users in scope."
     )
     scope: Literal["subtree", "one"] = "subtree"
@@ -97,15 +109,35 @@ class UsersQuery(_Model):
         (), description="Extra attributes to read beyond those the mappings use."
     )
 
-    @field_validator("filter")
-    @classmethod
-    def _balanced(cls, value: str) -> str:
-        value = value.strip()
-        if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(
-            ")"
-        ):
-            raise ValueError("an LDAP filter in parentheses, e.g. (objectClass=inetOrgPerson)")
-        return value
+
+class GroupsQuery(_Model):
+    """Where the groups are and how their members are read."""
+
+    base_dn: str = Field(description="Where the groups live, e.g. ou=groups,dc=example,dc=org.")
+    filter: LdapFilter = Field(
+        "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group))",
+        description="LDAP filter selecting the groups in scope.",
+    )
+    scope: Literal["subtree", "one"] = "subtree"
+    id_attribute: str | None = Field(
+        None, description="Stable source id; default the users' id attribute."
+    )
+    name_attribute: str = Field("cn", description="Attribute naming the group (displayName).")
+    members_from: Literal["group", "user_member_of"] = Field(
+        "group",
+        description="group: the groups' member attribute(s) hold user DNs; user_member_of: "
+        "the users' memberOf attribute holds group DNs.",
+    )
+    member_attributes: tuple[str, ...] = Field(
+        ("member", "uniqueMember"), description="Group attributes holding member DNs."
+    )
+    member_of_attribute: str = Field("memberOf", description="User attribute holding group DNs.")
+    flatten_nested: bool = Field(
+        False, description="Members of nested groups become members (cycles are detected)."
+    )
+    sync_with_users: bool = Field(
+        True, description="provision_users also syncs the groups right after the users."
+    )
 
 
 class AccountStatus(_Model):
@@ -136,6 +168,7 @@ class LdapSource(_Model):
     receive_timeout: float = Field(120, gt=0)
     page_size: int = Field(500, ge=1, le=10000)
     users: UsersQuery
+    groups: GroupsQuery | None = Field(None, description="Groups to provision (optional).")
     account_status: AccountStatus = AccountStatus()
 
     @field_validator("url")
@@ -161,6 +194,9 @@ class LdapSource(_Model):
                 update={"id_attribute": "objectGUID" if ad else "entryUUID"}
             )
             object.__setattr__(self, "users", users)
+        if self.groups is not None and self.groups.id_attribute is None:
+            groups = self.groups.model_copy(update={"id_attribute": self.users.id_attribute})
+            object.__setattr__(self, "groups", groups)
         if self.account_status.method is None:
             status = self.account_status.model_copy(
                 update={"method": "user_account_control" if ad else "none"}
@@ -263,6 +299,29 @@ class TargetConfig(_Model):
     deprovision_users: bool = True
     remove_action: Literal["disable", "delete"] = "disable"
     provision_disabled_users: bool = False
+    sync_groups: bool = Field(True, description="Provision groups (when the source has groups).")
+    create_groups: bool = True
+    update_groups: bool = Field(True, description="Rename groups and change their members.")
+    delete_groups: bool = True
+    group_name_source: Literal["cn", "dn"] = Field(
+        "cn", description="displayName from the group's name attribute (cn) or its DN."
+    )
+    group_match_filter: str = Field(
+        'displayName eq "%s"', description="Filter used to find an existing group."
+    )
+    group_match_attribute: Literal["displayName", "externalId"] = "displayName"
+    membership_mode: Literal["authoritative", "additive"] = Field(
+        "authoritative",
+        description="authoritative: the directory's membership replaces the target's; "
+        "additive: never remove a member the provisioner did not add.",
+    )
+    max_members_per_request: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="Member changes per PATCH; default bulk.maxOperations from "
+        "/ServiceProviderConfig, else 100.",
+    )
     mapping: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_USER_MAPPING), validate_default=True
     )
@@ -274,7 +333,7 @@ class TargetConfig(_Model):
             raise ValueError("an URL like https://app.example.com/scim/v2")
         return value.rstrip("/")
 
-    @field_validator("user_match_filter")
+    @field_validator("user_match_filter", "group_match_filter")
     @classmethod
     def _one_placeholder(cls, value: str) -> str:
         if value.count("%s") != 1:

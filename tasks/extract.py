@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,13 +21,11 @@ from ldap3.utils.dn import parse_dn
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
+from tasks.ad import UserAccountControl, guid_text
 from tasks.config import LdapSource, MultiValuedRule, TlsMode
 from tasks.errors import SourceError, SourceUnavailable
 
 log = logging.getLogger(__name__)
-
-ACCOUNTDISABLE = 0x0002
-"""The ACCOUNTDISABLE bit of AD's userAccountControl."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +127,7 @@ def connect(source: LdapSource) -> ldap3.Connection:
         raise_exceptions=True,
         read_only=True,
         auto_referrals=False,
+        auto_range=False,
         return_empty_attributes=False,
     )
     try:
@@ -182,7 +180,7 @@ def _decode(name: str, values: list[bytes], warnings: list[str]) -> list[str]:
 def source_id(attribute: str, values: list[bytes]) -> str:
     """The stable id as text; ``objectGUID`` is binary (little-endian UUID) in AD."""
     if attribute.lower() == "objectguid":
-        return str(uuid.UUID(bytes_le=values[0]))
+        return guid_text(values[0])
     return values[0].decode("utf-8")
 
 
@@ -191,7 +189,7 @@ def is_disabled(source: LdapSource, attributes: dict[str, list[str]]) -> bool:
     status = source.account_status
     if status.method == "user_account_control":
         values = attributes.get("useraccountcontrol", [])
-        return bool(values) and bool(int(values[0]) & ACCOUNTDISABLE)
+        return bool(values) and bool(int(values[0]) & UserAccountControl.ACCOUNTDISABLE)
     if status.method == "flag":
         disabled = {v.upper() for v in status.disabled_values}
         return any(v.upper() in disabled for v in attributes.get(status.attribute.lower(), []))
@@ -217,52 +215,66 @@ def entry_to_user(
     return SourceUser(ident, dn, attributes, disabled, tuple(warnings))
 
 
-def search_users(
-    conn: ldap3.Connection, source: LdapSource, attributes: Iterable[str]
+def paged_entries(
+    conn: ldap3.Connection,
+    source: LdapSource,
+    base_dn: str,
+    filter_: str,
+    scope: str,
+    attributes: Iterable[str],
 ) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
-    """Paged search of the users in scope, yielding (dn, raw attributes)."""
+    """Paged search yielding (dn, raw attributes); LDAP failures become source errors."""
+    try:
+        results = conn.extend.standard.paged_search(
+            base_dn,
+            filter_,
+            search_scope=ldap3.SUBTREE if scope == "subtree" else ldap3.LEVEL,
+            dereference_aliases=ldap3.DEREF_NEVER,
+            attributes=sorted(set(attributes)),
+            paged_size=source.page_size,
+            generator=True,
+        )
+        for item in results:
+            if item.get("type") == "searchResEntry":
+                yield item["dn"], item["raw_attributes"]
+    except ldap_exc.LDAPNoSuchObjectResult:
+        raise SourceError(f"base DN {base_dn!r} does not exist") from None
+    except ldap_exc.LDAPCommunicationError as exc:
+        raise _communication_error(source.url, exc) from None
+    except ldap_exc.LDAPException as exc:
+        raise SourceError(f"LDAP search of {base_dn!r} failed: {exc}") from None
+
+
+def user_attributes(source: LdapSource, mapped: Iterable[str]) -> set[str]:
+    """The attributes to read for users: the mapped ones, the id, the status, memberOf."""
     query = source.users
-    wanted = {*attributes, *query.attributes, query.id_attribute or "entryUUID"}
+    wanted = {*mapped, *query.attributes, query.id_attribute or "entryUUID"}
     if source.account_status.method == "user_account_control":
         wanted.add("userAccountControl")
     elif source.account_status.method == "flag":
         wanted.add(source.account_status.attribute)
-    scope = ldap3.SUBTREE if query.scope == "subtree" else ldap3.LEVEL
-    results = conn.extend.standard.paged_search(
-        query.base_dn,
-        query.filter,
-        search_scope=scope,
-        dereference_aliases=ldap3.DEREF_NEVER,
-        attributes=sorted(wanted),
-        paged_size=source.page_size,
-        generator=True,
-    )
-    for item in results:
-        if item.get("type") == "searchResEntry":
-            yield item["dn"], item["raw_attributes"]
+    groups = source.groups
+    if groups is not None and groups.members_from == "user_member_of":
+        wanted.add(groups.member_of_attribute)
+    return wanted
 
 
 def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[str]) -> Extraction:
     """Every user in scope, with the entries that cannot be tracked set aside."""
     users: list[SourceUser] = []
     invalid: list[tuple[str, str]] = []
-    try:
-        for dn, raw in search_users(conn, source, attributes):
-            result = entry_to_user(source, dn, raw)
-            if isinstance(result, SourceUser):
-                users.append(result)
-            else:
-                invalid.append(result)
-    except ldap_exc.LDAPNoSuchObjectResult:
-        raise SourceError(f"base DN {source.users.base_dn!r} does not exist") from None
-    except ldap_exc.LDAPCommunicationError as exc:
-        raise _communication_error(source.url, exc) from None
-    except ldap_exc.LDAPException as exc:
-        raise SourceError(f"LDAP search failed: {exc}") from None
+    query = source.users
+    wanted = user_attributes(source, attributes)
+    for dn, raw in paged_entries(conn, source, query.base_dn, query.filter, query.scope, wanted):
+        result = entry_to_user(source, dn, raw)
+        if isinstance(result, SourceUser):
+            users.append(result)
+        else:
+            invalid.append(result)
     return Extraction(users, invalid)
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
+def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
     """Retry the extract only when the directory was unreachable."""
     try:
         state.result()
@@ -277,7 +289,7 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
     name="extract-from-LDAP",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=_transient,
+    retry_condition_fn=retry_if_unreachable,
     cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
     persist_result=True,
 )

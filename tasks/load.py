@@ -99,11 +99,11 @@ class Loader:
         attribute = self.dialect.equality_attribute(self.target.user_match_filter)
         if attribute is None or creates < PREFETCH_MIN_CREATES:
             return False
-        total = self.client.count_users()
+        total = self.client.count(self.dialect.users_path)
         if total is None or -(-total // LIST_PAGE_SIZE) >= creates:
             return False
         index: dict[str, str | None] = {}
-        for resource in self.client.list_users([attribute], LIST_PAGE_SIZE):
+        for resource in self.client.list_all(self.dialect.users_path, [attribute], LIST_PAGE_SIZE):
             value = resource.get(attribute)
             if isinstance(value, str) and resource.get("id"):
                 key = self.dialect.match_key(attribute, value)
@@ -126,7 +126,7 @@ class Loader:
                 return None
             scim_id = self.index[key]
             if scim_id is not None:
-                return self.client.get_user(scim_id)
+                return self.client.get(self.dialect.users_path, scim_id)
         if by_user_name:
             filter_ = self.dialect.match_filter('userName eq "%s"', str(payload["userName"]))
         else:
@@ -134,7 +134,7 @@ class Loader:
             if value is None:
                 return None
             filter_ = self.dialect.match_filter(self.target.user_match_filter, value)
-        found = self.client.find_users(filter_)
+        found = self.client.find(self.dialect.users_path, filter_)
         if len(found) > 1:
             raise RejectedError(
                 f"{len(found)} users on the target match {filter_}; refusing to guess"
@@ -150,9 +150,9 @@ class Loader:
             if adopting:
                 operations = [op for op in operations if op["op"] != "remove"]
             if operations:
-                self.client.patch_user(scim_id, operations)
+                self.client.patch(self.dialect.users_path, scim_id, operations)
         else:
-            self.client.replace_user(scim_id, new)
+            self.client.replace(self.dialect.users_path, scim_id, new)
 
     def create(self, payload: dict[str, Any]) -> tuple[str, bool]:
         """Create or adopt the user; return (SCIM id, adopted).
@@ -167,7 +167,7 @@ class Loader:
                 self.adopt(existing, payload)
                 return str(existing["id"]), True
             try:
-                created = self.client.create_user(payload)
+                created = self.client.create(self.dialect.users_path, payload)
             except ConflictError:
                 existing = self.find_existing(payload, by_user_name=True)
                 if existing is None:
@@ -228,14 +228,16 @@ class Loader:
         if action.kind == "disable":
             try:
                 if self.use_patch:
-                    self.client.patch_user(action.scim_id, self.dialect.disable_operations())
+                    self.client.patch(
+                        self.dialect.users_path, action.scim_id, self.dialect.disable_operations()
+                    )
                 else:
-                    self.client.replace_user(action.scim_id, payload)
+                    self.client.replace(self.dialect.users_path, action.scim_id, payload)
             except NotFoundError:
                 return Outcome(action, True, "already gone from the target", None)
             return Outcome(action, True, "", action.scim_id)
         try:
-            self.client.delete_user(action.scim_id)
+            self.client.delete(self.dialect.users_path, action.scim_id)
         except NotFoundError:
             return Outcome(action, True, "already gone from the target", None)
         return Outcome(action, True, "", None)

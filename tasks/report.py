@@ -11,11 +11,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect.states import State
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tasks.groups import GroupPlan
 from tasks.load import Outcome
+from tasks.load_groups import GroupOutcome
 from tasks.plan import Plan
 
 SAMPLE = 50
@@ -72,90 +75,196 @@ class TargetReport:
         }
 
 
+@dataclass
+class GroupReport:
+    """What happened to one target's groups during one run."""
+
+    target: str
+    plan: GroupPlan
+    done: Counter[str] = field(default_factory=Counter)
+    failed: Counter[str] = field(default_factory=Counter)
+    added: int = 0
+    removed: int = 0
+    adopted: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    requests: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def add(self, outcome: GroupOutcome) -> None:
+        kind = outcome.action.kind
+        if outcome.ok:
+            self.done[kind] += 1
+            self.added += outcome.added
+            self.removed += outcome.removed
+            self.adopted += outcome.adopted
+        else:
+            self.failed[kind] += 1
+            self.failures.append(
+                {"group": outcome.action.display_name, "action": kind, "error": outcome.detail}
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "target": self.target,
+            "planned": plan.counts(),
+            "succeeded": {k: self.done[k] for k in GROUP_KINDS},
+            "failed": {k: self.failed[k] for k in GROUP_KINDS},
+            "members_added": self.added,
+            "members_removed": self.removed,
+            "adopted": self.adopted,
+            "failures": self.failures[:SAMPLE],
+            "skipped": [
+                {"group": s.display_name, "would": s.would, "reason": s.reason}
+                for s in plan.skipped[:SAMPLE]
+            ],
+            "not_provisioned_members": [
+                {"group": name, "members": count}
+                for name, count in plan.not_provisioned_members.most_common(SAMPLE)
+            ],
+            "warnings": plan.warnings[:SAMPLE],
+            "requests": dict(self.requests),
+            "writes": sum(self.requests[m] for m in ("POST", "PUT", "PATCH", "DELETE")),
+            "seconds": round(self.seconds, 2),
+        }
+
+
+GROUP_KINDS = ("create", "update", "delete")
+
+
 def problems(summary: dict[str, Any]) -> int:
-    """Users that did not reach the desired state: failed writes and rejected entries."""
-    return sum(
-        sum(t["failed"].values()) + t["planned"].get("rejected", 0) for t in summary["targets"]
+    """Users and groups that did not reach the desired state (failed, or entries rejected)."""
+    users = sum(
+        sum(t["failed"].values()) + t["planned"].get("rejected", 0)
+        for t in summary.get("targets", [])
     )
+    return users + sum(sum(g["failed"].values()) for g in summary.get("groups", []))
 
 
 def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per target and action: planned, succeeded, failed."""
-    rows = []
-    for t in summary["targets"]:
+    rows: list[dict[str, Any]] = []
+
+    def row(target: str, action: str, planned: Any, succeeded: Any = "", failed: Any = "") -> None:
+        rows.append(
+            {
+                "target": target,
+                "action": action,
+                "planned": planned,
+                "succeeded": succeeded,
+                "failed": failed,
+            }
+        )
+
+    for t in summary.get("targets", []):
         for kind in KINDS:
-            rows.append(
-                {
-                    "target": t["target"],
-                    "action": kind,
-                    "planned": t["planned"][kind],
-                    "succeeded": t["succeeded"][kind],
-                    "failed": t["failed"][kind],
-                }
-            )
+            row(t["target"], kind, t["planned"][kind], t["succeeded"][kind], t["failed"][kind])
         for other in ("unchanged", "skipped", "rejected", "not provisioned (disabled)"):
-            rows.append(
-                {
-                    "target": t["target"],
-                    "action": other,
-                    "planned": t["planned"][other],
-                    "succeeded": "",
-                    "failed": "",
-                }
+            row(t["target"], other, t["planned"][other])
+    for g in summary.get("groups", []):
+        for kind in GROUP_KINDS:
+            row(
+                g["target"],
+                f"{kind} group",
+                g["planned"][kind],
+                g["succeeded"][kind],
+                g["failed"][kind],
+            )
+        row(g["target"], "members added", g["planned"]["members to add"], g["members_added"])
+        row(g["target"], "members removed", g["planned"]["members to remove"], g["members_removed"])
+        for other in ("unchanged", "skipped", "members not provisioned"):
+            row(
+                g["target"],
+                f"groups: {other}" if other != "members not provisioned" else other,
+                g["planned"][other],
             )
     return rows
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for item in rows:
+        cells = (str(item[c]).replace("|", "\\|").replace("\n", " ") for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def details_markdown(summary: dict[str, Any]) -> str:
     """Failures, skipped actions and rejected entries, as markdown for a Prefect artifact."""
     lines = [f"# {summary['headline']}", ""]
-    for t in summary["targets"]:
-        lines.append(f"## Target `{t['target']}`")
+    for t in summary.get("targets", []):
+        lines.append(f"## Users on target `{t['target']}`")
         lines.append(
             f"{t['writes']} write requests, {sum(t['requests'].values())} requests in all, "
             f"{t['seconds']} s; {t['adopted']} existing users adopted."
         )
-        for title, key, columns in (
-            ("Failed", "failures", ("user", "action", "error")),
-            ("Skipped by a switch", "skipped", ("user", "would", "reason")),
-            ("Rejected directory entries", "rejected", ("entry", "reason")),
-        ):
-            rows = t[key]
-            if not rows:
-                continue
-            lines += ["", f"### {title}", "", "| " + " | ".join(columns) + " |"]
-            lines.append("|" + "---|" * len(columns))
-            for row in rows:
-                cells = (str(row[c]).replace("|", "\\|").replace("\n", " ") for c in columns)
-                lines.append("| " + " | ".join(cells) + " |")
+        lines += _table("Failed", ("user", "action", "error"), t["failures"])
+        lines += _table("Skipped by a switch", ("user", "would", "reason"), t["skipped"])
+        lines += _table("Rejected directory entries", ("entry", "reason"), t["rejected"])
+        lines.append("")
+    for g in summary.get("groups", []):
+        lines.append(f"## Groups on target `{g['target']}`")
+        lines.append(
+            f"{g['members_added']} members added, {g['members_removed']} removed; "
+            f"{g['writes']} write requests, {sum(g['requests'].values())} requests in all, "
+            f"{g['seconds']} s; {g['adopted']} existing groups adopted."
+        )
+        lines += _table("Failed", ("group", "action", "error"), g["failures"])
+        lines += _table("Skipped by a switch", ("group", "would", "reason"), g["skipped"])
+        lines += _table(
+            "Members that are not provisioned users (left out)",
+            ("group", "members"),
+            g["not_provisioned_members"],
+        )
+        lines += _table("Warnings", ("warning",), [{"warning": w} for w in g["warnings"]])
         lines.append("")
     return "\n".join(lines)
 
 
 def headline(summary: dict[str, Any]) -> str:
     counts: Counter[str] = Counter()
-    for t in summary["targets"]:
-        counts.update({k: v for k, v in t["succeeded"].items()})
-    done = ", ".join(f"{counts[k]} {k}d" for k in KINDS if counts[k]) or "no changes"
+    for t in summary.get("targets", []):
+        counts.update(t["succeeded"])
+    parts = [f"{counts[k]} {k}d" for k in KINDS if counts[k]]
+    groups: Counter[str] = Counter()
+    for g in summary.get("groups", []):
+        groups.update(g["succeeded"])
+        groups["members added"] += g["members_added"]
+        groups["members removed"] += g["members_removed"]
+    parts += [f"{groups[k]} groups {k}d" for k in GROUP_KINDS if groups[k]]
+    parts += [f"{groups[k]} {k}" for k in ("members added", "members removed") if groups[k]]
+    done = ", ".join(parts) or "no changes"
     bad = problems(summary)
+    if not summary.get("groups"):
+        return (
+            f"{done}; every user in step"
+            if not bad
+            else f"{done}; {bad} {_plural(bad, 'user')} with problems"
+        )
     if not bad:
-        return f"{done}; every user in step"
-    return f"{done}; {bad} user{'s' if bad > 1 else ''} with problems"
+        return f"{done}; every user and group in step"
+    return f"{done}; {bad} {_plural(bad, 'user or group', 'users or groups')} with problems"
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return one if count == 1 else (many or f"{one}s")
 
 
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """A table per run for the terminal."""
     console = console or Console(stderr=False)
-    table = Table(title=f"provision_users: {summary['headline']}")
+    table = Table(title=summary["headline"])
     for column in ("target", "action", "planned", "succeeded", "failed"):
         table.add_column(column, justify="left" if column in ("target", "action") else "right")
     for row in summary_rows(summary):
-        if row["planned"] or row["action"] in KINDS:
+        if row["planned"] or row["succeeded"] or row["action"] in KINDS:
             table.add_row(
                 *(str(row[c]) for c in ("target", "action", "planned", "succeeded", "failed"))
             )
     console.print(table)
-    for t in summary["targets"]:
+    for t in summary.get("targets", []):
         for f in t["failures"][:10]:
             console.print(
                 f"[red]failed[/red] {t['target']}: {f['action']} {f['user']}: {f['error']}"
@@ -164,6 +273,40 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
             console.print(f"[yellow]rejected[/yellow] {r['entry']}: {r['reason']}")
         for s in t["skipped"][:10]:
             console.print(f"[yellow]skipped[/yellow] {s['would']} {s['user']}: {s['reason']}")
+    for g in summary.get("groups", []):
+        for f in g["failures"][:10]:
+            console.print(
+                f"[red]failed[/red] {g['target']}: {f['action']} group {f['group']}: {f['error']}"
+            )
+        for s in g["skipped"][:10]:
+            console.print(
+                f"[yellow]skipped[/yellow] {s['would']} group {s['group']}: {s['reason']}"
+            )
+        for w in g["warnings"][:10]:
+            console.print(f"[yellow]warning[/yellow] {g['target']}: {w}")
+
+
+def publish(summary: dict[str, Any], key: str) -> None:
+    """The run's summary as Prefect artifacts: a table of counts and the details."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(
+        key=f"{key}-summary", table=summary_rows(summary), description=summary["headline"]
+    )
+    create_markdown_artifact(
+        key=f"{key}-details",
+        markdown=details_markdown(summary),
+        description="Failures, skipped actions, rejected entries and warnings",
+    )
+
+
+def final_state(summary: dict[str, Any]) -> State:
+    """Completed when everything is in step, Failed (with the same summary) otherwise."""
+    from prefect.states import Completed, Failed
+
+    if problems(summary):
+        return Failed(message=summary["headline"], data=summary)
+    return Completed(message=summary["headline"], data=summary)
 
 
 class LoadProgress:

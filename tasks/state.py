@@ -1,8 +1,9 @@
 """The state store: what was provisioned where, written only after the target confirmed it.
 
-Per target and source id: the SCIM id, the userName, the hash and body of the last payload the
-target accepted (the body lets an update PATCH exactly what changed and clear what disappeared),
-and the status (``active`` or ``disabled``). SQLite by default; any SQLAlchemy URL works, and
+Users, per target and source id: the SCIM id, the userName, the hash and body of the last
+payload the target accepted (the body lets an update PATCH exactly what changed and clear what
+disappeared), and the status (``active`` or ``disabled``). Groups: the SCIM id, the
+displayName and the member SCIM ids we know of. SQLite by default; any SQLAlchemy URL works, and
 PostgreSQL is tested (``postgresql+psycopg://...``).
 """
 
@@ -35,10 +36,28 @@ provisioned_users = sa.Table(
 )
 
 
-_DELETE_ONE = sa.delete(provisioned_users).where(
-    (provisioned_users.c.target == sa.bindparam("k_target"))
-    & (provisioned_users.c.source_id == sa.bindparam("k_source_id"))
+provisioned_groups = sa.Table(
+    "provisioned_groups",
+    metadata,
+    sa.Column("target", sa.String(200), primary_key=True),
+    sa.Column("source_id", sa.String(200), primary_key=True),
+    sa.Column("scim_id", sa.String(400), nullable=False),
+    sa.Column("display_name", sa.String(1000), nullable=False),
+    sa.Column("members", sa.Text, nullable=False),
+    sa.Column("foreign_members", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+def _delete_one(table: sa.Table) -> sa.Delete:
+    return sa.delete(table).where(
+        (table.c.target == sa.bindparam("k_target"))
+        & (table.c.source_id == sa.bindparam("k_source_id"))
+    )
+
+
+_DELETE_USER = _delete_one(provisioned_users)
+_DELETE_GROUP = _delete_one(provisioned_groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +68,21 @@ class StateRecord:
     content_hash: str
     payload: dict[str, Any]
     status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A group provisioned to a target and the members we know it has.
+
+    ``members`` are the SCIM ids the group has as far as we know; ``foreign`` those of them we
+    did not add (additive mode only: they are never removed).
+    """
+
+    source_id: str
+    scim_id: str
+    display_name: str
+    members: frozenset[str]
+    foreign: frozenset[str] = frozenset()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -81,9 +115,9 @@ class StateStore:
 
     def records(self, target: str) -> dict[str, StateRecord]:
         """Every user provisioned to ``target``, by source id."""
-        if self.read_only and not self._has_table():
-            return {}
         t = provisioned_users
+        if self.read_only and not self._has_table(t):
+            return {}
         query = sa.select(
             t.c.source_id, t.c.scim_id, t.c.user_name, t.c.content_hash, t.c.payload, t.c.status
         ).where(t.c.target == target)
@@ -125,17 +159,62 @@ class StateStore:
             for r in saves
         ]
         with self.engine.begin() as conn:
-            conn.execute(_DELETE_ONE, keys)
+            conn.execute(_DELETE_USER, keys)
             if rows:
                 conn.execute(sa.insert(provisioned_users), rows)
 
-    def _has_table(self) -> bool:
+    def groups(self, target: str) -> dict[str, GroupRecord]:
+        """Every group provisioned to ``target``, by source id."""
+        t = provisioned_groups
+        if self.read_only and not self._has_table(t):
+            return {}
+        query = sa.select(
+            t.c.source_id, t.c.scim_id, t.c.display_name, t.c.members, t.c.foreign_members
+        ).where(t.c.target == target)
+        with self.engine.connect() as conn:
+            return {
+                row.source_id: GroupRecord(
+                    row.source_id,
+                    row.scim_id,
+                    row.display_name,
+                    frozenset(json.loads(row.members)),
+                    frozenset(json.loads(row.foreign_members)),
+                )
+                for row in conn.execute(query)
+            }
+
+    def apply_groups(self, target: str, saves: list[GroupRecord], removals: list[str]) -> None:
+        """Record confirmed group writes in one transaction, as :meth:`apply` does for users."""
+        self._check_writable()
+        if not saves and not removals:
+            return
+        now = datetime.now(UTC)
+        keys = [{"k_target": target, "k_source_id": sid} for sid in removals]
+        keys += [{"k_target": target, "k_source_id": g.source_id} for g in saves]
+        rows = [
+            {
+                "target": target,
+                "source_id": g.source_id,
+                "scim_id": g.scim_id,
+                "display_name": g.display_name,
+                "members": json.dumps(sorted(g.members)),
+                "foreign_members": json.dumps(sorted(g.foreign)),
+                "updated_at": now,
+            }
+            for g in saves
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(_DELETE_GROUP, keys)
+            if rows:
+                conn.execute(sa.insert(provisioned_groups), rows)
+
+    def _has_table(self, table: sa.Table) -> bool:
         """Whether the store exists, without creating an SQLite file as a side effect."""
         if self.engine.dialect.name == "sqlite":
             database = self.engine.url.database
             if database and database != ":memory:" and not Path(database).exists():
                 return False
-        return sa.inspect(self.engine).has_table(provisioned_users.name)
+        return sa.inspect(self.engine).has_table(table.name)
 
     def _check_writable(self) -> None:
         if self.read_only:

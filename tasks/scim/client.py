@@ -165,20 +165,22 @@ class ScimClient:
         self.capabilities = Capabilities()
         return self.capabilities
 
-    def find_users(self, filter_: str) -> list[dict[str, Any]]:
-        _, body, _ = self.send(
-            "GET", self.dialect.users_path, params={"filter": filter_, "count": "2"}
-        )
+    def find(self, path: str, filter_: str) -> list[dict[str, Any]]:
+        """Resources of ``path`` (``/Users``, ``/Groups``) matching a filter (at most 2 asked:
+        enough to tell one from ambiguous)."""
+        _, body, _ = self.send("GET", path, params={"filter": filter_, "count": "2"})
         return self.dialect.list_resources(body)
 
-    def count_users(self) -> int | None:
-        """How many users the target holds (``totalResults``), if it says."""
-        _, body, _ = self.send("GET", self.dialect.users_path, params={"count": "1"})
+    def count(self, path: str) -> int | None:
+        """How many resources ``path`` holds (``totalResults``), if the target says."""
+        _, body, _ = self.send("GET", path, params={"count": "1"})
         total = body.get("totalResults") if isinstance(body, dict) else None
         return total if isinstance(total, int) else None
 
-    def list_users(self, attributes: list[str], page_size: int) -> Iterator[dict[str, Any]]:
-        """Every user of the target, page by page (``startIndex``/``count``)."""
+    def list_all(
+        self, path: str, attributes: list[str], page_size: int
+    ) -> Iterator[dict[str, Any]]:
+        """Every resource of ``path``, page by page (``startIndex``/``count``)."""
         start = 1
         while True:
             params = {
@@ -186,7 +188,7 @@ class ScimClient:
                 "count": str(page_size),
                 "attributes": ",".join(attributes),
             }
-            _, body, _ = self.send("GET", self.dialect.users_path, params=params)
+            _, body, _ = self.send("GET", path, params=params)
             page = self.dialect.list_resources(body)
             yield from page
             total = body.get("totalResults") if isinstance(body, dict) else None
@@ -194,40 +196,31 @@ class ScimClient:
             if not page or not isinstance(total, int) or start > total:
                 return
 
-    def get_user(self, scim_id: str) -> dict[str, Any]:
-        _, body, _ = self.send("GET", f"{self.dialect.users_path}/{scim_id}")
+    def get(self, path: str, scim_id: str, attributes: list[str] | None = None) -> dict[str, Any]:
+        params = {"attributes": ",".join(attributes)} if attributes else None
+        _, body, _ = self.send("GET", f"{path}/{scim_id}", params=params)
         if not isinstance(body, dict):
-            raise TransientError(f"GET {self.dialect.users_path}/{scim_id} answered no resource")
+            raise TransientError(f"GET {path}/{scim_id} answered no resource")
         return body
 
-    def create_user(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST a user (not retried here); return the created resource."""
-        _, body, headers = self.send("POST", self.dialect.users_path, body=payload, retry=False)
-        if not isinstance(body, dict) or not body.get("id"):
+    def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a resource (never re-sent here: the caller looks up first); return it."""
+        _, created, headers = self.send("POST", path, body=body, retry=False)
+        if not isinstance(created, dict) or not created.get("id"):
             location = headers.get("Location", "")
             if location:
-                return {**payload, "id": location.rstrip("/").rsplit("/", 1)[-1]}
-            raise TransientError(
-                "POST /Users answered without the new user's id; it will be looked up"
-            )
-        return body
+                return {**body, "id": location.rstrip("/").rsplit("/", 1)[-1]}
+            raise TransientError(f"POST {path} answered without the new resource's id")
+        return created
 
-    def replace_user(self, scim_id: str, payload: dict[str, Any]) -> None:
-        self.send(
-            "PUT",
-            f"{self.dialect.users_path}/{scim_id}",
-            body=self.dialect.replace_body(scim_id, payload),
-        )
+    def replace(self, path: str, scim_id: str, body: dict[str, Any]) -> None:
+        self.send("PUT", f"{path}/{scim_id}", body=self.dialect.replace_body(scim_id, body))
 
-    def patch_user(self, scim_id: str, operations: list[dict[str, Any]]) -> None:
-        self.send(
-            "PATCH",
-            f"{self.dialect.users_path}/{scim_id}",
-            body=self.dialect.patch_body(operations),
-        )
+    def patch(self, path: str, scim_id: str, operations: list[dict[str, Any]]) -> None:
+        self.send("PATCH", f"{path}/{scim_id}", body=self.dialect.patch_body(operations))
 
-    def delete_user(self, scim_id: str) -> None:
-        self.send("DELETE", f"{self.dialect.users_path}/{scim_id}")
+    def delete(self, path: str, scim_id: str) -> None:
+        self.send("DELETE", f"{path}/{scim_id}")
 
 
 def _reason(exc: Exception) -> str:

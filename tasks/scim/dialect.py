@@ -7,10 +7,12 @@ discovery documents. The loader asks the dialect; it never branches on versions 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 
 _EQUALITY_TEMPLATE = re.compile(r'^\s*([A-Za-z][A-Za-z0-9_-]*)\s+eq\s+"%s"\s*$', re.IGNORECASE)
 
@@ -23,6 +25,7 @@ class Capabilities:
     filter: bool = False
     filter_max_results: int | None = None
     etag: bool = False
+    bulk_max_operations: int | None = None
 
     @classmethod
     def from_service_provider_config(cls, doc: Any) -> Capabilities:
@@ -34,12 +37,16 @@ class Capabilities:
             part = doc.get(name)
             return isinstance(part, dict) and part.get("supported") is True
 
-        max_results = doc.get("filter", {}).get("maxResults") if supported("filter") else None
+        def positive(name: str, key: str) -> int | None:
+            value = doc[name].get(key) if supported(name) else None
+            return value if isinstance(value, int) and value > 0 else None
+
         return cls(
             patch=supported("patch"),
             filter=supported("filter"),
-            filter_max_results=max_results if isinstance(max_results, int) else None,
+            filter_max_results=positive("filter", "maxResults"),
             etag=supported("etag"),
+            bulk_max_operations=positive("bulk", "maxOperations"),
         )
 
 
@@ -68,6 +75,7 @@ class Scim20:
     name = "scim2.0"
     media_type = "application/scim+json"
     users_path = "/Users"
+    groups_path = "/Groups"
     service_provider_config_paths: tuple[str, ...] = ("/ServiceProviderConfig",)
 
     @staticmethod
@@ -112,6 +120,39 @@ class Scim20:
 
     def replace_body(self, scim_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         return {**payload, "id": scim_id}
+
+    def group_body(
+        self, display_name: str, external_id: str, members: Iterable[str]
+    ) -> dict[str, Any]:
+        """A whole group (POST, PUT) with these member SCIM ids."""
+        return {
+            "schemas": [GROUP_SCHEMA],
+            "displayName": display_name,
+            "externalId": external_id,
+            "members": [{"value": member} for member in sorted(members)],
+        }
+
+    def member_operations(self, add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
+        """PATCH operations adding and removing members; each removal names its member."""
+        ops: list[dict[str, Any]] = [
+            {"op": "remove", "path": f'members[value eq "{self.escape_filter_value(m)}"]'}
+            for m in sorted(remove)
+        ]
+        added = sorted(add)
+        if added:
+            ops.append({"op": "add", "path": "members", "value": [{"value": m} for m in added]})
+        return ops
+
+    def rename_operations(self, display_name: str, external_id: str) -> list[dict[str, Any]]:
+        return [
+            {"op": "replace", "path": "displayName", "value": display_name},
+            {"op": "replace", "path": "externalId", "value": external_id},
+        ]
+
+    def member_ids(self, group: dict[str, Any]) -> set[str]:
+        """The member ids of a group resource as the target returned it."""
+        members = group.get("members") or []
+        return {str(m["value"]) for m in members if isinstance(m, dict) and m.get("value")}
 
     def list_resources(self, body: Any) -> list[dict[str, Any]]:
         """The resources of a ListResponse (an empty or odd answer is no resources)."""

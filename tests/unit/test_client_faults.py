@@ -100,7 +100,7 @@ def test_429_waits_for_retry_after(serve) -> None:
     """A 429 is retried after exactly the Retry-After the target asked for."""
     fake = serve(lambda r, n: (429, {"Retry-After": "3"}, None) if n == 1 else (200, {}, listing()))
     sleeps: list[float] = []
-    assert client_for(fake, sleeps).find_users('userName eq "a"') == []
+    assert client_for(fake, sleeps).find("/Users", 'userName eq "a"') == []
     assert sleeps == [3.0]
     assert len(fake.requests) == 2
 
@@ -109,7 +109,7 @@ def test_5xx_is_retried_with_backoff_then_gives_up(serve) -> None:
     fake = serve(lambda r, n: (503, {}, b"<html>busy</html>"))
     sleeps: list[float] = []
     with pytest.raises(TransientError, match="HTTP 503: <html>busy</html>"):
-        client_for(fake, sleeps).find_users('userName eq "a"')
+        client_for(fake, sleeps).find("/Users", 'userName eq "a"')
     assert len(fake.requests) == 4  # 1 + max_retries
     assert len(sleeps) == 3 and sleeps[0] <= sleeps[2]
 
@@ -117,7 +117,7 @@ def test_5xx_is_retried_with_backoff_then_gives_up(serve) -> None:
 def test_401_is_fatal_and_not_retried(serve) -> None:
     fake = serve(lambda r, n: (401, {}, {"detail": "bad token", "status": "401"}))
     with pytest.raises(FatalError, match="bad token"):
-        client_for(fake, []).find_users('userName eq "a"')
+        client_for(fake, []).find("/Users", 'userName eq "a"')
     assert len(fake.requests) == 1
 
 

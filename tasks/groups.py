@@ -1,0 +1,322 @@
+"""Groups: read them from the directory, resolve their members, plan the target's changes.
+
+Members are resolved to *user source ids* (DN → the user entry in scope), optionally through
+nested groups (flattened, cycles detected), then to SCIM user ids from the state store: only
+users provisioned and active on the target can be members there; the others are counted and
+reported. The plan per group is a rename and a member delta, never a full re-send.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import ldap3
+from ldap3.core import exceptions as ldap_exc
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+
+from tasks.ad import parse_range, ranged_values
+from tasks.config import GroupsQuery, LdapSource, TargetConfig
+from tasks.errors import SourceError
+from tasks.extract import (
+    SourceUser,
+    connect,
+    normalize_dn,
+    paged_entries,
+    retry_if_unreachable,
+    source_id,
+)
+from tasks.state import GroupRecord, StateRecord
+
+# -- extract ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGroup:
+    """One group entry: stable id, DN, name and member DNs (normalized)."""
+
+    source_id: str
+    dn: str
+    name: str
+    member_dns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupExtraction:
+    groups: list[SourceGroup]
+    invalid: list[tuple[str, str]]
+
+
+def _fetch_range(
+    conn: ldap3.Connection, dn: str
+) -> Callable[[str], tuple[str, list[bytes]] | None]:
+    def fetch(attribute: str) -> tuple[str, list[bytes]] | None:
+        try:
+            conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=[attribute])
+        except ldap_exc.LDAPException as exc:
+            raise SourceError(f"ranged read of {attribute} on {dn!r} failed: {exc}") from None
+        for item in conn.response or []:
+            for name, values in item.get("raw_attributes", {}).items():
+                return name, list(values)
+        return None
+
+    return fetch
+
+
+def entry_to_group(
+    query: GroupsQuery, dn: str, raw: dict[str, list[bytes]], conn: ldap3.Connection | None
+) -> SourceGroup | tuple[str, str]:
+    """A group entry as a :class:`SourceGroup` (ranged member values read in full)."""
+    id_attribute = query.id_attribute or "entryUUID"
+    by_name = {name.lower(): values for name, values in raw.items()}
+    ids = by_name.get(id_attribute.lower())
+    if not ids:
+        return dn, f"no {id_attribute} (the stable source id)"
+    names = by_name.get(query.name_attribute.lower())
+    member_attributes = {a.lower() for a in query.member_attributes}
+    members: list[str] = []
+    for name, values in raw.items():
+        ranged = parse_range(name)
+        base = (ranged[0] if ranged else name).lower()
+        if base not in member_attributes:
+            continue
+        if ranged is not None and conn is not None:
+            values = ranged_values(name, list(values), _fetch_range(conn, dn))
+        members += [normalize_dn(v.decode("utf-8", errors="replace")) for v in values]
+    try:
+        ident = source_id(id_attribute, ids)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return dn, f"unreadable {id_attribute}: {exc}"
+    name = names[0].decode("utf-8", errors="replace") if names else dn
+    return SourceGroup(ident, dn, name, tuple(dict.fromkeys(members)))
+
+
+def read_groups(conn: ldap3.Connection, source: LdapSource) -> GroupExtraction:
+    query = source.groups
+    if query is None:
+        return GroupExtraction([], [])
+    wanted = {query.id_attribute or "entryUUID", query.name_attribute}
+    if query.members_from == "group":
+        wanted.update(query.member_attributes)
+    groups: list[SourceGroup] = []
+    invalid: list[tuple[str, str]] = []
+    for dn, raw in paged_entries(conn, source, query.base_dn, query.filter, query.scope, wanted):
+        result = entry_to_group(query, dn, raw, conn)
+        if isinstance(result, SourceGroup):
+            groups.append(result)
+        else:
+            invalid.append(result)
+    return GroupExtraction(groups, invalid)
+
+
+@task(
+    name="extract-groups-from-LDAP",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_if_unreachable,
+    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+    persist_result=True,
+)
+def extract_groups(source: LdapSource) -> GroupExtraction:
+    """Read every group in scope from the directory (cached per flow run)."""
+    conn = connect(source)
+    try:
+        extraction = read_groups(conn, source)
+    finally:
+        conn.unbind()
+    get_run_logger().info("read %d groups in scope", len(extraction.groups))
+    return extraction
+
+
+# -- resolve members -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredGroup:
+    """A group as the directory says it should be: name and member user source ids."""
+
+    source_id: str
+    dn: str
+    display_name: str
+    members: frozenset[str]
+    """Source ids of the member users in scope."""
+    unknown_members: int = 0
+    """Member DNs that are neither users in scope nor (when flattening) groups in scope."""
+
+
+def resolve_groups(
+    extraction: GroupExtraction, users: Iterable[SourceUser], query: GroupsQuery
+) -> tuple[list[DesiredGroup], list[str]]:
+    """Groups with their members as user source ids; also returns warnings (cycles)."""
+    users = list(users)
+    user_by_dn = {normalize_dn(u.dn): u.source_id for u in users}
+    groups = {normalize_dn(g.dn): g for g in extraction.groups}
+    direct: dict[str, list[str]] = {dn: list(g.member_dns) for dn, g in groups.items()}
+    if query.members_from == "user_member_of":
+        direct = {dn: [] for dn in groups}
+        attribute = query.member_of_attribute.lower()
+        for user in users:
+            for group_dn in user.attributes.get(attribute, []):
+                listed = direct.get(normalize_dn(group_dn))
+                if listed is not None:
+                    listed.append(normalize_dn(user.dn))
+    warnings: list[str] = []
+
+    def expand(dn: str, path: tuple[str, ...]) -> tuple[set[str], int]:
+        found: set[str] = set()
+        unknown = 0
+        for member in direct.get(dn, []):
+            if member in user_by_dn:
+                found.add(user_by_dn[member])
+            elif member in groups and query.flatten_nested:
+                if member in path:
+                    cycle = " → ".join(groups[d].name for d in (*path, member))
+                    warnings.append(f"nested group cycle: {cycle}")
+                    continue
+                nested, nested_unknown = expand(member, (*path, member))
+                found |= nested
+                unknown += nested_unknown
+            else:
+                unknown += 1
+        return found, unknown
+
+    desired = []
+    for dn, group in groups.items():
+        found, unknown = expand(dn, (dn,))
+        desired.append(
+            DesiredGroup(group.source_id, group.dn, group.name, frozenset(found), unknown)
+        )
+    return desired, sorted(set(warnings))
+
+
+def display_name(group: DesiredGroup, target: TargetConfig) -> str:
+    return group.dn if target.group_name_source == "dn" else group.display_name
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+GroupActionKind = Literal["create", "update", "delete"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAction:
+    """One group to create, update (rename and/or members) or delete on the target.
+
+    The member delta here is planned from the state store; the loader reads the group's
+    current members before changing them, so drift on the target is corrected too.
+    """
+
+    kind: GroupActionKind
+    source_id: str
+    display_name: str
+    members: frozenset[str] = frozenset()
+    """The member SCIM ids the group should have afterwards (create, update)."""
+    known: frozenset[str] = frozenset()
+    """The members the state store knows the group has (update)."""
+    scim_id: str | None = None
+    rename: bool = False
+    keep: frozenset[str] = frozenset()
+    """Additive mode: members we did not add, never removed."""
+
+    @property
+    def add(self) -> frozenset[str]:
+        return self.members - self.known
+
+    @property
+    def remove(self) -> frozenset[str]:
+        return self.known - self.members
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSkip:
+    display_name: str
+    would: GroupActionKind
+    reason: str
+
+
+@dataclass(slots=True)
+class GroupPlan:
+    target: str
+    actions: list[GroupAction] = field(default_factory=list)
+    skipped: list[GroupSkip] = field(default_factory=list)
+    unchanged: int = 0
+    not_provisioned_members: Counter[str] = field(default_factory=Counter)
+    """Per group name: members in the directory that are not provisioned, active users."""
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        kinds = Counter(a.kind for a in self.actions)
+        return {
+            "create": kinds["create"],
+            "update": kinds["update"],
+            "delete": kinds["delete"],
+            "unchanged": self.unchanged,
+            "skipped": len(self.skipped),
+            "members to add": sum(len(a.add) for a in self.actions if a.kind != "delete"),
+            "members to remove": sum(len(a.remove) for a in self.actions if a.kind == "update"),
+            "members not provisioned": sum(self.not_provisioned_members.values()),
+        }
+
+
+def plan_groups(
+    target: TargetConfig,
+    desired: Iterable[DesiredGroup],
+    users: dict[str, StateRecord],
+    state: dict[str, GroupRecord],
+    warnings: Iterable[str] = (),
+) -> GroupPlan:
+    """Decide, per group, create / rename / member delta / delete, honouring the switches."""
+    plan = GroupPlan(target=target.name, warnings=list(warnings))
+    active = {sid: r.scim_id for sid, r in users.items() if r.status == "active"}
+    additive = target.membership_mode == "additive"
+    seen: set[str] = set()
+    for group in desired:
+        seen.add(group.source_id)
+        name = display_name(group, target)
+        members = frozenset(active[sid] for sid in group.members if sid in active)
+        missing = len(group.members) - len(members) + group.unknown_members
+        if missing:
+            plan.not_provisioned_members[name] += missing
+        record = state.get(group.source_id)
+        if record is None:
+            if target.create_groups:
+                plan.actions.append(GroupAction("create", group.source_id, name, members))
+            else:
+                plan.skipped.append(GroupSkip(name, "create", "group creation is switched off"))
+            continue
+        keep = record.foreign if additive else frozenset()
+        should = members | keep
+        rename = record.display_name != name
+        if not rename and should == record.members:
+            plan.unchanged += 1
+            continue
+        if not target.update_groups:
+            plan.skipped.append(GroupSkip(name, "update", "group updates are switched off"))
+            continue
+        plan.actions.append(
+            GroupAction(
+                "update",
+                group.source_id,
+                name,
+                should,
+                record.members,
+                record.scim_id,
+                rename,
+                keep,
+            )
+        )
+    for gone, record in state.items():
+        if gone in seen:
+            continue
+        if target.delete_groups:
+            plan.actions.append(
+                GroupAction("delete", gone, record.display_name, scim_id=record.scim_id)
+            )
+        else:
+            plan.skipped.append(
+                GroupSkip(record.display_name, "delete", "group deletion is switched off")
+            )
+    return plan

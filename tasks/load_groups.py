@@ -1,0 +1,180 @@
+"""Load groups: create, rename, change members and delete groups on a SCIM target.
+
+Membership changes go by PATCH ``add``/``remove`` operations, at most ``max_members`` member
+changes per request, so a 20,000-member group changed by 10 members costs one read and one
+PATCH. Before changing a group, its current members are read once, so what someone else changed
+on the target is corrected too (authoritative mode) or left alone (additive mode). PUT of the
+whole member list is used only when the target has no PATCH. The state store is updated after
+every confirmed request, so a run stopped half-way resumes where it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import TargetConfig
+from tasks.errors import ConflictError, FatalError, NotFoundError, RejectedError, ScimError
+from tasks.groups import GroupAction
+from tasks.scim.client import ScimClient
+from tasks.scim.dialect import Capabilities
+from tasks.state import GroupRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MEMBERS = 100
+"""Member changes per PATCH when neither the config nor the target says (AWS's limit)."""
+
+
+def max_members(target: TargetConfig, capabilities: Capabilities) -> int:
+    """Member changes per request: the config, else the target's bulk.maxOperations, else 100."""
+    return target.max_members_per_request or capabilities.bulk_max_operations or DEFAULT_MAX_MEMBERS
+
+
+def member_chunks(
+    add: Iterable[str], remove: Iterable[str], size: int
+) -> Iterator[tuple[list[str], list[str]]]:
+    """(add, remove) lists of at most ``size`` member changes in all, removals first."""
+    changes = [("remove", m) for m in sorted(remove)] + [("add", m) for m in sorted(add)]
+    for start in range(0, len(changes), size):
+        chunk = changes[start : start + size]
+        yield (
+            [m for kind, m in chunk if kind == "add"],
+            [m for kind, m in chunk if kind == "remove"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOutcome:
+    action: GroupAction
+    ok: bool
+    detail: str = ""
+    added: int = 0
+    removed: int = 0
+    adopted: bool = False
+
+
+class GroupLoader:
+    """Carries out group actions on one target and records each confirmed step."""
+
+    def __init__(
+        self,
+        client: ScimClient,
+        store: StateStore,
+        *,
+        use_patch: bool,
+        max_members: int,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.dialect = client.dialect
+        self.target = client.target
+        self.path = client.dialect.groups_path
+        self.use_patch = use_patch
+        self.max_members = max_members
+        self.additive = client.target.membership_mode == "additive"
+
+    def _save(self, record: GroupRecord) -> None:
+        self.store.apply_groups(self.target.name, [record], [])
+
+    def find_existing(self, action: GroupAction) -> dict[str, Any] | None:
+        value = action.display_name
+        if self.target.group_match_attribute == "externalId":
+            value = action.source_id
+        filter_ = self.dialect.match_filter(self.target.group_match_filter, value)
+        found = self.client.find(self.path, filter_)
+        if len(found) > 1:
+            raise RejectedError(f"{len(found)} groups on the target match {filter_}")
+        return found[0] if found else None
+
+    def create(self, action: GroupAction) -> GroupOutcome:
+        existing = self.find_existing(action)
+        if existing is None:
+            chunks = list(member_chunks(action.members, (), self.max_members)) or [([], [])]
+            first, _ = chunks[0]
+            body = self.dialect.group_body(action.display_name, action.source_id, first)
+            try:
+                created = self.client.create(self.path, body)
+            except ConflictError:
+                existing = self.find_existing(action)
+                if existing is None:
+                    raise
+            else:
+                scim_id = str(created["id"])
+                members = frozenset(first)
+                self._save(GroupRecord(action.source_id, scim_id, action.display_name, members))
+                for add, _ in chunks[1:]:
+                    self.client.patch(self.path, scim_id, self.dialect.member_operations(add, ()))
+                    members |= frozenset(add)
+                    self._save(GroupRecord(action.source_id, scim_id, action.display_name, members))
+                return GroupOutcome(action, True, added=len(members))
+        return self.change(action, str(existing["id"]), frozenset(), adopting=True)
+
+    def change(
+        self, action: GroupAction, scim_id: str, known: frozenset[str], *, adopting: bool = False
+    ) -> GroupOutcome:
+        """Rename and/or change members, from the group's current members on the target."""
+        current = self.dialect.member_ids(self.client.get(self.path, scim_id, ["members"]))
+        keep = action.keep | (current - known - action.members) if self.additive else frozenset()
+        should = action.members | (keep & current) if self.additive else action.members
+        add, remove = should - current, current - should
+        rename = action.rename or adopting
+        if not self.use_patch:
+            if add or remove or rename:
+                body = self.dialect.group_body(action.display_name, action.source_id, should)
+                self.client.replace(self.path, scim_id, body)
+            members = should
+        else:
+            members = frozenset(current)
+            pending_rename = rename
+            for chunk_add, chunk_remove in member_chunks(add, remove, self.max_members):
+                ops = self.dialect.member_operations(chunk_add, chunk_remove)
+                if pending_rename:
+                    ops = (
+                        self.dialect.rename_operations(action.display_name, action.source_id) + ops
+                    )
+                    pending_rename = False
+                self.client.patch(self.path, scim_id, ops)
+                members = (members - frozenset(chunk_remove)) | frozenset(chunk_add)
+                self._save(
+                    GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
+                )
+            if pending_rename:
+                ops = self.dialect.rename_operations(action.display_name, action.source_id)
+                self.client.patch(self.path, scim_id, ops)
+        self._save(GroupRecord(action.source_id, scim_id, action.display_name, members, keep))
+        return GroupOutcome(action, True, added=len(add), removed=len(remove), adopted=adopting)
+
+    def run(self, action: GroupAction) -> GroupOutcome:
+        """Carry out one action; never raises except :class:`FatalError`."""
+        try:
+            if action.kind == "create":
+                return self.create(action)
+            assert action.scim_id is not None
+            if action.kind == "update":
+                try:
+                    return self.change(action, action.scim_id, action.known)
+                except NotFoundError:
+                    return self.create(action)
+            with contextlib.suppress(NotFoundError):  # already gone
+                self.client.delete(self.path, action.scim_id)
+            self.store.apply_groups(self.target.name, [], [action.source_id])
+            return GroupOutcome(action, True)
+        except FatalError:
+            raise
+        except ScimError as exc:
+            return GroupOutcome(action, False, str(exc))
+
+
+@task(name="load-groups-to-SCIM", cache_policy=NO_CACHE)
+def load_groups(loader: GroupLoader, actions: list[GroupAction]) -> list[GroupOutcome]:
+    """Apply a batch of group actions (never cached: these are writes)."""
+    with ThreadPoolExecutor(max_workers=loader.target.concurrency) as pool:
+        return list(pool.map(loader.run, actions))
