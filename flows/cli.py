@@ -1,10 +1,11 @@
 """``scim-provisioner``: run a sync through Prefect, or show what a sync would do.
 
-    scim-provisioner sync --config FILE [--target NAME]
-    scim-provisioner plan --config FILE [--target NAME]
+    scim-provisioner sync --config FILE [--target NAME]     users (and groups, if configured)
+    scim-provisioner groups --config FILE [--target NAME]   groups and memberships only
+    scim-provisioner plan --config FILE [--target NAME]     what a sync would do
 
-Exit codes: 0 every user in step; 1 some users failed or were rejected; 2 invalid config or
-the run could not start (the reason is printed on one line).
+Exit codes: 0 everything in step; 1 some users or groups failed or entries were rejected;
+2 invalid config, or the run could not start or had to stop (the reason on one line).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any, cast
 
 from rich.console import Console
@@ -20,9 +22,10 @@ from rich.table import Table
 from tasks.config import Config, load_config
 from tasks.errors import ConfigError, ProvisionerError
 from tasks.extract import connect, mapped_attributes, read_users
+from tasks.groups import GroupAction, GroupPlan, plan_groups, read_groups, resolve_groups
 from tasks.plan import Plan, plan_users
 from tasks.report import print_summary, problems
-from tasks.state import StateStore
+from tasks.state import StateRecord, StateStore, Status
 from tasks.transform import Rejection, transform_batch
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -36,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("sync", "run the provision_users flow (through Prefect) and print its summary"),
+        ("groups", "run the sync_group_memberships flow (through Prefect): groups only"),
         ("plan", "print what a sync would do; writes nothing, contacts no target"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
@@ -45,12 +49,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def compute_plans(config: Config, target: str | None) -> list[Plan]:
+@dataclass
+class TargetPlans:
+    users: Plan
+    groups: GroupPlan | None
+
+
+def projected_users(state: dict[str, StateRecord], plan: Plan) -> dict[str, StateRecord]:
+    """The user state as it would be after the plan ran (new users get placeholder ids)."""
+    projected = dict(state)
+    for action in plan.actions:
+        if action.kind == "delete":
+            projected.pop(action.source_id, None)
+            continue
+        payload = action.payload or {}
+        status: Status = "active" if payload.get("active", True) else "disabled"
+        scim_id = action.scim_id or f"(new: {action.user_name})"
+        projected[action.source_id] = StateRecord(
+            action.source_id, scim_id, action.user_name, "", payload, status
+        )
+    return projected
+
+
+def compute_plans(config: Config, target: str | None) -> list[TargetPlans]:
     """Plans for the selected targets, from the directory and a read-only state store."""
     targets = config.target(target)
     conn = connect(config.source)
     try:
         extraction = read_users(conn, config.source, mapped_attributes(t.mapping for t in targets))
+        groups = read_groups(conn, config.source) if config.source.groups else None
     finally:
         conn.unbind()
     store = StateStore(config.state.url, read_only=True)
@@ -59,49 +86,105 @@ def compute_plans(config: Config, target: str | None) -> list[Plan]:
         for t in targets:
             desired, rejected = transform_batch(extraction.users, t.mapping)
             rejected += [Rejection("", dn, reason) for dn, reason in extraction.invalid]
-            plans.append(plan_users(t, desired, rejected, store.records(t.name)))
+            state = store.records(t.name)
+            users = plan_users(t, desired, rejected, state)
+            group_plan = None
+            if groups is not None and config.source.groups is not None and t.sync_groups:
+                wanted, warnings = resolve_groups(groups, extraction.users, config.source.groups)
+                group_plan = plan_groups(
+                    t, wanted, projected_users(state, users), store.groups(t.name), warnings
+                )
+            plans.append(TargetPlans(users, group_plan))
     finally:
         store.close()
     return plans
 
 
-def _print_plans(plans: list[Plan], console: Console) -> None:
+def _group_change(action: GroupAction) -> str:
+    parts = []
+    if action.rename:
+        parts.append("rename")
+    if action.kind != "delete":
+        if action.add:
+            parts.append(f"+{len(action.add)} members")
+        if action.remove:
+            parts.append(f"-{len(action.remove)} members")
+    return ", ".join(parts)
+
+
+def _print_plans(plans: list[TargetPlans], console: Console) -> None:
     for plan in plans:
-        table = Table(title=f"plan for target {plan.target}")
+        users = plan.users
+        table = Table(title=f"plan for target {users.target}")
         table.add_column("change")
-        table.add_column("user")
+        table.add_column("user or group")
         table.add_column("why")
-        for action in plan.actions:
+        for action in users.actions:
             table.add_row(action.kind, action.user_name, action.reason)
-        for skipped in plan.skipped:
+        for skipped in users.skipped:
             table.add_row(f"skip {skipped.would}", skipped.user_name, skipped.reason)
-        for rejected in plan.rejected:
+        for rejected in users.rejected:
             table.add_row("rejected", rejected.dn, rejected.reason)
+        groups = plan.groups
+        if groups is not None:
+            for group in groups.actions:
+                table.add_row(f"{group.kind} group", group.display_name, _group_change(group))
+            for gskip in groups.skipped:
+                table.add_row(f"skip {gskip.would} group", gskip.display_name, gskip.reason)
         console.print(table)
-        console.print(", ".join(f"{k}: {v}" for k, v in plan.counts().items()))
+        console.print("users: " + ", ".join(f"{k}: {v}" for k, v in users.counts().items()))
+        if groups is not None:
+            console.print("groups: " + ", ".join(f"{k}: {v}" for k, v in groups.counts().items()))
+            for warning in groups.warnings:
+                console.print(f"[yellow]warning[/yellow] {warning}")
 
 
-def _plan_json(plans: list[Plan]) -> list[dict[str, Any]]:
-    return [
-        {
-            "target": p.target,
-            "counts": p.counts(),
+def _plan_json(plans: list[TargetPlans]) -> list[dict[str, Any]]:
+    out = []
+    for plan in plans:
+        users = plan.users
+        item: dict[str, Any] = {
+            "target": users.target,
+            "counts": users.counts(),
             "actions": [
-                {"action": a.kind, "user": a.user_name, "why": a.reason} for a in p.actions
+                {"action": a.kind, "user": a.user_name, "why": a.reason} for a in users.actions
             ],
             "skipped": [
-                {"would": s.would, "user": s.user_name, "why": s.reason} for s in p.skipped
+                {"would": s.would, "user": s.user_name, "why": s.reason} for s in users.skipped
             ],
-            "rejected": [{"entry": r.dn, "why": r.reason} for r in p.rejected],
+            "rejected": [{"entry": r.dn, "why": r.reason} for r in users.rejected],
         }
-        for p in plans
-    ]
+        if plan.groups is not None:
+            item["groups"] = {
+                "counts": plan.groups.counts(),
+                "actions": [
+                    {
+                        "action": g.kind,
+                        "group": g.display_name,
+                        "add": len(g.add) if g.kind != "delete" else 0,
+                        "remove": len(g.remove) if g.kind != "delete" else 0,
+                        "rename": g.rename,
+                    }
+                    for g in plan.groups.actions
+                ],
+                "skipped": [
+                    {"would": s.would, "group": s.display_name, "why": s.reason}
+                    for s in plan.groups.skipped
+                ],
+                "warnings": plan.groups.warnings,
+            }
+        out.append(item)
+    return out
 
 
-def _sync(config_path: str, target: str | None) -> dict[str, Any]:
-    from flows.provision_users import provision_users
+def _run(command: str, config_path: str, target: str | None) -> dict[str, Any]:
+    """Run the command's flow through Prefect and return its summary."""
+    if command == "groups":
+        from flows.sync_group_memberships import sync_group_memberships as flow
+    else:
+        from flows.provision_users import provision_users as flow
 
-    state = provision_users(config_path=config_path, target=target, return_state=True)
+    state = flow(config_path=config_path, target=target, return_state=True)
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise data
@@ -121,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_plans(plans, console)
             return EXIT_OK
-        summary = _sync(args.config, args.target)
+        if args.command == "groups" and config.source.groups is None:
+            raise ConfigError(
+                "the config has no source.groups section: there are no groups to sync"
+            )
+        summary = _run(args.command, args.config, args.target)
     except ConfigError as exc:
         print(f"scim-provisioner: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -23,6 +23,7 @@ from deployments.local_servers import ScimServer, Slapd, ou_ldif, person_ldif
 
 SUFFIX = "dc=example,dc=org"
 PEOPLE = f"ou=people,{SUFFIX}"
+GROUPS = f"ou=groups,{SUFFIX}"
 CUSTOM_URN = "urn:example:params:scim:schemas:extension:acme:2.0:User"
 BEARER_TOKEN = "test-bearer-token-7f3a"
 BASIC = ("provisioner", "basic-pass-91c2")
@@ -72,7 +73,38 @@ def sample_people() -> str:
             extra={"employeeType": ["contractor"]},
         ),
     ]
-    return "\n".join(entries)
+    return "\n".join(entries) + "\n" + sample_groups()
+
+
+def group_ldif(cn: str, members: list[str], *, unique: bool = False) -> str:
+    """A groupOfNames (or groupOfUniqueNames) entry under ou=groups with these member DNs."""
+    object_class, attribute = (
+        ("groupOfUniqueNames", "uniqueMember")
+        if unique
+        else (
+            "groupOfNames",
+            "member",
+        )
+    )
+    lines = [f"dn: cn={cn},{GROUPS}", f"objectClass: {object_class}", f"cn: {cn}"]
+    lines += [f"{attribute}: {member}" for member in members]
+    return "\n".join(lines) + "\n\n"
+
+
+def person(uid: str) -> str:
+    return f"uid={uid},{PEOPLE}"
+
+
+def sample_groups() -> str:
+    """engineers (ada, bob); everyone (everybody, incl. the locked and the contractor);
+    auditors (groupOfUniqueNames: dee); staff (the engineers group, nested, and dee)."""
+    return (
+        ou_ldif(GROUPS)
+        + group_ldif("engineers", [person("ada"), person("bob")])
+        + group_ldif("everyone", [person(u) for u in ("ada", "bob", "cy", "dee", "eve")])
+        + group_ldif("auditors", [person("dee")], unique=True)
+        + group_ldif("staff", [f"cn=engineers,{GROUPS}", person("dee")])
+    )
 
 
 @pytest.fixture(scope="session")
@@ -216,12 +248,14 @@ def create_on_target(scim: ScimServer, user_name: str) -> dict[str, Any]:
     return dict(response.json())
 
 
-def sync(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
-    """Run ``scim-provisioner sync --json`` and return (exit code, summary or stderr)."""
+def sync(
+    config: Path, capsys: pytest.CaptureFixture[str], *args: str, command: str = "sync"
+) -> tuple[int, Any]:
+    """Run ``scim-provisioner <command> --json`` and return (exit code, summary or stderr)."""
     from flows.cli import main
 
     capsys.readouterr()
-    code = main(["sync", "--config", str(config), "--json", *args])
+    code = main([command, "--config", str(config), "--json", *args])
     out, err = capsys.readouterr()
     if code == 2:
         return code, err

@@ -1,0 +1,301 @@
+"""Groups and memberships end to end: real slapd → Prefect flows → real scim2-server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from deployments.local_servers import ScimServer, Slapd
+from tests.conftest import GROUPS, PEOPLE, ScimServers, sync, target_users, write_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
+
+GROUP_SOURCE = {"groups": {"base_dn": GROUPS}}
+
+
+def target_groups(scim: ScimServer) -> dict[str, dict[str, Any]]:
+    """Every group on the target by displayName, with ``names``: its members' userNames."""
+    ids = {u["id"]: name for name, u in target_users(scim).items()}
+    response = requests.get(f"{scim.base_url}/Groups", params={"count": "1000"}, timeout=10)
+    response.raise_for_status()
+    groups = {}
+    for group in response.json().get("Resources", []):
+        group["names"] = sorted(ids.get(m["value"], m["value"]) for m in group.get("members", []))
+        groups[group["displayName"]] = group
+    return groups
+
+
+def forget_groups(database: Path) -> None:
+    """Empty the state store's group table, as if the groups had never been provisioned."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{database}")
+    with engine.begin() as conn:
+        conn.execute(sa.text("delete from provisioned_groups"))
+    engine.dispose()
+
+
+def groups_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    return summary["groups"][0]
+
+
+def config_for(tmp_path: Path, directory: Slapd, scim: ScimServer, **options: Any) -> Path:
+    groups = {**GROUP_SOURCE["groups"], **options.pop("groups", {})}
+    return write_config(tmp_path / "c.yaml", directory, scim, source={"groups": groups}, **options)
+
+
+def run_groups(config: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any]:
+    """``scim-provisioner groups``: the sync_group_memberships flow only."""
+    return sync(config, capsys, command="groups")
+
+
+class TestCreate:
+    def test_sync_creates_groups_with_provisioned_members(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One sync provisions users, then groups with the members that are provisioned and
+        active; the locked and the out-of-scope members are left out and counted."""
+        config = config_for(tmp_path, directory, scim)
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        groups = target_groups(scim)
+        assert groups["engineers"]["names"] == ["ada", "bob"]
+        assert groups["everyone"]["names"] == ["ada", "bob", "dee"]
+        assert groups["auditors"]["names"] == ["dee"]  # groupOfUniqueNames
+        assert groups["staff"]["names"] == ["dee"]  # nested group not flattened
+        assert len(groups["engineers"]["externalId"]) == 36
+        g = groups_summary(summary)
+        assert g["succeeded"]["create"] == 4
+        counts = {r["group"]: r["members"] for r in g["not_provisioned_members"]}
+        assert counts == {"everyone": 2, "staff": 1}
+        scim.reset_stats()
+        assert sync(config, capsys)[0] == 0
+        assert scim.writes() == 0
+
+    def test_existing_group_is_adopted(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A group already on the target with the same displayName is found by filter, adopted,
+        and its membership replaced by the directory's (authoritative mode)."""
+        config = config_for(tmp_path, directory, scim)
+        assert sync(config, capsys)[0] == 0
+        dee = target_users(scim)["dee"]["id"]
+        requests.delete(
+            f"{scim.base_url}/Groups/{target_groups(scim)['engineers']['id']}", timeout=10
+        )
+        existing = requests.post(
+            f"{scim.base_url}/Groups",
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+                "displayName": "engineers",
+                "members": [{"value": dee}],
+            },
+            timeout=10,
+        ).json()
+        forget_groups(tmp_path / "state.db")
+        code, summary = run_groups(config, capsys)
+        assert code == 0, summary
+        groups = target_groups(scim)
+        assert groups["engineers"]["id"] == existing["id"]
+        assert groups["engineers"]["names"] == ["ada", "bob"]
+        assert groups_summary(summary)["adopted"] >= 1
+
+
+class TestChanges:
+    def test_members_added_and_removed_by_patch(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A membership change costs one read of the group and one PATCH."""
+        config = config_for(tmp_path, directory, scim)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(
+            f"dn: cn=engineers,{GROUPS}\nchangetype: modify\n"
+            f"delete: member\nmember: uid=bob,{PEOPLE}\n-\nadd: member\nmember: uid=dee,{PEOPLE}\n"
+        )
+        scim.reset_stats()
+        code, summary = run_groups(config, capsys)
+        assert code == 0, summary
+        assert scim.stats()["PATCH"] == 1 and scim.writes() == 1
+        assert target_groups(scim)["engineers"]["names"] == ["ada", "dee"]
+        g = groups_summary(summary)
+        assert (g["members_added"], g["members_removed"]) == (1, 1)
+
+    def test_rename_keeps_the_scim_id(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = config_for(tmp_path, directory, scim)
+        assert sync(config, capsys)[0] == 0
+        before = target_groups(scim)["auditors"]["id"]
+        directory.modify(
+            f"dn: cn=auditors,{GROUPS}\nchangetype: modrdn\nnewrdn: cn=reviewers\ndeleteoldrdn: 1\n"
+        )
+        code, summary = run_groups(config, capsys)
+        assert code == 0, summary
+        groups = target_groups(scim)
+        assert "auditors" not in groups
+        assert groups["reviewers"]["id"] == before
+        assert groups["reviewers"]["names"] == ["dee"]
+
+    def test_deleted_group_is_deleted_or_skipped(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = config_for(tmp_path, directory, scim)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(f"dn: cn=auditors,{GROUPS}\nchangetype: delete\n")
+        keep = config_for(tmp_path, directory, scim, delete_groups=False)
+        code, summary = run_groups(keep, capsys)
+        assert code == 0
+        assert "auditors" in target_groups(scim)
+        assert groups_summary(summary)["skipped"] == [
+            {"group": "auditors", "would": "delete", "reason": "group deletion is switched off"}
+        ]
+        config = config_for(tmp_path, directory, scim)
+        code, summary = run_groups(config, capsys)
+        assert code == 0
+        assert "auditors" not in target_groups(scim)
+        assert groups_summary(summary)["succeeded"]["delete"] == 1
+
+    @pytest.mark.parametrize("remove_action", ["disable", "delete"])
+    def test_deprovisioned_user_leaves_its_groups(
+        self,
+        remove_action: str,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A user deleted in the directory is removed from every group (disabled or deleted)."""
+        config = config_for(tmp_path, directory, scim, remove_action=remove_action)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(f"dn: uid=bob,{PEOPLE}\nchangetype: delete\n")
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        groups = target_groups(scim)
+        assert groups["engineers"]["names"] == ["ada"]
+        assert groups["everyone"]["names"] == ["ada", "dee"]
+
+
+class TestModes:
+    def test_nested_groups_flattened_with_cycle_reported(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        directory.modify(
+            f"dn: cn=engineers,{GROUPS}\nchangetype: modify\nadd: member\n"
+            f"member: cn=staff,{GROUPS}\n"
+        )
+        config = config_for(tmp_path, directory, scim, groups={"flatten_nested": True})
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        groups = target_groups(scim)
+        assert groups["staff"]["names"] == ["ada", "bob", "dee"]
+        assert groups["engineers"]["names"] == ["ada", "bob", "dee"]
+        assert any("nested group cycle" in w for w in groups_summary(summary)["warnings"])
+
+    def test_additive_mode_never_removes_what_it_did_not_add(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = config_for(tmp_path, directory, scim, membership_mode="additive")
+        assert sync(config, capsys)[0] == 0
+        group = target_groups(scim)["engineers"]
+        dee = target_users(scim)["dee"]["id"]
+        requests.patch(
+            f"{scim.base_url}/Groups/{group['id']}",
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": dee}]}],
+            },
+            timeout=10,
+        ).raise_for_status()
+        directory.modify(
+            f"dn: cn=engineers,{GROUPS}\nchangetype: modify\ndelete: member\n"
+            f"member: uid=bob,{PEOPLE}\n"
+        )
+        code, summary = run_groups(config, capsys)
+        assert code == 0, summary
+        assert target_groups(scim)["engineers"]["names"] == ["ada", "dee"]  # dee kept, bob gone
+
+    def test_authoritative_mode_removes_foreign_members_on_change(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = config_for(tmp_path, directory, scim)
+        assert sync(config, capsys)[0] == 0
+        group = target_groups(scim)["engineers"]
+        dee = target_users(scim)["dee"]["id"]
+        requests.patch(
+            f"{scim.base_url}/Groups/{group['id']}",
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "add", "path": "members", "value": [{"value": dee}]}],
+            },
+            timeout=10,
+        ).raise_for_status()
+        directory.modify(
+            f"dn: cn=engineers,{GROUPS}\nchangetype: modify\ndelete: member\n"
+            f"member: uid=bob,{PEOPLE}\n"
+        )
+        assert run_groups(config, capsys)[0] == 0
+        assert target_groups(scim)["engineers"]["names"] == ["ada"]
+
+    def test_put_when_the_target_has_no_patch(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim_servers: ScimServers,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        scim = scim_servers.get("nopatch")
+        config = config_for(tmp_path, directory, scim)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(
+            f"dn: cn=engineers,{GROUPS}\nchangetype: modify\n"
+            f"add: member\nmember: uid=dee,{PEOPLE}\n"
+        )
+        scim.reset_stats()
+        code, summary = run_groups(config, capsys)
+        assert code == 0, summary
+        assert scim.stats()["PUT"] == 1 and scim.stats()["PATCH"] == 0
+        assert target_groups(scim)["engineers"]["names"] == ["ada", "bob", "dee"]
+
+    def test_switched_off_group_sync_leaves_groups_alone(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        config = config_for(tmp_path, directory, scim, sync_groups=False)
+        code, summary = sync(config, capsys)
+        assert code == 0
+        assert target_groups(scim) == {}
+        assert "groups" not in summary
+
+
+def test_plan_shows_group_changes(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``plan`` lists group creations with the members the sync would give them."""
+    import json
+
+    from flows.cli import main
+
+    config = config_for(tmp_path, directory, scim)
+    capsys.readouterr()
+    assert main(["plan", "--config", str(config), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)[0]
+    actions = {a["group"]: a for a in plan["groups"]["actions"]}
+    assert actions["engineers"] == {
+        "action": "create",
+        "group": "engineers",
+        "add": 2,
+        "remove": 0,
+        "rename": False,
+    }
+    assert sum(scim.stats().values()) == 0
+
+
+def test_groups_command_without_groups_config(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path / "c.yaml", directory, scim)
+    code, err = run_groups(config, capsys)
+    assert code == 2
+    assert "no source.groups section" in err
