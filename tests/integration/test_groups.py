@@ -299,3 +299,45 @@ def test_groups_command_without_groups_config(
     code, err = run_groups(config, capsys)
     assert code == 2
     assert "no source.groups section" in err
+
+
+def test_a_20000_member_group_changed_by_10_members(
+    tmp_path: Path, slapd: Slapd, scim_servers: ScimServers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 20,000-member group is created in 1,000-member chunks (the target's
+    bulk.maxOperations), and a change of 10 members then costs one read and one PATCH."""
+    from deployments.local_servers import ou_ldif, person_ldif
+
+    people = [f"m{n:05d}" for n in range(20_005)]
+    ldif = ou_ldif(PEOPLE) + "".join(
+        person_ldif(uid, given_name="M", surname=uid, ou_dn=PEOPLE) for uid in people
+    )
+    members = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people[:20_000])
+    ldif += (
+        ou_ldif(GROUPS) + f"dn: cn=all,{GROUPS}\nobjectClass: groupOfNames\ncn: all\n{members}\n"
+    )
+    slapd.reload(ldif)
+    scim = scim_servers.get("open")
+    config = config_for(tmp_path, slapd, scim, concurrency=8)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary["headline"]
+    created = groups_summary(summary)
+    assert created["members_added"] == 20_000
+    assert created["requests"] == {"GET": 2, "POST": 1, "PATCH": 19}
+
+    removed = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people[:5])
+    added = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people[20_000:])
+    slapd.modify(
+        f"dn: cn=all,{GROUPS}\nchangetype: modify\ndelete: member\n{removed}-\nadd: member\n{added}"
+    )
+    scim.reset_stats()
+    code, summary = run_groups(config, capsys)
+    assert code == 0, summary["headline"]
+    changed = groups_summary(summary)
+    assert (changed["members_added"], changed["members_removed"]) == (5, 5)
+    assert changed["requests"] == {"GET": 2, "PATCH": 1}  # discovery, the group's members
+    assert scim.writes() == 1
+    group = requests.get(
+        f"{scim.base_url}/Groups", params={"filter": 'displayName eq "all"'}, timeout=60
+    ).json()["Resources"][0]
+    assert len(group["members"]) == 20_000
