@@ -25,6 +25,7 @@ from deployments.local_servers import ScimServer, Slapd, ou_ldif, person_ldif
 ROOT = Path(__file__).resolve().parents[1]
 SUFFIX = "dc=example,dc=org"
 PEOPLE = f"ou=people,{SUFFIX}"
+GROUPS = f"ou=groups,{SUFFIX}"
 DEMO_TOKEN = "demo-bearer-token"
 DEMO_LDAP_PASSWORD = "demo-admin-password"
 
@@ -44,8 +45,10 @@ DEPARTMENTS = ["Engineering", "Research", "Operations", "Finance"]
 
 
 def sample_directory(count: int = 30) -> str:
-    """Deterministic sample people; every tenth one is locked (nsAccountLock: TRUE)."""
+    """Deterministic sample people (every tenth one locked: nsAccountLock: TRUE) and one group
+    per department with its people as members."""
     entries = [ou_ldif(PEOPLE)]
+    departments: dict[str, list[str]] = {d: [] for d in DEPARTMENTS}
     for n in range(count):
         given, family = GIVEN[n % len(GIVEN)], FAMILY[n % len(FAMILY)]
         uid = f"{given[0]}{family}{n}".lower()
@@ -65,6 +68,12 @@ def sample_directory(count: int = 30) -> str:
                 locked=n % 10 == 9,
             )
         )
+        departments[DEPARTMENTS[n % len(DEPARTMENTS)]].append(f"uid={uid},{PEOPLE}")
+    entries.append(ou_ldif(GROUPS))
+    for name, members in departments.items():
+        if members:
+            lines = [f"dn: cn={name},{GROUPS}", "objectClass: groupOfNames", f"cn: {name}"]
+            entries.append("\n".join(lines + [f"member: {m}" for m in members]) + "\n\n")
     return "".join(entries)
 
 
@@ -76,6 +85,7 @@ def write_config(workdir: Path, slapd: Slapd, scim: ScimServer) -> Path:
             "bind_dn": slapd.admin_dn,
             "bind_password": {"env": "DEMO_LDAP_PASSWORD"},
             "users": {"base_dn": PEOPLE, "filter": "(objectClass=inetOrgPerson)"},
+            "groups": {"base_dn": GROUPS},
             "account_status": {"method": "flag", "attribute": "nsAccountLock"},
         },
         "state": {"url": "sqlite:///state.db"},
@@ -116,6 +126,24 @@ def show_target(scim: ScimServer, console: Console) -> None:
     console.print(table)
     if len(users) > 12:
         console.print(f"… and {len(users) - 12} more")
+    groups = (
+        requests.get(
+            f"{scim.base_url}/Groups",
+            params={"count": "1000", "sortBy": "displayName"},
+            headers={"Authorization": f"Bearer {DEMO_TOKEN}"},
+            timeout=10,
+        )
+        .json()
+        .get("Resources", [])
+    )
+    names = {u["id"]: u["userName"] for u in users}
+    table = Table(title=f"Groups now in the SCIM application ({len(groups)})")
+    table.add_column("displayName")
+    table.add_column("members")
+    for group in groups:
+        members = sorted(names.get(m["value"], m["value"]) for m in group.get("members", []))
+        table.add_row(group["displayName"], f"{len(members)}: " + ", ".join(members))
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

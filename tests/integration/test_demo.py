@@ -11,5 +11,6 @@ def test_demo_provisions_the_sample_people(capsys: pytest.CaptureFixture[str]) -
 
     assert main(["--users", "10"]) == 0
     out = capsys.readouterr().out
-    assert "9 created; every user in step" in out  # the tenth person is locked
-    assert "Users now in the SCIM application (9)" in out
+    assert "9 created, 4 groups created, 9 members added; every user and group in" in out
+    assert "Users now in the SCIM application (9)" in out  # the tenth person is locked
+    assert "Groups now in the SCIM application (4)" in out
