@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
@@ -30,7 +31,7 @@ from tasks.groups import (
     resolve_groups,
 )
 from tasks.load_groups import GroupLoader, load_groups, max_members
-from tasks.report import GroupReport, final_state, headline, publish
+from tasks.report import GroupReport, LoadProgress, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.state import GroupRecord, StateRecord, StateStore
 from tasks.target import discover, uses_patch
@@ -85,12 +86,20 @@ def sync_groups_target(
                 use_patch=uses_patch(target, capabilities),
                 max_members=max_members(target, capabilities),
             )
-            for number, batch in enumerate(batches(plan.actions, target.batch_size), 1):
-                outcomes = load_groups.with_options(
-                    task_run_name=f"load-groups-{target.name}-{number}"
-                )(loader, as_is(batch))
-                for outcome in outcomes:
-                    report.add(outcome)
+            artifact = create_progress_artifact(
+                progress=0.0, description=f"{len(plan.actions)} group changes into {target.name}"
+            )
+            progress = LoadProgress(len(plan.actions), f"{target.name} groups", artifact)
+            try:
+                for number, batch in enumerate(batches(plan.actions, target.batch_size), 1):
+                    outcomes = load_groups.with_options(
+                        task_run_name=f"load-groups-{target.name}-{number}"
+                    )(loader, as_is(batch))
+                    for outcome in outcomes:
+                        report.add(outcome)
+                    progress.advance(len(batch))
+            finally:
+                progress.close()
         finally:
             report.requests.update(client.stats)
             client.close()
