@@ -56,10 +56,6 @@ def _delete_one(table: sa.Table) -> sa.Delete:
     )
 
 
-_DELETE_USER = _delete_one(provisioned_users)
-_DELETE_GROUP = _delete_one(provisioned_groups)
-
-
 @dataclass(frozen=True, slots=True)
 class StateRecord:
     source_id: str
@@ -135,33 +131,20 @@ class StateStore:
             }
 
     def apply(self, target: str, saves: list[StateRecord], removals: list[str]) -> None:
-        """Record confirmed writes in one transaction: ``saves`` replace, ``removals`` forget.
-
-        Call only with writes the target confirmed.
-        """
-        self._check_writable()
-        if not saves and not removals:
-            return
-        now = datetime.now(UTC)
-        keys = [{"k_target": target, "k_source_id": sid} for sid in removals]
-        keys += [{"k_target": target, "k_source_id": r.source_id} for r in saves]
+        """Record confirmed user writes in one transaction: ``saves`` replace, ``removals``
+        forget. Call only with writes the target confirmed."""
         rows = [
             {
-                "target": target,
                 "source_id": r.source_id,
                 "scim_id": r.scim_id,
                 "user_name": r.user_name,
                 "content_hash": r.content_hash,
                 "payload": json.dumps(r.payload, sort_keys=True),
                 "status": r.status,
-                "updated_at": now,
             }
             for r in saves
         ]
-        with self.engine.begin() as conn:
-            conn.execute(_DELETE_USER, keys)
-            if rows:
-                conn.execute(sa.insert(provisioned_users), rows)
+        self._replace(provisioned_users, target, rows, removals)
 
     def groups(self, target: str) -> dict[str, GroupRecord]:
         """Every group provisioned to ``target``, by source id."""
@@ -185,28 +168,34 @@ class StateStore:
 
     def apply_groups(self, target: str, saves: list[GroupRecord], removals: list[str]) -> None:
         """Record confirmed group writes in one transaction, as :meth:`apply` does for users."""
-        self._check_writable()
-        if not saves and not removals:
-            return
-        now = datetime.now(UTC)
-        keys = [{"k_target": target, "k_source_id": sid} for sid in removals]
-        keys += [{"k_target": target, "k_source_id": g.source_id} for g in saves]
         rows = [
             {
-                "target": target,
                 "source_id": g.source_id,
                 "scim_id": g.scim_id,
                 "display_name": g.display_name,
                 "members": json.dumps(sorted(g.members)),
                 "foreign_members": json.dumps(sorted(g.foreign)),
-                "updated_at": now,
             }
             for g in saves
         ]
+        self._replace(provisioned_groups, target, rows, removals)
+
+    def _replace(
+        self, table: sa.Table, target: str, rows: list[dict[str, Any]], removals: list[str]
+    ) -> None:
+        """Delete the rows of these source ids and insert the new ones, in one transaction."""
+        self._check_writable()
+        if not rows and not removals:
+            return
+        now = datetime.now(UTC)
+        keys = [{"k_target": target, "k_source_id": sid} for sid in removals]
+        keys += [{"k_target": target, "k_source_id": row["source_id"]} for row in rows]
         with self.engine.begin() as conn:
-            conn.execute(_DELETE_GROUP, keys)
+            conn.execute(_delete_one(table), keys)
             if rows:
-                conn.execute(sa.insert(provisioned_groups), rows)
+                conn.execute(
+                    sa.insert(table), [{**row, "target": target, "updated_at": now} for row in rows]
+                )
 
     def _has_table(self, table: sa.Table) -> bool:
         """Whether the store exists, without creating an SQLite file as a side effect."""

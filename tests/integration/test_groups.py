@@ -38,6 +38,25 @@ def forget_groups(database: Path) -> None:
     engine.dispose()
 
 
+def add_on_target(scim: ScimServer, group: str, user: str) -> None:
+    """Someone else adds a member to a group directly on the target."""
+    group_id = target_groups(scim)[group]["id"]
+    requests.patch(
+        f"{scim.base_url}/Groups/{group_id}",
+        json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [
+                {
+                    "op": "add",
+                    "path": "members",
+                    "value": [{"value": target_users(scim)[user]["id"]}],
+                }
+            ],
+        },
+        timeout=10,
+    ).raise_for_status()
+
+
 def groups_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return summary["groups"][0]
 
@@ -199,16 +218,7 @@ class TestModes:
     ) -> None:
         config = config_for(tmp_path, directory, scim, membership_mode="additive")
         assert sync(config, capsys)[0] == 0
-        group = target_groups(scim)["engineers"]
-        dee = target_users(scim)["dee"]["id"]
-        requests.patch(
-            f"{scim.base_url}/Groups/{group['id']}",
-            json={
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                "Operations": [{"op": "add", "path": "members", "value": [{"value": dee}]}],
-            },
-            timeout=10,
-        ).raise_for_status()
+        add_on_target(scim, "engineers", "dee")
         directory.modify(
             f"dn: cn=engineers,{GROUPS}\nchangetype: modify\ndelete: member\n"
             f"member: uid=bob,{PEOPLE}\n"
@@ -222,16 +232,7 @@ class TestModes:
     ) -> None:
         config = config_for(tmp_path, directory, scim)
         assert sync(config, capsys)[0] == 0
-        group = target_groups(scim)["engineers"]
-        dee = target_users(scim)["dee"]["id"]
-        requests.patch(
-            f"{scim.base_url}/Groups/{group['id']}",
-            json={
-                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-                "Operations": [{"op": "add", "path": "members", "value": [{"value": dee}]}],
-            },
-            timeout=10,
-        ).raise_for_status()
+        add_on_target(scim, "engineers", "dee")
         directory.modify(
             f"dn: cn=engineers,{GROUPS}\nchangetype: modify\ndelete: member\n"
             f"member: uid=bob,{PEOPLE}\n"
