@@ -653,6 +653,7 @@ class ScimServer:
         basic: tuple[str, str] | None = None,
         patch_supported: bool = True,
         user_extensions: list[dict[str, Any]] | None = None,
+        jwt: dict[str, str] | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = free_port()
@@ -661,6 +662,7 @@ class ScimServer:
             "basic": list(basic) if basic is not None else None,
             "patch_supported": patch_supported,
             "user_extensions": user_extensions or [],
+            "jwt": jwt,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log_path = workdir / "gunicorn.log"
@@ -732,6 +734,96 @@ class ScimServer:
             with urllib.request.urlopen(
                 f"{self.base_url}/ServiceProviderConfig", timeout=1
             ) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class OAuthServer:
+    """A real OAuth 2 authorization server (authlib, client credentials, RS256 JWTs), served by
+    gunicorn from :mod:`deployments.oauth_app`.
+
+    Give :meth:`resource_server_options` to a :class:`ScimServer` (``jwt=``) so that it accepts
+    the tokens this server issues.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        clients: list[dict[str, str]],
+        token_lifetime: int = 3600,
+        audience: str = "scim",
+    ) -> None:
+        from joserfc.jwk import KeySet, RSAKey
+
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        key = RSAKey.generate_key(2048, parameters={"kid": "test-key"}, private=True)
+        self.key_file = workdir / "signing-key.json"
+        self.key_file.write_text(json.dumps(key.as_dict(private=True)))
+        self.jwks_file = workdir / "jwks.json"
+        self.jwks_file.write_text(json.dumps(KeySet([key]).as_dict(private=False)))
+        self.audience = audience
+        self.options = {
+            "clients": clients,
+            "issuer": self.issuer,
+            "audience": audience,
+            "token_lifetime": token_lifetime,
+            "key_file": str(self.key_file),
+        }
+        self._log_path = workdir / "gunicorn.log"
+        self._child: _Child | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        return f"{self.issuer}/oauth/token"
+
+    def resource_server_options(self) -> dict[str, str]:
+        """The ``jwt`` option of a :class:`ScimServer` that accepts this server's tokens."""
+        return {"jwks_file": str(self.jwks_file), "issuer": self.issuer, "audience": self.audience}
+
+    def start(self) -> None:
+        if self._child is not None:
+            raise RuntimeError("the OAuth server is already running")
+        options = {**GUNICORN_OPTIONS, "--bind": f"127.0.0.1:{self.port}"}
+        command = [
+            *_command(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
+            "deployments.oauth_app:create_app()",
+        ]
+        env = {**os.environ, "OAUTH_APP_OPTIONS": json.dumps(self.options)}
+        child = _Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)
+        child.wait_until_ready(self._answers)
+        self._child = child
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.halt(signal.SIGQUIT)
+            self._child = None
+
+    def tokens_issued(self) -> int:
+        with urllib.request.urlopen(f"{self.issuer}/_test/stats", timeout=10) as response:
+            return int(json.loads(response.read())["tokens"])
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.issuer}/jwks.json", timeout=1) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False

@@ -9,7 +9,10 @@ JSON from the ``SCIM_APP_OPTIONS`` environment variable:
 - ``patch_supported`` (true by default): when false, the service provider
   configuration says so, and scim2-server answers PATCH with 501;
 - ``user_extensions``: ``[{"urn": ..., "attributes": [...]}]``, extra schema
-  extensions of the User resource type, of single-valued string attributes.
+  extensions of the User resource type, of single-valued string attributes;
+- ``jwt``: ``{"jwks_file", "issuer", "audience"}``: accept bearer JWTs signed by a key of
+  that JWK set (``deployments/oauth_app.py`` issues them) with that issuer and audience,
+  not expired.
 
 Without credentials options, every request is accepted.
 """
@@ -25,9 +28,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from http import HTTPStatus
+from pathlib import Path
 from threading import Lock
 from typing import TYPE_CHECKING, Any
 
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 from scim2_models import (
     AuthenticationScheme,
     External,
@@ -75,6 +82,7 @@ class AppOptions:
     basic: tuple[str, str] | None = None
     patch_supported: bool = True
     user_extensions: list[dict[str, Any]] = field(default_factory=list)
+    jwt: dict[str, str] | None = None
 
     @classmethod
     def from_environment(cls) -> AppOptions:
@@ -89,6 +97,7 @@ class AppOptions:
             basic=(str(basic[0]), str(basic[1])) if basic else None,
             patch_supported=bool(raw.get("patch_supported", True)),
             user_extensions=list(raw.get("user_extensions") or []),
+            jwt=raw.get("jwt"),
         )
 
 
@@ -139,7 +148,7 @@ def service_provider_config(options: AppOptions) -> ServiceProviderConfig:
     config = load_default_service_provider_config()
     config.patch = Patch(supported=options.patch_supported)
     schemes = [
-        *([BEARER_TOKEN_SCHEME] if options.bearer_tokens else []),
+        *([BEARER_TOKEN_SCHEME] if options.bearer_tokens or options.jwt else []),
         *([BASIC_SCHEME] if options.basic else []),
     ]
     if schemes:
@@ -172,11 +181,30 @@ def basic_credentials_match(credentials: str, expected: tuple[str, str]) -> bool
     return hmac.compare_digest(decoded.encode(), ":".join(expected).encode())
 
 
+class JwtVerifier:
+    """Accepts JWT access tokens signed by a key of a JWK set, for one issuer and audience."""
+
+    def __init__(self, jwks_file: str, issuer: str, audience: str) -> None:
+        self.keys = KeySet.import_key_set(json.loads(Path(jwks_file).read_text()))
+        self.claims = jwt.JWTClaimsRegistry(
+            iss={"essential": True, "value": issuer},
+            aud={"essential": True, "value": audience},
+            exp={"essential": True},
+        )
+
+    def accepts(self, token: str) -> bool:
+        try:
+            self.claims.validate(jwt.decode(token, self.keys).claims)
+        except JoseError:
+            return False
+        return True
+
+
 class CredentialsApplication(WSGIApplication):
     """scim2-server's WSGI application, refusing requests without accepted credentials.
 
-    It accepts a bearer token of ``bearer_tokens``, or the ``basic`` user and
-    password; it accepts every request when neither is given.
+    It accepts a bearer token of ``bearer_tokens``, a valid JWT (``jwt``), or the ``basic``
+    user and password; it accepts every request when none is given.
     """
 
     def __init__(
@@ -186,18 +214,22 @@ class CredentialsApplication(WSGIApplication):
         *,
         bearer_tokens: Iterable[str] = (),
         basic: tuple[str, str] | None = None,
+        jwt_verifier: JwtVerifier | None = None,
     ) -> None:
         super().__init__(storage, provider)
         self.bearer_tokens = frozenset(bearer_tokens)
         self.basic = basic
+        self.jwt_verifier = jwt_verifier
 
     def check_auth(self, request: ScimRequest) -> None:
         """Refuse a request without accepted credentials."""
-        if not self.bearer_tokens and self.basic is None:
+        if not self.bearer_tokens and self.basic is None and self.jwt_verifier is None:
             return
         scheme, _, credentials = (request.header("Authorization") or "").partition(" ")
         scheme = scheme.lower()
         if scheme == "bearer" and credentials in self.bearer_tokens:
+            return
+        if scheme == "bearer" and self.jwt_verifier and self.jwt_verifier.accepts(credentials):
             return
         if scheme == "basic" and self.basic and basic_credentials_match(credentials, self.basic):
             return
@@ -280,5 +312,6 @@ def create_app() -> WSGICallable:
         build_provider(options),
         bearer_tokens=options.bearer_tokens,
         basic=options.basic,
+        jwt_verifier=JwtVerifier(**options.jwt) if options.jwt else None,
     )
     return RequestStatsMiddleware(application, storage)

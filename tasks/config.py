@@ -208,10 +208,22 @@ class LdapSource(_Model):
 
 
 class AuthConfig(_Model):
-    type: Literal["none", "basic", "bearer"] = "none"
+    """How the provisioner authenticates to a target: none, HTTP Basic, a static bearer token,
+    or OAuth 2 client credentials."""
+
+    type: Literal["none", "basic", "bearer", "oauth2_client_credentials"] = "none"
     username: str | None = None
     password: SecretRef | None = None
     token: SecretRef | None = None
+    token_url: str | None = Field(None, description="OAuth 2 token endpoint.")
+    client_id: str | None = None
+    client_secret: SecretRef | None = None
+    scopes: tuple[str, ...] = ()
+    client_auth: Literal["header", "body"] = Field(
+        "header",
+        description="Client credentials in the Authorization header (client_secret_basic) "
+        "or in the request body (client_secret_post).",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> AuthConfig:
@@ -219,6 +231,16 @@ class AuthConfig(_Model):
             raise ValueError("auth type basic needs username and password")
         if self.type == "bearer" and self.token is None:
             raise ValueError("auth type bearer needs token")
+        if self.type == "oauth2_client_credentials":
+            missing = [
+                key
+                for key in ("token_url", "client_id", "client_secret")
+                if getattr(self, key) is None
+            ]
+            if missing:
+                raise ValueError(f"auth type oauth2_client_credentials needs {', '.join(missing)}")
+            if not re.match(r"^https?://\S+$", self.token_url or ""):
+                raise ValueError("token_url: an URL like https://login.example.com/oauth/token")
         return self
 
 

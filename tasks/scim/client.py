@@ -21,11 +21,13 @@ from requests.adapters import HTTPAdapter
 
 from tasks.config import TargetConfig
 from tasks.errors import (
+    FatalError,
     RejectedError,
     ScimError,
     TransientError,
     classify_response,
 )
+from tasks.scim.auth import ClientCredentials
 from tasks.scim.dialect import Capabilities, Scim20, dialect_for
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,16 @@ def build_session(target: TargetConfig) -> requests.Session:
         session.auth = (auth.username, auth.password.resolve().get_secret_value())
     elif auth.type == "bearer" and auth.token:
         session.headers["Authorization"] = f"Bearer {auth.token.resolve().get_secret_value()}"
+    session.verify = tls_verify(target)
+    return session
+
+
+def tls_verify(target: TargetConfig) -> bool | str:
+    """The ``verify`` setting of requests for a target (warns when verification is off)."""
     if not target.verify_tls:
         log.warning("TLS certificate verification is OFF for target %s", target.name)
-        session.verify = False
-    elif target.ca_file:
-        session.verify = str(target.ca_file)
-    return session
+        return False
+    return str(target.ca_file) if target.ca_file else True
 
 
 class ScimClient:
@@ -69,6 +75,11 @@ class ScimClient:
         self.dialect: Scim20 = dialect_for(target.scim_version)
         self.session = session if session is not None else build_session(target)
         self.session.headers.update({"Accept": f"{self.dialect.media_type}, application/json"})
+        self.credentials = (
+            ClientCredentials(target.auth, tls_verify(target))
+            if target.auth.type == "oauth2_client_credentials"
+            else None
+        )
         self.capabilities = Capabilities()
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -76,6 +87,8 @@ class ScimClient:
 
     def close(self) -> None:
         self.session.close()
+        if self.credentials is not None:
+            self.credentials.close()
 
     # -- transport -------------------------------------------------------------------------
 
@@ -101,8 +114,14 @@ class ScimClient:
         url = f"{self.target.url}{path}"
         what = f"{method} {path}"
         attempts = 1 + (self.target.max_retries if retry else 0)
+        renewed = False
         for attempt in range(1, attempts + 1):
             try:
+                return self._send_once(method, url, what, body, params)
+            except FatalError as exc:
+                if exc.status != 401 or self.credentials is None or renewed:
+                    raise
+                renewed = True  # the token was refused: one new token, one more try
                 return self._send_once(method, url, what, body, params)
             except TransientError as exc:
                 if attempt == attempts:
@@ -117,7 +136,9 @@ class ScimClient:
     def _send_once(
         self, method: str, url: str, what: str, body: Any, params: dict[str, str] | None
     ) -> tuple[int, Any, dict[str, str]]:
-        headers = {"Content-Type": self.dialect.media_type} if body is not None else None
+        headers = {"Content-Type": self.dialect.media_type} if body is not None else {}
+        if self.credentials is not None:
+            headers["Authorization"] = self.credentials.authorization()
         with self._lock:
             self.stats[method] += 1
         try:
@@ -134,6 +155,8 @@ class ScimClient:
             raise RejectedError(f"{what} failed: {_reason(exc)}") from None
         status = response.status_code
         content = response.content
+        if status == 401 and self.credentials is not None:
+            self.credentials.refused(headers["Authorization"])
         if status >= 400:
             raise classify_response(status, content, dict(response.headers), what)
         if not content.strip():

@@ -1,0 +1,76 @@
+"""OAuth 2 client credentials (RFC 6749 §4.4) for SCIM targets, with authlib.
+
+The access token is fetched on first use, cached until shortly before it expires, and fetched
+again once when the target answers 401 to it. The client secret and the tokens never leave
+this object: errors name the token endpoint and the OAuth error code only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import requests
+from authlib.integrations.requests_client import OAuth2Session, OAuthError
+
+from tasks.config import AuthConfig
+from tasks.errors import FatalError, TransientError
+
+MAX_MARGIN = 30.0
+"""Seconds before expiry at which a cached token is replaced (at most; 10 % of short ones)."""
+
+
+class ClientCredentials:
+    """Hands out ``Authorization`` header values for one target; safe for several threads."""
+
+    def __init__(self, auth: AuthConfig, verify: bool | str = True) -> None:
+        assert auth.token_url and auth.client_id and auth.client_secret
+        self.token_url = auth.token_url
+        method = "client_secret_basic" if auth.client_auth == "header" else "client_secret_post"
+        self._oauth = OAuth2Session(
+            auth.client_id,
+            auth.client_secret.resolve().get_secret_value(),
+            scope=" ".join(auth.scopes) or None,
+            token_endpoint_auth_method=method,
+        )
+        self._oauth.verify = verify
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._renew_at = 0.0
+        self.fetched = 0
+
+    def authorization(self) -> str:
+        """``Bearer <token>``, fetching a token when there is none or it is about to expire."""
+        with self._lock:
+            if self._token is None or time.monotonic() >= self._renew_at:
+                self._fetch()
+            return f"Bearer {self._token}"
+
+    def refused(self, authorization: str) -> None:
+        """The target answered 401 to this header value: drop the token if it is still ours."""
+        with self._lock:
+            if authorization == f"Bearer {self._token}":
+                self._token = None
+
+    def _fetch(self) -> None:
+        try:
+            token = self._oauth.fetch_token(self.token_url, grant_type="client_credentials")
+        except OAuthError as exc:
+            raise FatalError(
+                f"OAuth token request to {self.token_url} refused: {exc.error}"
+                + (f": {exc.description}" if exc.description else "")
+            ) from None
+        except requests.RequestException as exc:
+            raise TransientError(
+                f"OAuth token endpoint {self.token_url} unreachable ({type(exc).__name__})"
+            ) from None
+        access_token = token.get("access_token")
+        if not access_token:
+            raise FatalError(f"OAuth token endpoint {self.token_url} answered no access_token")
+        lifetime = float(token.get("expires_in") or 3600)
+        self._token = str(access_token)
+        self._renew_at = time.monotonic() + lifetime - min(MAX_MARGIN, lifetime / 10)
+        self.fetched += 1
+
+    def close(self) -> None:
+        self._oauth.close()
