@@ -120,7 +120,7 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
         try:
             loader = Loader(
                 client,
-                use_patch=uses_patch(target, discover(client)),
+                use_patch=uses_patch(target, discover(target)),
                 managed_ids=(r.scim_id for r in state.values()),
             )
             index_target(loader, sum(1 for a in plan.actions if a.kind == "create"))

@@ -79,7 +79,7 @@ def sync_groups_target(
     if plan.actions:
         client = ScimClient(target)
         try:
-            capabilities = discover(client)
+            capabilities = discover(target)
             loader = GroupLoader(
                 client,
                 store,

@@ -20,6 +20,7 @@ error detail and the request's method and path only.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -145,3 +146,18 @@ def classify_response(status: int, body: bytes, headers: dict[str, str], what: s
     if status == 404:
         return NotFoundError(message, status=status, detail=detail, scim_type=scim_type)
     return RejectedError(message, status=status, detail=detail, scim_type=scim_type)
+
+
+def retry_on(*errors: type[BaseException]) -> Callable[[Any, Any, Any], bool]:
+    """A Prefect ``retry_condition_fn``: retry a task only when it failed with one of these."""
+
+    def condition(task: Any, task_run: Any, state: Any) -> bool:
+        try:
+            state.result()
+        except errors:
+            return True
+        except Exception:
+            return False
+        return False
+
+    return condition

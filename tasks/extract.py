@@ -23,7 +23,7 @@ from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.ad import UserAccountControl, guid_text
 from tasks.config import LdapSource, MultiValuedRule, TlsMode
-from tasks.errors import SourceError, SourceUnavailable
+from tasks.errors import SourceError, SourceUnavailable, retry_on
 
 log = logging.getLogger(__name__)
 
@@ -274,22 +274,11 @@ def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[
     return Extraction(users, invalid)
 
 
-def retry_if_unreachable(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry the extract only when the directory was unreachable."""
-    try:
-        state.result()
-    except SourceUnavailable:
-        return True
-    except Exception:
-        return False
-    return False
-
-
 @task(
     name="extract-from-LDAP",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_if_unreachable,
+    retry_condition_fn=retry_on(SourceUnavailable),
     cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
     persist_result=True,
 )

@@ -20,13 +20,12 @@ from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.ad import parse_range, ranged_values
 from tasks.config import GroupsQuery, LdapSource, TargetConfig
-from tasks.errors import SourceError
+from tasks.errors import SourceError, SourceUnavailable, retry_on
 from tasks.extract import (
     SourceUser,
     connect,
     normalize_dn,
     paged_entries,
-    retry_if_unreachable,
     source_id,
 )
 from tasks.state import GroupRecord, StateRecord
@@ -116,7 +115,7 @@ def read_groups(conn: ldap3.Connection, source: LdapSource) -> GroupExtraction:
     name="extract-groups-from-LDAP",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_if_unreachable,
+    retry_condition_fn=retry_on(SourceUnavailable),
     cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
     persist_result=True,
 )

@@ -1,20 +1,60 @@
-"""What a run learns about a target before writing to it."""
+"""What a run learns about a target before writing to it, and the checks made with it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.config import TargetConfig
+from tasks.errors import ConfigError, TransientError, retry_on
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities
 
 
-@task(name="discover-target", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def discover(client: ScimClient) -> Capabilities:
-    """Read the target's /ServiceProviderConfig once per run."""
-    capabilities = client.discover()
-    get_run_logger().info("target %s: %s", client.target.name, capabilities)
+def unknown_extension_attributes(
+    mapping: dict[str, Any], schemas: dict[str, set[str]]
+) -> list[str]:
+    """Extension or custom attributes of a mapping that the target's /Schemas does not define."""
+    unknown = []
+    for key, rule in mapping.items():
+        if not key.startswith("urn:"):
+            continue
+        if key not in schemas:
+            unknown.append(f"{key} (no such schema)")
+            continue
+        attributes = rule if isinstance(rule, dict) else {}
+        unknown += [f"{key}:{name}" for name in attributes if name.lower() not in schemas[key]]
+    return unknown
+
+
+@task(
+    name="discover-target",
+    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on(TransientError),
+)
+def discover(target: TargetConfig) -> Capabilities:
+    """Read the target's /ServiceProviderConfig and /Schemas once per run (cached for the
+    run); refuse a mapping that uses extension attributes the target does not define, before
+    any write."""
+    client = ScimClient(target)
+    try:
+        capabilities = client.discover()
+        schemas = client.schemas()
+    finally:
+        client.close()
+    if schemas is not None:
+        unknown = unknown_extension_attributes(target.mapping, schemas)
+        if unknown:
+            raise ConfigError(
+                f"target {target.name}: the mapping uses attributes its /Schemas does not "
+                f"define: {', '.join(unknown)}"
+            )
+    get_run_logger().info("target %s: %s", target.name, capabilities)
     return capabilities
 
 

@@ -208,6 +208,7 @@ def write_config(
         },
         CUSTOM_URN: {"costCenter": "description"},
     }
+    mapping = target.pop("mapping", mapping)
     config = {
         "source": {
             "url": slapd.ldaps_url,

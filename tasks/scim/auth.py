@@ -7,8 +7,10 @@ this object: errors name the token endpoint and the OAuth error code only.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from typing import ClassVar
 
 import requests
 from authlib.integrations.requests_client import OAuth2Session, OAuthError
@@ -21,7 +23,31 @@ MAX_MARGIN = 30.0
 
 
 class ClientCredentials:
-    """Hands out ``Authorization`` header values for one target; safe for several threads."""
+    """Hands out ``Authorization`` header values for one client; safe for several threads.
+
+    Use :meth:`shared`: one instance per client and secret in the process, so every run and
+    task of a worker uses the same cached token.
+    """
+
+    _shared: ClassVar[dict[tuple[str, ...], ClientCredentials]] = {}
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, auth: AuthConfig, verify: bool | str = True) -> ClientCredentials:
+        assert auth.client_secret is not None
+        secret = auth.client_secret.resolve().get_secret_value()
+        key = (
+            str(auth.token_url),
+            str(auth.client_id),
+            hashlib.sha256(secret.encode()).hexdigest(),
+            " ".join(auth.scopes),
+            auth.client_auth,
+            str(verify),
+        )
+        with cls._shared_lock:
+            if key not in cls._shared:
+                cls._shared[key] = cls(auth, verify)
+            return cls._shared[key]
 
     def __init__(self, auth: AuthConfig, verify: bool | str = True) -> None:
         assert auth.token_url and auth.client_id and auth.client_secret
@@ -71,6 +97,3 @@ class ClientCredentials:
         self._token = str(access_token)
         self._renew_at = time.monotonic() + lifetime - min(MAX_MARGIN, lifetime / 10)
         self.fetched += 1
-
-    def close(self) -> None:
-        self._oauth.close()

@@ -76,19 +76,16 @@ class ScimClient:
         self.session = session if session is not None else build_session(target)
         self.session.headers.update({"Accept": f"{self.dialect.media_type}, application/json"})
         self.credentials = (
-            ClientCredentials(target.auth, tls_verify(target))
+            ClientCredentials.shared(target.auth, tls_verify(target))
             if target.auth.type == "oauth2_client_credentials"
             else None
         )
-        self.capabilities = Capabilities()
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.sleep = sleep
 
     def close(self) -> None:
         self.session.close()
-        if self.credentials is not None:
-            self.credentials.close()
 
     # -- transport -------------------------------------------------------------------------
 
@@ -174,7 +171,7 @@ class ScimClient:
     # -- SCIM operations -------------------------------------------------------------------
 
     def discover(self) -> Capabilities:
-        """Read ``/ServiceProviderConfig`` once; on any failure assume no optional feature."""
+        """Read ``/ServiceProviderConfig``; on any failure assume no optional feature."""
         for path in self.dialect.service_provider_config_paths:
             try:
                 _, body, _ = self.send("GET", path)
@@ -183,10 +180,29 @@ class ScimClient:
             except ScimError as exc:
                 log.warning("discovery at %s failed (%s); assuming no optional features", path, exc)
                 continue
-            self.capabilities = Capabilities.from_service_provider_config(body)
-            return self.capabilities
-        self.capabilities = Capabilities()
-        return self.capabilities
+            return Capabilities.from_service_provider_config(body)
+        return Capabilities()
+
+    def schemas(self) -> dict[str, set[str]] | None:
+        """Attribute names (lower-case) per schema URN from ``/Schemas``; ``None`` when the
+        target does not publish them (nothing is assumed then)."""
+        try:
+            _, body, _ = self.send("GET", "/Schemas")
+        except (RejectedError, TransientError) as exc:
+            log.info("no usable /Schemas (%s): extension attributes are not checked", exc)
+            return None
+        resources = self.dialect.list_resources(body)
+        if not resources and isinstance(body, list):
+            resources = [r for r in body if isinstance(r, dict)]
+        return {
+            str(r["id"]): {
+                str(a.get("name", "")).lower()
+                for a in r.get("attributes") or []
+                if isinstance(a, dict)
+            }
+            for r in resources
+            if r.get("id")
+        } or None
 
     def find(self, path: str, filter_: str) -> list[dict[str, Any]]:
         """Resources of ``path`` (``/Users``, ``/Groups``) matching a filter (at most 2 asked:

@@ -4,6 +4,7 @@ real scim2-server that verifies the tokens."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,17 +102,17 @@ def test_expired_and_refused_tokens_are_replaced(
     client = ScimClient(target)
     try:
         assert client.find("/Users", 'userName eq "x"') == []
-        assert client.credentials is not None and client.credentials.fetched == 1
-        import time
-
+        credentials = client.credentials
+        assert credentials is not None
+        fetched = credentials.fetched
         time.sleep(4.0)  # the 4 s token is past its renewal point
         assert client.find("/Users", 'userName eq "x"') == []
-        assert client.credentials.fetched == 2
-        client.credentials._token = "not-a-valid-token"  # as if the target revoked it
-        client.credentials._renew_at = float("inf")
+        assert credentials.fetched == fetched + 1
+        credentials._token = "not-a-valid-token"  # as if the target had revoked it
+        credentials._renew_at = float("inf")
         assert client.find("/Users", 'userName eq "x"') == []
-        assert client.credentials.fetched == 3
-        assert client.stats["GET"] == 4  # one refused, retried once
+        assert credentials.fetched == fetched + 2
+        assert client.stats["GET"] == 4  # the refused one was retried once
     finally:
         client.close()
 

@@ -308,6 +308,22 @@ class TestBadInput:
         assert f"also uid=bob,{PEOPLE}" in rejected["reason"]
         assert target_users(scim)["bob"] == before
 
+    def test_extension_attributes_unknown_to_the_target_stop_before_any_write(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The target's /Schemas is read first: unknown extension attributes are named."""
+        mapping = {
+            "userName": "uid",
+            CUSTOM_URN: {"costCenter": "description", "badge": "employeeNumber"},
+            "urn:example:params:scim:schemas:extension:nope:2.0:User": {"x": "uid"},
+        }
+        config = write_config(tmp_path / "c.yaml", directory, scim, mapping=mapping)
+        code, err = sync(config, capsys)
+        assert code == 2
+        assert f"{CUSTOM_URN}:badge" in err
+        assert "urn:example:params:scim:schemas:extension:nope:2.0:User (no such schema)" in err
+        assert scim.writes() == 0
+
     def test_invalid_config_gives_one_clear_line(
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     ) -> None:
@@ -351,5 +367,6 @@ def test_many_creates_match_against_one_listing(
     assert len(target_users(scim)) == 63
     assert summary["targets"][0]["adopted"] == 2
     assert stats["POST"] == 61
-    # /ServiceProviderConfig, the count, one page of the listing, and the 2 adopted users
-    assert stats["GET"] == 5
+    # discovery (/ServiceProviderConfig, /Schemas), the count, one page of the listing, and
+    # the 2 adopted users
+    assert stats["GET"] == 6
