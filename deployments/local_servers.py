@@ -654,8 +654,14 @@ class ScimServer:
         patch_supported: bool = True,
         user_extensions: list[dict[str, Any]] | None = None,
         jwt: dict[str, str] | None = None,
+        app: str = "deployments.scim_app:create_app()",
+        prefix: str = "/v2",
     ) -> None:
+        """:param app: the WSGI application gunicorn serves (e.g. the tests' SCIM 1.1
+        facade, ``tests.scim11_app:create_app()`` with ``prefix="/v1"``)."""
         self.workdir = workdir
+        self.app = app
+        self.prefix = prefix
         self.port = free_port()
         self.options: dict[str, Any] = {
             "bearer_tokens": [bearer_token] if bearer_token is not None else [],
@@ -671,7 +677,7 @@ class ScimServer:
     @property
     def base_url(self) -> str:
         """The root URL of the SCIM endpoints."""
-        return f"{self._root_url}/v2"
+        return f"{self._root_url}{self.prefix}"
 
     @property
     def _root_url(self) -> str:
@@ -688,7 +694,7 @@ class ScimServer:
         options = {**GUNICORN_OPTIONS, "--bind": f"127.0.0.1:{self.port}"}
         command = [
             *_command(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
-            "deployments.scim_app:create_app()",
+            self.app,
         ]
         env = {**os.environ, "SCIM_APP_OPTIONS": json.dumps(self.options)}
         child = _Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)

@@ -300,7 +300,7 @@ def _validate_mapping(mapping: dict[str, Any], where: str = "") -> dict[str, Any
 class TargetConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str = Field(description="Base URL of the SCIM service, e.g. https://app/scim/v2.")
-    scim_version: Literal["2.0"] = "2.0"
+    scim_version: Literal["2.0", "1.1"] = "2.0"
     auth: AuthConfig = AuthConfig()
     verify_tls: bool = True
     ca_file: Path | None = None

@@ -10,22 +10,23 @@ from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 from tasks.config import TargetConfig
 from tasks.errors import ConfigError, TransientError, retry_on
 from tasks.scim.client import ScimClient
-from tasks.scim.dialect import Capabilities
+from tasks.scim.dialect import Capabilities, Scim20
 
 
 def unknown_extension_attributes(
-    mapping: dict[str, Any], schemas: dict[str, set[str]]
+    mapping: dict[str, Any], schemas: dict[str, set[str]], dialect: Scim20
 ) -> list[str]:
     """Extension or custom attributes of a mapping that the target's /Schemas does not define."""
     unknown = []
     for key, rule in mapping.items():
         if not key.startswith("urn:"):
             continue
-        if key not in schemas:
+        urn = dialect.wire_urn(key)
+        if urn not in schemas:
             unknown.append(f"{key} (no such schema)")
             continue
         attributes = rule if isinstance(rule, dict) else {}
-        unknown += [f"{key}:{name}" for name in attributes if name.lower() not in schemas[key]]
+        unknown += [f"{key}:{name}" for name in attributes if name.lower() not in schemas[urn]]
     return unknown
 
 
@@ -48,7 +49,7 @@ def discover(target: TargetConfig) -> Capabilities:
     finally:
         client.close()
     if schemas is not None:
-        unknown = unknown_extension_attributes(target.mapping, schemas)
+        unknown = unknown_extension_attributes(target.mapping, schemas, client.dialect)
         if unknown:
             raise ConfigError(
                 f"target {target.name}: the mapping uses attributes its /Schemas does not "

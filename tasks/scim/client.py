@@ -192,7 +192,7 @@ class ScimClient:
             log.info("no usable /Schemas (%s): extension attributes are not checked", exc)
             return None
         resources = self.dialect.list_resources(body)
-        if not resources and isinstance(body, list):
+        if not resources and isinstance(body, list):  # some 1.1 targets answer a bare list
             resources = [r for r in body if isinstance(r, dict)]
         return {
             str(r["id"]): {
@@ -208,7 +208,7 @@ class ScimClient:
         """Resources of ``path`` (``/Users``, ``/Groups``) matching a filter (at most 2 asked:
         enough to tell one from ambiguous)."""
         _, body, _ = self.send("GET", path, params={"filter": filter_, "count": "2"})
-        return self.dialect.list_resources(body)
+        return [self.dialect.from_wire(r) for r in self.dialect.list_resources(body)]
 
     def count(self, path: str) -> int | None:
         """How many resources ``path`` holds (``totalResults``), if the target says."""
@@ -229,7 +229,7 @@ class ScimClient:
             }
             _, body, _ = self.send("GET", path, params=params)
             page = self.dialect.list_resources(body)
-            yield from page
+            yield from (self.dialect.from_wire(r) for r in page)
             total = body.get("totalResults") if isinstance(body, dict) else None
             start += len(page)
             if not page or not isinstance(total, int) or start > total:
@@ -240,20 +240,21 @@ class ScimClient:
         _, body, _ = self.send("GET", f"{path}/{scim_id}", params=params)
         if not isinstance(body, dict):
             raise TransientError(f"GET {path}/{scim_id} answered no resource")
-        return body
+        return self.dialect.from_wire(body)
 
     def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST a resource (never re-sent here: the caller looks up first); return it."""
-        _, created, headers = self.send("POST", path, body=body, retry=False)
+        _, created, headers = self.send("POST", path, body=self.dialect.to_wire(body), retry=False)
         if not isinstance(created, dict) or not created.get("id"):
             location = headers.get("Location", "")
             if location:
                 return {**body, "id": location.rstrip("/").rsplit("/", 1)[-1]}
             raise TransientError(f"POST {path} answered without the new resource's id")
-        return created
+        return self.dialect.from_wire(created)
 
     def replace(self, path: str, scim_id: str, body: dict[str, Any]) -> None:
-        self.send("PUT", f"{path}/{scim_id}", body=self.dialect.replace_body(scim_id, body))
+        wire = self.dialect.to_wire(self.dialect.replace_body(scim_id, body))
+        self.send("PUT", f"{path}/{scim_id}", body=wire)
 
     def patch(self, path: str, scim_id: str, operations: list[dict[str, Any]]) -> None:
         self.send("PATCH", f"{path}/{scim_id}", body=self.dialect.patch_body(operations))

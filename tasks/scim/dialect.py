@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+CORE_11 = "urn:scim:schemas:core:1.0"
+ENTERPRISE_11 = "urn:scim:schemas:extension:enterprise:1.0"
 
 _EQUALITY_TEMPLATE = re.compile(r'^\s*([A-Za-z][A-Za-z0-9_-]*)\s+eq\s+"%s"\s*$', re.IGNORECASE)
 
@@ -70,7 +74,12 @@ def _flatten(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 class Scim20:
-    """SCIM 2.0 (RFC 7643/7644)."""
+    """SCIM 2.0 (RFC 7643/7644).
+
+    Payloads inside the provisioner are SCIM 2.0-shaped; a dialect turns them into what its
+    targets expect on the wire (:meth:`to_wire`, :meth:`patch_body`) and back
+    (:meth:`from_wire`).
+    """
 
     name = "scim2.0"
     media_type = "application/scim+json"
@@ -114,6 +123,18 @@ class Scim20:
 
     def patch_body(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
         return {"schemas": [PATCH_OP], "Operations": operations}
+
+    def wire_urn(self, urn: str) -> str:
+        """The schema URN the target uses for one of ours."""
+        return urn
+
+    def to_wire(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A resource body as the target expects it."""
+        return body
+
+    def from_wire(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """A resource the target returned, SCIM 2.0-shaped."""
+        return resource
 
     def disable_operations(self) -> list[dict[str, Any]]:
         return [{"op": "replace", "path": "active", "value": False}]
@@ -162,7 +183,87 @@ class Scim20:
         return [r for r in resources if isinstance(r, dict)]
 
 
-DIALECTS: dict[str, type[Scim20]] = {"2.0": Scim20}
+_URNS_11 = {USER_SCHEMA: CORE_11, GROUP_SCHEMA: CORE_11, ENTERPRISE_SCHEMA: ENTERPRISE_11}
+
+
+class Scim11(Scim20):
+    """SCIM 1.1: ``urn:scim:schemas:core:1.0``, ``application/json``, ``/ServiceProviderConfigs``,
+    PATCH as a partial resource (``meta.attributes`` lists the attributes to remove; a member
+    is removed with ``"operation": "delete"``), errors as ``{"Errors": [...]}`` (understood by
+    :func:`tasks.errors.error_detail`)."""
+
+    name = "scim1.1"
+    media_type = "application/json"
+    service_provider_config_paths = ("/ServiceProviderConfigs", "/ServiceProviderConfig")
+
+    def wire_urn(self, urn: str) -> str:
+        return _URNS_11.get(urn, urn)
+
+    def to_wire(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = {self.wire_urn(k) if k.startswith("urn:") else k: v for k, v in body.items()}
+        if "schemas" in body:
+            out["schemas"] = list(dict.fromkeys(self.wire_urn(u) for u in body["schemas"]))
+        return out
+
+    def from_wire(self, resource: dict[str, Any]) -> dict[str, Any]:
+        out = dict(resource)
+        if ENTERPRISE_11 in out:
+            out[ENTERPRISE_SCHEMA] = out.pop(ENTERPRISE_11)
+        return out
+
+    def member_operations(self, add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
+        """Member changes in the form :meth:`patch_body` turns into 1.1 member entries."""
+        ops: list[dict[str, Any]] = []
+        removed = sorted(remove)
+        if removed:
+            ops.append(
+                {"op": "remove", "path": "members", "value": [{"value": m} for m in removed]}
+            )
+        added = sorted(add)
+        if added:
+            ops.append({"op": "add", "path": "members", "value": [{"value": m} for m in added]})
+        return ops
+
+    def patch_body(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        """The 1.1 partial resource doing what the (2.0-style) operations describe."""
+        body: dict[str, Any] = {"schemas": [CORE_11]}
+        removed: list[str] = []
+        for op in operations:
+            path, value = op["path"], op.get("value")
+            if path == "members":
+                entries = [
+                    {**member, "operation": "delete"} if op["op"] == "remove" else member
+                    for member in value or []
+                ]
+                body.setdefault("members", []).extend(entries)
+            elif op["op"] == "remove":
+                removed.append(self._wire_path(path))
+            else:
+                if isinstance(value, list):  # a multi-valued attribute replaced as a whole
+                    removed.append(self._wire_path(path))
+                self._set(body, path, value)
+        if removed:
+            body["meta"] = {"attributes": removed}
+        return body
+
+    def _wire_path(self, path: str) -> str:
+        if path.startswith("urn:"):
+            urn, _, attribute = path.rpartition(":")
+            return f"{self.wire_urn(urn)}:{attribute}"
+        return path
+
+    def _set(self, body: dict[str, Any], path: str, value: Any) -> None:
+        if path.startswith("urn:"):
+            urn, _, attribute = path.rpartition(":")
+            body.setdefault(self.wire_urn(urn), {})[attribute] = value
+        elif "." in path:
+            parent, _, attribute = path.partition(".")
+            body.setdefault(parent, {})[attribute] = value
+        else:
+            body[path] = value
+
+
+DIALECTS: dict[str, type[Scim20]] = {"2.0": Scim20, "1.1": Scim11}
 
 
 def dialect_for(version: str) -> Scim20:
