@@ -25,6 +25,7 @@ from tasks.extract import connect, mapped_attributes, read_users
 from tasks.groups import GroupAction, GroupPlan, plan_groups, read_groups, resolve_groups
 from tasks.plan import Plan, plan_users
 from tasks.report import print_summary, problems
+from tasks.scim.dialect import dialect_for
 from tasks.state import StateRecord, StateStore, Status
 from tasks.transform import Rejection, transform_batch
 
@@ -84,7 +85,9 @@ def compute_plans(config: Config, target: str | None) -> list[TargetPlans]:
     plans = []
     try:
         for t in targets:
-            desired, rejected = transform_batch(extraction.users, t.mapping)
+            desired, rejected = transform_batch(
+                extraction.users, t.mapping, dialect_for(t.scim_version, t.dialect)
+            )
             rejected += [Rejection("", dn, reason) for dn, reason in extraction.invalid]
             state = store.records(t.name)
             users = plan_users(t, desired, rejected, state)

@@ -45,7 +45,7 @@ def desired_users(
 ) -> tuple[list[DesiredUser], list[Rejection]]:
     """Transform every extracted user for one target, in batches (cached per flow run)."""
     futures = [
-        transform_users.submit(as_is(batch), target.mapping)
+        transform_users.submit(as_is(batch), target.mapping, target.scim_version, target.dialect)
         for batch in batches(extraction.users, TRANSFORM_BATCH)
     ]
     desired: list[DesiredUser] = []

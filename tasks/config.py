@@ -301,6 +301,11 @@ class TargetConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str = Field(description="Base URL of the SCIM service, e.g. https://app/scim/v2.")
     scim_version: Literal["2.0", "1.1"] = "2.0"
+    dialect: Literal["generic", "aws", "entra", "slack"] = Field(
+        "generic",
+        description="Vendor profile: aws (IAM Identity Center), entra (targets expecting "
+        "Entra's PATCH forms), slack (a Slack-like SCIM 1.1 target), or generic.",
+    )
     auth: AuthConfig = AuthConfig()
     verify_tls: bool = True
     ca_file: Path | None = None
@@ -354,6 +359,21 @@ class TargetConfig(_Model):
         if not re.match(r"^https?://\S+$", value):
             raise ValueError("an URL like https://app.example.com/scim/v2")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _dialect_fits(self) -> TargetConfig:
+        needs = {"aws": "2.0", "entra": "2.0", "slack": "1.1"}.get(self.dialect)
+        if needs and self.scim_version != needs:
+            raise ValueError(
+                f"dialect {self.dialect} speaks SCIM {needs}: set scim_version: {needs!r}"
+            )
+        if self.dialect == "aws":
+            for key in ("user_match_filter", "group_match_filter"):
+                if re.search(r"\b(or|not|co|sw|ew|pr|gt|ge|lt|le|ne)\b", getattr(self, key)):
+                    raise ValueError(
+                        f"{key}: AWS IAM Identity Center filters allow only eq and and"
+                    )
+        return self
 
     @field_validator("user_match_filter", "group_match_filter")
     @classmethod

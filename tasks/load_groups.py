@@ -24,7 +24,7 @@ from tasks.config import TargetConfig
 from tasks.errors import ConflictError, FatalError, NotFoundError, RejectedError, ScimError
 from tasks.groups import GroupAction
 from tasks.scim.client import ScimClient
-from tasks.scim.dialect import Capabilities
+from tasks.scim.dialect import Capabilities, Scim20
 from tasks.state import GroupRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,15 @@ DEFAULT_MAX_MEMBERS = 100
 """Member changes per PATCH when neither the config nor the target says (AWS's limit)."""
 
 
-def max_members(target: TargetConfig, capabilities: Capabilities) -> int:
-    """Member changes per request: the config, else the target's bulk.maxOperations, else 100."""
-    return target.max_members_per_request or capabilities.bulk_max_operations or DEFAULT_MAX_MEMBERS
+def max_members(target: TargetConfig, capabilities: Capabilities, dialect: Scim20) -> int:
+    """Member changes per request: the config, else the vendor's documented limit, else the
+    target's bulk.maxOperations, else 100."""
+    return (
+        target.max_members_per_request
+        or dialect.max_members_per_request
+        or capabilities.bulk_max_operations
+        or DEFAULT_MAX_MEMBERS
+    )
 
 
 def member_chunks(

@@ -22,7 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import task
@@ -30,6 +30,7 @@ from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.config import CORE_USER_SCHEMA, MultiValuedRule
 from tasks.extract import SourceUser, normalize_dn
+from tasks.scim.dialect import Scim20, dialect_for
 
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
 
@@ -139,14 +140,18 @@ def build_user(user: SourceUser, mapping: dict[str, Any]) -> DesiredUser:
 
 
 def transform_batch(
-    users: Iterable[SourceUser], mapping: dict[str, Any]
+    users: Iterable[SourceUser], mapping: dict[str, Any], dialect: Scim20 | None = None
 ) -> tuple[list[DesiredUser], list[Rejection]]:
-    """Build every user of a batch; a bad entry is rejected with its reason, the others go on."""
+    """Build every user of a batch (as the target's dialect can hold them); a bad entry is
+    rejected with its reason, the others go on."""
     desired: list[DesiredUser] = []
     rejected: list[Rejection] = []
     for user in users:
         try:
-            desired.append(build_user(user, mapping))
+            built = build_user(user, mapping)
+            if dialect is not None:
+                built = replace(built, payload=dialect.normalize_user(built.payload))
+            desired.append(built)
         except ValueError as exc:
             rejected.append(Rejection(user.source_id, user.dn, str(exc)))
     return desired, rejected
@@ -158,7 +163,7 @@ def transform_batch(
     persist_result=True,
 )
 def transform_users(
-    users: list[SourceUser], mapping: dict[str, Any]
+    users: list[SourceUser], mapping: dict[str, Any], version: str, profile: str
 ) -> tuple[list[DesiredUser], list[Rejection]]:
-    """Map one batch of directory entries to desired SCIM users."""
-    return transform_batch(users, mapping)
+    """Map one batch of directory entries to desired SCIM users of one target's dialect."""
+    return transform_batch(users, mapping, dialect_for(version, profile))

@@ -72,7 +72,7 @@ class ScimClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.target = target
-        self.dialect: Scim20 = dialect_for(target.scim_version)
+        self.dialect: Scim20 = dialect_for(target.scim_version, target.dialect)
         self.session = session if session is not None else build_session(target)
         self.session.headers.update({"Accept": f"{self.dialect.media_type}, application/json"})
         self.credentials = (
@@ -180,8 +180,8 @@ class ScimClient:
             except ScimError as exc:
                 log.warning("discovery at %s failed (%s); assuming no optional features", path, exc)
                 continue
-            return Capabilities.from_service_provider_config(body)
-        return Capabilities()
+            return self.dialect.adjust(Capabilities.from_service_provider_config(body))
+        return self.dialect.adjust(Capabilities())
 
     def schemas(self) -> dict[str, set[str]] | None:
         """Attribute names (lower-case) per schema URN from ``/Schemas``; ``None`` when the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
@@ -124,9 +124,20 @@ class Scim20:
     def patch_body(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
         return {"schemas": [PATCH_OP], "Operations": operations}
 
+    max_members_per_request: int | None = None
+    """A vendor's documented limit of member changes per PATCH, if any."""
+
     def wire_urn(self, urn: str) -> str:
         """The schema URN the target uses for one of ours."""
         return urn
+
+    def normalize_user(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The desired user as this target can hold it (before hashing and diffing)."""
+        return payload
+
+    def adjust(self, capabilities: Capabilities) -> Capabilities:
+        """Capabilities as this dialect knows them better than the target's discovery."""
+        return capabilities
 
     def to_wire(self, body: dict[str, Any]) -> dict[str, Any]:
         """A resource body as the target expects it."""
@@ -263,8 +274,72 @@ class Scim11(Scim20):
             body[path] = value
 
 
-DIALECTS: dict[str, type[Scim20]] = {"2.0": Scim20, "1.1": Scim11}
+MULTI_VALUED = ("emails", "phoneNumbers", "addresses", "ims", "photos", "x509Certificates")
 
 
-def dialect_for(version: str) -> Scim20:
-    return DIALECTS[version]()
+class AwsIdentityCenter(Scim20):
+    """AWS IAM Identity Center: at most 100 member changes per PATCH, one value per
+    multi-valued user attribute (the primary one is kept), no Bulk."""
+
+    name = "aws"
+    max_members_per_request = 100
+
+    def normalize_user(self, payload: dict[str, Any]) -> dict[str, Any]:
+        out = dict(payload)
+        for key in MULTI_VALUED:
+            values = out.get(key)
+            if isinstance(values, list) and len(values) > 1:
+                primary = [v for v in values if isinstance(v, dict) and v.get("primary")]
+                out[key] = (primary or values)[:1]
+        return out
+
+    def adjust(self, capabilities: Capabilities) -> Capabilities:
+        return replace(capabilities, bulk_max_operations=None)
+
+
+class EntraCompatible(Scim20):
+    """For targets built to what Microsoft Entra ID sends: capitalised PATCH ops, booleans as
+    the strings "True"/"False", members removed with a value list."""
+
+    name = "entra"
+
+    def patch_body(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        ops = []
+        for op in operations:
+            entra = {**op, "op": op["op"].capitalize()}
+            if isinstance(op.get("value"), bool):
+                entra["value"] = "True" if op["value"] else "False"
+            ops.append(entra)
+        return {"schemas": [PATCH_OP], "Operations": ops}
+
+    def member_operations(self, add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
+        ops = []
+        removed = sorted(remove)
+        if removed:
+            ops.append(
+                {"op": "remove", "path": "members", "value": [{"value": m} for m in removed]}
+            )
+        added = sorted(add)
+        if added:
+            ops.append({"op": "add", "path": "members", "value": [{"value": m} for m in added]})
+        return ops
+
+
+class SlackLike(Scim11):
+    """A Slack-like SCIM 1.1 target: the plural /ServiceProviderConfigs, application/json."""
+
+    name = "slack"
+
+
+PROFILES: dict[tuple[str, str], type[Scim20]] = {
+    ("generic", "2.0"): Scim20,
+    ("generic", "1.1"): Scim11,
+    ("aws", "2.0"): AwsIdentityCenter,
+    ("entra", "2.0"): EntraCompatible,
+    ("slack", "1.1"): SlackLike,
+}
+
+
+def dialect_for(version: str, profile: str = "generic") -> Scim20:
+    """The dialect of a SCIM version and vendor profile (the config validates the pair)."""
+    return PROFILES[(profile, version)]()

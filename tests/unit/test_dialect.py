@@ -103,3 +103,61 @@ class TestScim11:
         body = dialect.patch_body(dialect.member_operations(["n"], ["o"]))
         assert body["members"] == [{"value": "o", "operation": "delete"}, {"value": "n"}]
         assert "meta" not in body
+
+
+class TestVendorProfiles:
+    """Each vendor profile's payloads and limits."""
+
+    def test_aws_keeps_one_value_per_multi_valued_attribute_and_100_members(self) -> None:
+        from tasks.config import TargetConfig
+        from tasks.load_groups import max_members
+        from tasks.scim.dialect import AwsIdentityCenter
+
+        aws = AwsIdentityCenter()
+        user = {
+            "userName": "a",
+            "emails": [{"value": "x@a", "type": "work"}, {"value": "y@a", "primary": True}],
+        }
+        assert aws.normalize_user(user)["emails"] == [{"value": "y@a", "primary": True}]
+        caps = aws.adjust(Capabilities(patch=True, bulk_max_operations=1000))
+        assert caps.bulk_max_operations is None
+        target = TargetConfig(name="t", url="http://t/v2", dialect="aws")
+        assert max_members(target, caps, aws) == 100
+
+    def test_entra_patch_forms(self) -> None:
+        from tasks.scim.dialect import EntraCompatible
+
+        entra = EntraCompatible()
+        body = entra.patch_body(entra.disable_operations() + entra.member_operations(["n"], ["o"]))
+        assert body["Operations"] == [
+            {"op": "Replace", "path": "active", "value": "False"},
+            {"op": "Remove", "path": "members", "value": [{"value": "o"}]},
+            {"op": "Add", "path": "members", "value": [{"value": "n"}]},
+        ]
+
+    def test_slack_like_speaks_11_with_the_plural_discovery_path(self) -> None:
+        from tasks.scim.dialect import dialect_for
+
+        slack = dialect_for("1.1", "slack")
+        assert slack.service_provider_config_paths[0] == "/ServiceProviderConfigs"
+        assert slack.media_type == "application/json"
+
+    def test_profile_and_version_must_fit(self) -> None:
+        import pytest
+
+        from tasks.config import parse_config
+        from tasks.errors import ConfigError
+
+        def config(**target: object) -> None:
+            parse_config(
+                {
+                    "source": {"url": "ldap://x", "users": {"base_dn": "dc=x"}},
+                    "targets": [{"name": "t", "url": "http://t/v2", **target}],
+                }
+            )
+
+        with pytest.raises(ConfigError, match=r"dialect slack speaks SCIM 1\.1"):
+            config(dialect="slack")
+        with pytest.raises(ConfigError, match="filters allow only eq and and"):
+            config(dialect="aws", user_match_filter='emails co "%s"')
+        config(dialect="slack", scim_version="1.1")
