@@ -29,7 +29,7 @@ from tasks.plan import Action, Plan, plan_users
 from tasks.report import LoadProgress, TargetReport, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.state import StateRecord, StateStore
-from tasks.target import discover, uses_patch
+from tasks.target import discover, uses_bulk, uses_patch
 from tasks.transform import DesiredUser, Rejection, transform_users
 
 TRANSFORM_BATCH = 2000
@@ -118,10 +118,12 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
     if plan.actions:
         client = ScimClient(target)
         try:
+            capabilities = discover(target)
             loader = Loader(
                 client,
-                use_patch=uses_patch(target, discover(target)),
+                use_patch=uses_patch(target, capabilities),
                 managed_ids=(r.scim_id for r in state.values()),
+                bulk=capabilities if uses_bulk(target, capabilities) else None,
             )
             index_target(loader, sum(1 for a in plan.actions if a.kind == "create"))
             load_actions(loader, store, plan.actions, report, "batch")

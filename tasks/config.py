@@ -321,6 +321,11 @@ class TargetConfig(_Model):
         "userName", description="SCIM attribute whose desired value fills the %s."
     )
     update_method: Literal["auto", "patch", "put"] = "auto"
+    use_bulk: Literal["auto", "never"] = Field(
+        "auto",
+        description="auto: send creates and updates in Bulk requests when the target "
+        "advertises Bulk; never: one request per change.",
+    )
     create_users: bool = True
     update_users: bool = True
     deprovision_users: bool = True

@@ -12,10 +12,11 @@ up again instead of sending a second POST.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from tasks.errors import (
 )
 from tasks.plan import Action
 from tasks.scim.client import ScimClient
+from tasks.scim.dialect import Capabilities
 from tasks.state import StateRecord, StateStore
 from tasks.transform import content_hash
 
@@ -77,10 +79,17 @@ class Loader:
     """Carries out actions on one target; safe to call from several threads."""
 
     def __init__(
-        self, client: ScimClient, *, use_patch: bool, managed_ids: Iterable[str] = ()
+        self,
+        client: ScimClient,
+        *,
+        use_patch: bool,
+        managed_ids: Iterable[str] = (),
+        bulk: Capabilities | None = None,
     ) -> None:
-        """:param managed_ids: SCIM ids the state store already links to directory entries."""
+        """:param managed_ids: SCIM ids the state store already links to directory entries.
+        :param bulk: the target's capabilities when changes may go in Bulk requests."""
         self.client = client
+        self.bulk = bulk
         self.dialect = client.dialect
         self.use_patch = use_patch
         self.target = client.target
@@ -199,6 +208,100 @@ class Loader:
         known = {key: existing[key] for key in payload if key in existing}
         self.update(str(existing["id"]), known, payload, adopting=True)
 
+    def bulk_operation(self, action: Action, bulk_id: str) -> dict[str, Any] | None:
+        """The Bulk operation doing an action, or ``None`` when it must go on its own: a create
+        that needs a look-up first (no listing, or the user already exists), a no-op update."""
+        path = self.dialect.users_path
+        payload = action.payload or {}
+        if action.kind == "create":
+            value = _lookup_value(payload, self.target.user_match_attribute)
+            if self.index is None or value is None:
+                return None
+            if self.dialect.match_key(self.index_attribute, value) in self.index:
+                return None
+            data = self.dialect.to_wire(payload)
+            return {"method": "POST", "path": path, "bulkId": bulk_id, "data": data}
+        target = f"{path}/{action.scim_id}"
+        if action.kind == "delete":
+            return {"method": "DELETE", "path": target, "bulkId": bulk_id}
+        if not self.use_patch:
+            data = self.dialect.to_wire(self.dialect.replace_body(str(action.scim_id), payload))
+            return {"method": "PUT", "path": target, "bulkId": bulk_id, "data": data}
+        if action.kind == "disable":
+            operations = self.dialect.disable_operations()
+        else:
+            operations = self.dialect.patch_operations(action.previous or {}, payload)
+        if not operations:
+            return None
+        data = self.dialect.patch_body(operations)
+        return {"method": "PATCH", "path": target, "bulkId": bulk_id, "data": data}
+
+    def run_bulk(self, actions: list[Action]) -> tuple[list[Outcome], list[Action]]:
+        """Send what can go in Bulk requests; return the outcomes and the actions left to do
+        one by one (those Bulk cannot carry, and those whose Bulk operation failed in a way
+        worth a second, careful try: a conflict, a transient error, no answer)."""
+        assert self.bulk is not None
+        operations: list[dict[str, Any]] = []
+        by_id: dict[str, Action] = {}
+        rest: list[Action] = []
+        for number, action in enumerate(actions):
+            operation = self.bulk_operation(action, f"op{number}")
+            if operation is None:
+                rest.append(action)
+            else:
+                operations.append(operation)
+                by_id[operation["bulkId"]] = action
+        outcomes: list[Outcome] = []
+        for chunk in bulk_chunks(operations, self.bulk):
+            try:
+                _, body, _ = self.client.send(
+                    "POST", "/Bulk", body=self.dialect.bulk_body(chunk), retry=False
+                )
+            except (TransientError, RejectedError) as exc:
+                log.info("a Bulk request failed (%s); its changes go one by one", exc)
+                rest += [by_id[op["bulkId"]] for op in chunk]
+                continue
+            results = self.dialect.bulk_results(body)
+            answered: dict[str, tuple[int, dict[str, Any], str]] = {
+                bulk_id: (status, response, location)
+                for bulk_id, status, response, location in results
+                if bulk_id
+            }
+            for position, op in enumerate(chunk):
+                result = answered.get(op["bulkId"])
+                if result is None and len(results) == len(chunk) and not results[position][0]:
+                    _, status, response, location = results[position]
+                    result = (status, response, location)
+                outcome = self._bulk_outcome(by_id[op["bulkId"]], op, result)
+                if outcome is None:
+                    rest.append(by_id[op["bulkId"]])
+                else:
+                    outcomes.append(outcome)
+        return outcomes, rest
+
+    def _bulk_outcome(self, action: Action, op: dict[str, Any], result: Any) -> Outcome | None:
+        """The outcome of one Bulk operation, or ``None`` to do the action one by one."""
+        if result is None:
+            return None
+        status, response, location = result
+        what = f"{op['method']} {op['path']} (in Bulk)"
+        if status in (401, 403):
+            raise FatalError(f"{what} failed: HTTP {status}", status=status)
+        if status < 300:
+            if action.kind == "create":
+                scim_id = str(response.get("id") or location.rstrip("/").rsplit("/", 1)[-1])
+                self.claim(scim_id, action.user_name)
+                return Outcome(action, True, "", scim_id)
+            return Outcome(action, True, "", None if action.kind == "delete" else action.scim_id)
+        if status == 404 and action.kind in ("disable", "delete"):
+            return Outcome(action, True, "already gone from the target", None)
+        if status in (404, 409, 412, 429) or status >= 500:
+            return None
+        detail = str(response.get("detail") or response.get("Errors") or "")
+        return Outcome(
+            action, False, f"{what} failed: HTTP {status}" + (f": {detail}" if detail else "")
+        )
+
     def run(self, action: Action) -> Outcome:
         """Carry out one action; never raises except :class:`FatalError`."""
         try:
@@ -268,6 +371,26 @@ def record(store: StateStore, target: str, outcomes: list[Outcome]) -> None:
     store.apply(target, saves, removals)
 
 
+def bulk_chunks(
+    operations: list[dict[str, Any]], capabilities: Capabilities
+) -> Iterator[list[dict[str, Any]]]:
+    """Bulk requests within the target's maxOperations and (with a 10 % margin)
+    maxPayloadSize."""
+    max_operations = capabilities.bulk_max_operations or 1
+    max_bytes = int((capabilities.bulk_max_payload or 1_000_000) * 0.9)
+    chunk: list[dict[str, Any]] = []
+    size = 200
+    for op in operations:
+        op_size = len(json.dumps(op)) + 1
+        if chunk and (len(chunk) >= max_operations or size + op_size > max_bytes):
+            yield chunk
+            chunk, size = [], 200
+        chunk.append(op)
+        size += op_size
+    if chunk:
+        yield chunk
+
+
 RECORD_EVERY = 0.25
 """Seconds between state-store transactions while a batch runs."""
 
@@ -280,6 +403,10 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
     """
     outcomes: list[Outcome] = []
     target = loader.target.name
+    actions = list(actions)
+    if loader.bulk is not None:
+        outcomes, actions = loader.run_bulk(actions)
+        record(store, target, outcomes)
     with ThreadPoolExecutor(max_workers=loader.target.concurrency) as pool:
         pending = {pool.submit(loader.run, action) for action in actions}
         fatal: BaseException | None = None

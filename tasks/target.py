@@ -64,3 +64,8 @@ def uses_patch(target: TargetConfig, capabilities: Capabilities) -> bool:
     if target.update_method == "auto":
         return capabilities.patch
     return target.update_method == "patch"
+
+
+def uses_bulk(target: TargetConfig, capabilities: Capabilities) -> bool:
+    """Bulk requests when the target advertises Bulk and the config does not forbid it."""
+    return target.use_bulk == "auto" and capabilities.bulk

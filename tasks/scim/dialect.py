@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 PATCH_OP = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+BULK_REQUEST = "urn:ietf:params:scim:api:messages:2.0:BulkRequest"
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
 GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
 ENTERPRISE_SCHEMA = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
@@ -29,7 +30,9 @@ class Capabilities:
     filter: bool = False
     filter_max_results: int | None = None
     etag: bool = False
+    bulk: bool = False
     bulk_max_operations: int | None = None
+    bulk_max_payload: int | None = None
 
     @classmethod
     def from_service_provider_config(cls, doc: Any) -> Capabilities:
@@ -50,7 +53,9 @@ class Capabilities:
             filter=supported("filter"),
             filter_max_results=positive("filter", "maxResults"),
             etag=supported("etag"),
+            bulk=supported("bulk") and positive("bulk", "maxOperations") is not None,
             bulk_max_operations=positive("bulk", "maxOperations"),
+            bulk_max_payload=positive("bulk", "maxPayloadSize"),
         )
 
 
@@ -181,6 +186,33 @@ class Scim20:
             {"op": "replace", "path": "externalId", "value": external_id},
         ]
 
+    def bulk_body(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        """A Bulk request (RFC 7644 §3.7) carrying these operations; never fail-fast, so every
+        operation gets its own result."""
+        return {"schemas": [BULK_REQUEST], "Operations": operations}
+
+    def bulk_results(self, body: Any) -> list[tuple[str, int, dict[str, Any], str]]:
+        """(bulkId, status, response body, location) of each operation of a Bulk response, in
+        order. A status given as ``{"code": ...}`` (SCIM 1.1) is understood too."""
+        results = []
+        operations = body.get("Operations") if isinstance(body, dict) else None
+        for op in operations or []:
+            if not isinstance(op, dict):
+                continue
+            status = op.get("status")
+            if isinstance(status, dict):
+                status = status.get("code")
+            try:
+                code = int(str(status))
+            except ValueError:
+                code = 500
+            response = op.get("response")
+            body_of: dict[str, Any] = response if isinstance(response, dict) else {}
+            results.append(
+                (str(op.get("bulkId") or ""), code, body_of, str(op.get("location") or ""))
+            )
+        return results
+
     def member_ids(self, group: dict[str, Any]) -> set[str]:
         """The member ids of a group resource as the target returned it."""
         members = group.get("members") or []
@@ -209,6 +241,10 @@ class Scim11(Scim20):
 
     def wire_urn(self, urn: str) -> str:
         return _URNS_11.get(urn, urn)
+
+    def adjust(self, capabilities: Capabilities) -> Capabilities:
+        """Bulk is not spoken in 1.1 here: changes go one request each."""
+        return replace(capabilities, bulk=False)
 
     def to_wire(self, body: dict[str, Any]) -> dict[str, Any]:
         out = {self.wire_urn(k) if k.startswith("urn:") else k: v for k, v in body.items()}

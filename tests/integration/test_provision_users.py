@@ -88,7 +88,7 @@ class TestUpdates:
     ) -> None:
         """A changed title is updated and removed attributes are cleared (PATCH and PUT)."""
         scim = scim_servers.get(variant)
-        config = write_config(tmp_path / "c.yaml", directory, scim)
+        config = write_config(tmp_path / "c.yaml", directory, scim, use_bulk="never")
         assert sync(config, capsys)[0] == 0
         directory.modify(
             f"dn: uid=ada,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Mathematician\n-\n"
@@ -255,6 +255,7 @@ class TestMatching:
             scim,
             user_match_filter='externalId eq "%s"',
             user_match_attribute="externalId",
+            use_bulk="never",
         )
         scim.reset_stats()
         code, summary = sync(config, capsys)
@@ -359,7 +360,7 @@ def test_many_creates_match_against_one_listing(
     )
     for name in ("ada", "p007"):
         create_on_target(scim, name)
-    config = write_config(tmp_path / "c.yaml", directory, scim)
+    config = write_config(tmp_path / "c.yaml", directory, scim, use_bulk="never")
     scim.reset_stats()
     code, summary = sync(config, capsys)
     assert code == 0, summary
@@ -370,3 +371,42 @@ def test_many_creates_match_against_one_listing(
     # discovery (/ServiceProviderConfig, /Schemas), the count, one page of the listing, and
     # the 2 adopted users
     assert stats["GET"] == 6
+
+
+def test_bulk_carries_creates_updates_and_deprovisioning(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With Bulk advertised, 60 new users go in one POST /Bulk (after one listing); then an
+    update and a disable go in one more; results are mapped back to each user."""
+    from deployments.local_servers import person_ldif
+
+    def add(entry: str) -> str:
+        dn_line, rest = entry.split("\n", 1)
+        return f"{dn_line}\nchangetype: add\n{rest}"
+
+    directory.modify(
+        "".join(
+            add(person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE))
+            for n in range(60)
+        )
+    )
+    config = write_config(tmp_path / "c.yaml", directory, scim)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    stats = scim.stats()
+    assert stats["POST"] == 2  # the creates, then the manager reference, each one Bulk
+    assert len(target_users(scim)) == 63
+    assert summary["targets"][0]["succeeded"]["create"] == 63
+    directory.modify(
+        f"dn: uid=ada,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Mathematician\n\n"
+        f"dn: uid=p001,{PEOPLE}\nchangetype: delete\n"
+    )
+    scim.reset_stats()
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert scim.writes() == 1 and scim.stats()["POST"] == 1
+    users = target_users(scim)
+    assert users["ada"]["title"] == "Mathematician" and users["p001"]["active"] is False
+    scim.reset_stats()
+    assert sync(config, capsys)[0] == 0
+    assert scim.writes() == 0

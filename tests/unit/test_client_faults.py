@@ -207,3 +207,68 @@ def test_lookup_filter_is_escaped(serve) -> None:
 
     query = parse_qs(urlsplit(fake.requests[0][1]).query)
     assert query["filter"] == ['userName eq "x\\" or userName pr"']
+
+
+def test_bulk_results_are_mapped_back_and_conflicts_retried_one_by_one(serve) -> None:
+    """In one Bulk response: a create succeeds, one is rejected with the target's words, one
+    conflicts (409) and is then looked up and adopted on its own."""
+    from tasks.scim.dialect import Capabilities
+
+    def script(request: BaseHTTPRequestHandler, n: int):
+        if request.command == "POST" and request.path.endswith("/Bulk"):
+            ops = request.body["Operations"]  # type: ignore[attr-defined]
+            statuses = {"ann": "201", "bad": "400", "dup": "409"}
+            return (
+                200,
+                {},
+                {
+                    "Operations": [
+                        {
+                            "bulkId": op["bulkId"],
+                            "method": "POST",
+                            "status": statuses[op["data"]["userName"]],
+                            "location": f"{fake.url}/Users/id-{op['data']['userName']}",
+                            "response": {"detail": "bad title"}
+                            if op["data"]["userName"] == "bad"
+                            else {},
+                        }
+                        for op in ops
+                    ]
+                },
+            )
+        if request.command == "GET" and "filter" in request.path:
+            return 200, {}, listing({"id": "id-dup", "userName": "dup"})
+        return 204, {}, None
+
+    fake = serve(script)
+    caps = Capabilities(bulk=True, bulk_max_operations=10, bulk_max_payload=100_000)
+    loader = Loader(client_for(fake, []), use_patch=True, bulk=caps)
+    loader.index, loader.index_attribute = {}, "userName"
+    actions = [
+        Action("create", f"s-{name}", name, "new", {"userName": name})
+        for name in ("ann", "bad", "dup")
+    ]
+    outcomes, rest = loader.run_bulk(actions)
+    assert {o.action.user_name: (o.ok, o.scim_id) for o in outcomes} == {
+        "ann": (True, "id-ann"),
+        "bad": (False, None),
+    }
+    assert next(o for o in outcomes if not o.ok).detail == (
+        "POST /Users (in Bulk) failed: HTTP 400: bad title"
+    )
+    assert [a.user_name for a in rest] == ["dup"]
+    adopted = loader.run(rest[0])
+    assert adopted.ok and adopted.adopted and adopted.scim_id == "id-dup"
+
+
+def test_bulk_chunks_respect_operations_and_payload_limits() -> None:
+    from tasks.load import bulk_chunks
+    from tasks.scim.dialect import Capabilities
+
+    ops = [{"method": "POST", "bulkId": f"b{n}", "data": {"x": "y" * 100}} for n in range(25)]
+    by_count = list(bulk_chunks(ops, Capabilities(bulk=True, bulk_max_operations=10)))
+    assert [len(c) for c in by_count] == [10, 10, 5]
+    by_size = list(
+        bulk_chunks(ops, Capabilities(bulk=True, bulk_max_operations=100, bulk_max_payload=1000))
+    )
+    assert all(len(json.dumps(c)) < 1000 for c in by_size) and sum(map(len, by_size)) == 25
