@@ -6,7 +6,8 @@ Starts its own real servers (slapd loaded with ``slapadd -q``, scim2-server unde
 Prefect test server), then measures, in one run:
 
 1. the target's raw capacity: direct POSTs of fresh users at the same concurrency, nothing else;
-2. the initial load through the ``provision_users`` flow: users/s, requests per change;
+2. the initial load through the ``provision_users`` flow, one request per change and with
+   Bulk: users/s, ratio to the raw capacity, requests per change;
 3. a second sync with no directory change: wall time and write requests (goal: 0);
 4. peak RSS of this process (the provisioner runs in it).
 
@@ -107,6 +108,41 @@ def run_flow(config: Path) -> tuple[float, dict[str, Any]]:
     return seconds, summary
 
 
+def write_config(path: Path, slapd: Slapd, scim: ScimServer, **target: Any) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "source": {
+                    "url": slapd.ldaps_url,
+                    "ca_file": str(slapd.tls.ca_cert),
+                    "bind_dn": slapd.admin_dn,
+                    "bind_password": {"env": "BENCH_LDAP_PASSWORD"},
+                    "users": {"base_dn": PEOPLE},
+                },
+                "state": {"url": f"sqlite:///{path.with_suffix('.db')}"},
+                "targets": [{"name": "bench", "url": scim.base_url, **target}],
+            }
+        )
+    )
+    return path
+
+
+def initial_load(config: Path, scim: ScimServer, raw: float) -> dict[str, Any]:
+    """An initial load into an empty target: time, users/s, ratio to raw, requests."""
+    scim.wipe()
+    seconds, summary = run_flow(config)
+    stats = scim.stats()
+    created = summary["targets"][0]["succeeded"]["create"]
+    rate = created / seconds
+    return {
+        "seconds": round(seconds, 2),
+        "users_per_s": round(rate, 1),
+        "ratio_to_raw_capacity": round(rate / raw, 2),
+        "requests": {k: v for k, v in stats.items() if v},
+        "requests_per_change": round(sum(stats.values()) / max(created, 1), 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=10000)
@@ -127,50 +163,27 @@ def main() -> None:
             load_seconds = time.perf_counter() - started
             scim.start()
             raw = raw_capacity(scim, args.raw_sample, args.concurrency)
-            scim.wipe()
             os.environ["BENCH_LDAP_PASSWORD"] = slapd.admin_password
-            config = work / "config.yaml"
-            config.write_text(
-                yaml.safe_dump(
-                    {
-                        "source": {
-                            "url": slapd.ldaps_url,
-                            "ca_file": str(slapd.tls.ca_cert),
-                            "bind_dn": slapd.admin_dn,
-                            "bind_password": {"env": "BENCH_LDAP_PASSWORD"},
-                            "users": {"base_dn": PEOPLE},
-                        },
-                        "state": {"url": f"sqlite:///{work / 'state.db'}"},
-                        "targets": [
-                            {"name": "bench", "url": scim.base_url, "concurrency": args.concurrency}
-                        ],
-                    }
-                )
+            one_by_one = write_config(
+                work / "one.yaml", slapd, scim, concurrency=args.concurrency, use_bulk="never"
             )
-            initial_seconds, initial = run_flow(config)
-            stats = scim.stats()
+            bulk = write_config(work / "bulk.yaml", slapd, scim, concurrency=args.concurrency)
+            without_bulk = initial_load(one_by_one, scim, raw)
+            with_bulk = initial_load(bulk, scim, raw)
             scim.reset_stats()
-            again_seconds, again = run_flow(config)
+            again_seconds, again = run_flow(bulk)
             again_stats = scim.stats()
         finally:
             scim.stop()
             slapd.stop()
-    target = initial["targets"][0]
-    created = target["succeeded"]["create"]
-    provisioner_rate = created / initial_seconds
     result = {
         "users": args.users,
         "concurrency": args.concurrency,
         "machine": f"{os.cpu_count()} cores, {sys.platform}",
         "slapadd_seconds": round(load_seconds, 2),
         "target_raw_creates_per_s": round(raw, 1),
-        "initial_load": {
-            "seconds": round(initial_seconds, 2),
-            "users_per_s": round(provisioner_rate, 1),
-            "ratio_to_raw_capacity": round(provisioner_rate / raw, 2),
-            "requests": {k: v for k, v in stats.items() if v},
-            "requests_per_change": round(sum(stats.values()) / max(created, 1), 2),
-        },
+        "initial_load_one_by_one": without_bulk,
+        "initial_load_bulk": with_bulk,
         "no_change_sync": {
             "seconds": round(again_seconds, 2),
             "write_requests": sum(again_stats[m] for m in ("POST", "PUT", "PATCH", "DELETE")),
@@ -179,16 +192,22 @@ def main() -> None:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     print(json.dumps(result, indent=2))
+    print(f"\n{'users':>30}: {args.users}")
+    print(f"{'target raw capacity':>30}: {raw:.0f} creates/s (bare POSTs)")
+    for name, load in (
+        ("initial load, one by one", without_bulk),
+        ("initial load, Bulk", with_bulk),
+    ):
+        print(
+            f"{name:>30}: {load['seconds']:.1f} s = {load['users_per_s']:.0f} users/s "
+            f"({load['ratio_to_raw_capacity']:.0%} of raw), "
+            f"{load['requests_per_change']} requests per change"
+        )
     print(
-        f"\n{'users':>28}: {args.users}\n"
-        f"{'target raw capacity':>28}: {raw:.0f} creates/s\n"
-        f"{'initial load':>28}: {initial_seconds:.1f} s = {provisioner_rate:.0f} users/s "
-        f"({provisioner_rate / raw:.0%} of raw)\n"
-        f"{'requests per change':>28}: {result['initial_load']['requests_per_change']}\n"
-        f"{'no-change sync':>28}: {again_seconds:.1f} s, "
-        f"{result['no_change_sync']['write_requests']} writes\n"
-        f"{'peak RSS':>28}: {result['peak_rss_mb']} MB"
+        f"{'no-change sync':>30}: {again_seconds:.1f} s, "
+        f"{result['no_change_sync']['write_requests']} writes"
     )
+    print(f"{'peak RSS':>30}: {result['peak_rss_mb']} MB")
 
 
 if __name__ == "__main__":
