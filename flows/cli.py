@@ -47,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
         sub.add_argument("--target", metavar="NAME", help="only this target (default: all)")
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        if name == "sync":
+            sub.add_argument(
+                "--allow-mass-deprovisioning",
+                action="store_true",
+                help="let disables/deletes above the guard's limit through (unattended runs)",
+            )
     return parser
 
 
@@ -180,14 +186,23 @@ def _plan_json(plans: list[TargetPlans]) -> list[dict[str, Any]]:
     return out
 
 
-def _run(command: str, config_path: str, target: str | None) -> dict[str, Any]:
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the command's flow through Prefect and return its summary."""
-    if command == "groups":
-        from flows.sync_group_memberships import sync_group_memberships as flow
-    else:
-        from flows.provision_users import provision_users as flow
+    if args.command == "groups":
+        from flows.sync_group_memberships import sync_group_memberships
 
-    state = flow(config_path=config_path, target=target, return_state=True)
+        state = sync_group_memberships(
+            config_path=args.config, target=args.target, return_state=True
+        )
+    else:
+        from flows.provision_users import provision_users
+
+        state = provision_users(
+            config_path=args.config,
+            target=args.target,
+            allow_mass_deprovisioning=args.allow_mass_deprovisioning,
+            return_state=True,
+        )
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise data
@@ -211,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 "the config has no source.groups section: there are no groups to sync"
             )
-        summary = _run(args.command, args.config, args.target)
+        summary = _run(args)
     except ConfigError as exc:
         print(f"scim-provisioner: {exc}", file=sys.stderr)
         return EXIT_ERROR

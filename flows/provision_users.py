@@ -24,6 +24,7 @@ from flows.sync_group_memberships import run_group_sync
 from tasks.batching import as_is, batches
 from tasks.config import Config, TargetConfig, load_config
 from tasks.extract import Extraction, extract_users, mapped_attributes
+from tasks.guard import apply_guard
 from tasks.load import Loader, load_batch
 from tasks.plan import Action, Plan, plan_users
 from tasks.report import LoadProgress, TargetReport, final_state, headline, publish
@@ -104,7 +105,14 @@ def load_actions(
         progress.close()
 
 
-def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore) -> TargetReport:
+def sync_target(
+    target: TargetConfig,
+    extraction: Extraction,
+    store: StateStore,
+    *,
+    allow_mass_deprovisioning: bool = False,
+    approval_timeout: int = 0,
+) -> TargetReport:
     """Plan and load one target; return its report.
 
     References to users created in this run (a manager) cannot be resolved in the first plan;
@@ -114,7 +122,16 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
     desired, rejected = desired_users(extraction, target)
     state = store.records(target.name)
     plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state))
+    plan, held_back = apply_guard(
+        target.name,
+        plan,
+        len(state),
+        target.deprovision_guard,
+        allow=allow_mass_deprovisioning,
+        approval_timeout=approval_timeout,
+    )
     report = TargetReport(target=target.name, planned=plan.counts(), plan=plan)
+    report.held_back = held_back
     if plan.actions:
         client = ScimClient(target)
         try:
@@ -140,14 +157,28 @@ def sync_target(target: TargetConfig, extraction: Extraction, store: StateStore)
     return report
 
 
-def run_sync(config: Config, target: str | None) -> dict[str, Any]:
+def run_sync(
+    config: Config,
+    target: str | None,
+    allow_mass_deprovisioning: bool = False,
+    approval_timeout: int = 0,
+) -> dict[str, Any]:
     """Extract once, then plan and load every selected target; return the summary."""
     targets = config.target(target)
     attributes = sorted(mapped_attributes(t.mapping for t in targets))
     extraction = extract_users(config.source, attributes)
     store = StateStore(config.state.url)
     try:
-        reports = [sync_target(t, extraction, store) for t in targets]
+        reports = [
+            sync_target(
+                t,
+                extraction,
+                store,
+                allow_mass_deprovisioning=allow_mass_deprovisioning,
+                approval_timeout=approval_timeout,
+            )
+            for t in targets
+        ]
         groups = config.source.groups
         with_groups = groups is not None and groups.sync_with_users
         group_reports = run_group_sync(config, targets, extraction, store) if with_groups else []
@@ -164,14 +195,23 @@ def run_sync(config: Config, target: str | None) -> dict[str, Any]:
 
 
 @flow(name="provision_users", flow_run_name=_run_name, validate_parameters=True)
-def provision_users(config_path: str, target: str | None = None) -> State:
+def provision_users(
+    config_path: str,
+    target: str | None = None,
+    allow_mass_deprovisioning: bool = False,
+    approval_timeout: int = 0,
+) -> State:
     """Provision the directory's users into the SCIM targets of a config file.
 
     :param config_path: the YAML config file (see README.md, "Configuration").
     :param target: the name of one target, or none for all of them.
+    :param allow_mass_deprovisioning: let disables/deletes above the guard's limit through
+        (for unattended runs that were checked otherwise).
+    :param approval_timeout: seconds to pause for an operator's approval in the Prefect UI
+        when the guard trips; 0 holds the deprovisioning back at once.
     """
     config = load_config(config_path)
-    summary = run_sync(config, target)
+    summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout)
     publish(summary, "provision-users")
     get_run_logger().info("summary: %s", summary["headline"])
     return final_state(summary)

@@ -297,6 +297,17 @@ def _validate_mapping(mapping: dict[str, Any], where: str = "") -> dict[str, Any
     return out
 
 
+class DeprovisionGuard(_Model):
+    """Halt before mass deprovisioning: a run that would disable or delete more than
+    ``max_count`` users, or more than ``max_share`` of the target's managed users (once at
+    least ``min_count`` are concerned), asks for approval instead."""
+
+    enabled: bool = True
+    max_count: int = Field(50, ge=0)
+    max_share: float = Field(0.10, ge=0, le=1)
+    min_count: int = Field(10, ge=1, description="Below this many, the share alone never halts.")
+
+
 class TargetConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str = Field(description="Base URL of the SCIM service, e.g. https://app/scim/v2.")
@@ -331,6 +342,7 @@ class TargetConfig(_Model):
     deprovision_users: bool = True
     remove_action: Literal["disable", "delete"] = "disable"
     provision_disabled_users: bool = False
+    deprovision_guard: DeprovisionGuard = DeprovisionGuard()
     sync_groups: bool = Field(True, description="Provision groups (when the source has groups).")
     create_groups: bool = True
     update_groups: bool = Field(True, description="Rename groups and change their members.")

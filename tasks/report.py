@@ -40,6 +40,8 @@ class TargetReport:
     requests: Counter[str] = field(default_factory=Counter)
     plan: Plan | None = None
     seconds: float = 0.0
+    held_back: int = 0
+    """Deprovisionings held back by the mass-deprovisioning guard."""
 
     def add(self, outcome: Outcome) -> None:
         kind = outcome.action.kind
@@ -72,6 +74,7 @@ class TargetReport:
             "requests": dict(self.requests),
             "writes": sum(self.requests[m] for m in ("POST", "PUT", "PATCH", "DELETE")),
             "seconds": round(self.seconds, 2),
+            "held_back": self.held_back,
         }
 
 
@@ -135,7 +138,7 @@ GROUP_KINDS = ("create", "update", "delete")
 def problems(summary: dict[str, Any]) -> int:
     """Users and groups that did not reach the desired state (failed, or entries rejected)."""
     users = sum(
-        sum(t["failed"].values()) + t["planned"].get("rejected", 0)
+        sum(t["failed"].values()) + t["planned"].get("rejected", 0) + t.get("held_back", 0)
         for t in summary.get("targets", [])
     )
     return users + sum(sum(g["failed"].values()) for g in summary.get("groups", []))
@@ -228,6 +231,9 @@ def headline(summary: dict[str, Any]) -> str:
     for t in summary.get("targets", []):
         counts.update(t["succeeded"])
     parts = [f"{counts[k]} {k}d" for k in KINDS if counts[k]]
+    held = sum(t.get("held_back", 0) for t in summary.get("targets", []))
+    if held:
+        parts.append(f"{held} deprovisionings held back by the guard")
     groups: Counter[str] = Counter()
     for g in summary.get("groups", []):
         groups.update(g["succeeded"])
