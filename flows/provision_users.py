@@ -141,6 +141,7 @@ def sync_target(
                 use_patch=uses_patch(target, capabilities),
                 managed_ids=(r.scim_id for r in state.values()),
                 bulk=capabilities if uses_bulk(target, capabilities) else None,
+                etag=capabilities.etag,
             )
             index_target(loader, sum(1 for a in plan.actions if a.kind == "create"))
             load_actions(loader, store, plan.actions, report, "batch")

@@ -10,7 +10,8 @@ Every failure ends up as one of three outcomes, and this module decides which::
         ├── TransientError       retry with backoff (network, timeout, 429, 5xx)
         ├── RejectedError        skip this user and report it (4xx)
         │   ├── ConflictError        409: look the user up and adopt it
-        │   └── NotFoundError        404: the resource is gone
+        │   ├── NotFoundError        404: the resource is gone
+        │   └── PreconditionFailed   412: changed on the target; re-read and re-plan
         └── FatalError           stop the run (401/403, unusable target)
 
 Messages never contain secrets: the transport builds them from the status, the target's
@@ -87,6 +88,10 @@ class NotFoundError(RejectedError):
     """404: the resource does not exist on the target."""
 
 
+class PreconditionFailed(RejectedError):
+    """412: the resource changed on the target since we read it (ETag mismatch)."""
+
+
 class FatalError(ScimError):
     """Nothing more can succeed in this run (authentication, authorisation, unusable target)."""
 
@@ -145,6 +150,8 @@ def classify_response(status: int, body: bytes, headers: dict[str, str], what: s
         return ConflictError(message, status=status, detail=detail, scim_type=scim_type)
     if status == 404:
         return NotFoundError(message, status=status, detail=detail, scim_type=scim_type)
+    if status == 412:
+        return PreconditionFailed(message, status=status, detail=detail, scim_type=scim_type)
     return RejectedError(message, status=status, detail=detail, scim_type=scim_type)
 
 

@@ -28,12 +28,13 @@ from tasks.errors import (
     ConflictError,
     FatalError,
     NotFoundError,
+    PreconditionFailed,
     RejectedError,
     ScimError,
     TransientError,
 )
 from tasks.plan import Action
-from tasks.scim.client import ScimClient
+from tasks.scim.client import ScimClient, etag_of
 from tasks.scim.dialect import Capabilities
 from tasks.state import StateRecord, StateStore
 from tasks.transform import content_hash
@@ -54,6 +55,7 @@ class Outcome:
     detail: str = ""
     scim_id: str | None = None
     adopted: bool = False
+    version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +87,14 @@ class Loader:
         use_patch: bool,
         managed_ids: Iterable[str] = (),
         bulk: Capabilities | None = None,
+        etag: bool = False,
     ) -> None:
         """:param managed_ids: SCIM ids the state store already links to directory entries.
-        :param bulk: the target's capabilities when changes may go in Bulk requests."""
+        :param bulk: the target's capabilities when changes may go in Bulk requests.
+        :param etag: the target has ETags: updates carry If-Match, a 412 re-reads the user."""
         self.client = client
         self.bulk = bulk
+        self.etag = etag
         self.dialect = client.dialect
         self.use_patch = use_patch
         self.target = client.target
@@ -151,20 +156,44 @@ class Loader:
         return found[0] if found else None
 
     def update(
-        self, scim_id: str, old: dict[str, Any], new: dict[str, Any], *, adopting: bool = False
-    ) -> None:
-        """Bring a target user from ``old`` to ``new`` by PATCH (when allowed) or PUT."""
-        if self.use_patch:
-            operations = self.dialect.patch_operations(old, new)
-            if adopting:
-                operations = [op for op in operations if op["op"] != "remove"]
-            if operations:
-                self.client.patch(self.dialect.users_path, scim_id, operations)
-        else:
-            self.client.replace(self.dialect.users_path, scim_id, new)
+        self,
+        scim_id: str,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        *,
+        adopting: bool = False,
+        version: str | None = None,
+    ) -> str | None:
+        """Bring a target user from ``old`` to ``new`` by PATCH (when allowed) or PUT; return
+        its new ETag. With ETags, a 412 (changed on the target meanwhile) re-reads the user
+        and applies the change to what it holds now, once."""
+        if_match = version if self.etag else None
+        try:
+            return self._write(scim_id, old, new, adopting, if_match)
+        except PreconditionFailed:
+            current = self.client.get(self.dialect.users_path, scim_id)
+            keys = set(old) | set(new)
+            now = {key: current[key] for key in keys if key in current}
+            return self._write(scim_id, now, new, adopting, etag_of(current, {}))
 
-    def create(self, payload: dict[str, Any]) -> tuple[str, bool]:
-        """Create or adopt the user; return (SCIM id, adopted).
+    def _write(
+        self,
+        scim_id: str,
+        old: dict[str, Any],
+        new: dict[str, Any],
+        adopting: bool,
+        if_match: str | None,
+    ) -> str | None:
+        path = self.dialect.users_path
+        if not self.use_patch:
+            return self.client.replace(path, scim_id, new, if_match)
+        operations = self.dialect.patch_operations(old, new)
+        if adopting:
+            operations = [op for op in operations if op["op"] != "remove"]
+        return self.client.patch(path, scim_id, operations, if_match) if operations else None
+
+    def create(self, payload: dict[str, Any]) -> tuple[str, bool, str | None]:
+        """Create or adopt the user; return (SCIM id, adopted, ETag).
 
         A POST that failed transiently may still have created the user, so every new attempt
         starts with a look-up: a lost response never turns into a duplicate.
@@ -173,23 +202,21 @@ class Loader:
         for attempt in range(1, attempts + 1):
             existing = self.find_existing(payload, use_index=attempt == 1)
             if existing is not None:
-                self.adopt(existing, payload)
-                return str(existing["id"]), True
+                return str(existing["id"]), True, self.adopt(existing, payload)
             try:
                 created = self.client.create(self.dialect.users_path, payload)
             except ConflictError:
                 existing = self.find_existing(payload, by_user_name=True)
                 if existing is None:
                     raise
-                self.adopt(existing, payload)
-                return str(existing["id"]), True
+                return str(existing["id"]), True, self.adopt(existing, payload)
             except TransientError as exc:
                 if attempt == attempts:
                     raise
                 self.client.sleep(self.client.backoff(attempt, exc.retry_after))
                 continue
             self.claim(str(created["id"]), str(payload.get("userName")))
-            return str(created["id"]), False
+            return str(created["id"]), False, etag_of(created, {})
         raise AssertionError("unreachable")
 
     def claim(self, scim_id: str, user_name: str) -> None:
@@ -202,11 +229,14 @@ class Loader:
                 )
             self.claimed.add(scim_id)
 
-    def adopt(self, existing: dict[str, Any], payload: dict[str, Any]) -> None:
-        """Take over a user that already exists on the target, aligning what we manage."""
+    def adopt(self, existing: dict[str, Any], payload: dict[str, Any]) -> str | None:
+        """Take over a user that already exists on the target, aligning what we manage;
+        return its ETag afterwards."""
         self.claim(str(existing["id"]), str(payload.get("userName")))
         known = {key: existing[key] for key in payload if key in existing}
-        self.update(str(existing["id"]), known, payload, adopting=True)
+        version = etag_of(existing, {})
+        changed = self.update(str(existing["id"]), known, payload, adopting=True, version=version)
+        return changed or version
 
     def bulk_operation(self, action: Action, bulk_id: str) -> dict[str, Any] | None:
         """The Bulk operation doing an action, or ``None`` when it must go on its own: a create
@@ -226,15 +256,18 @@ class Loader:
             return {"method": "DELETE", "path": target, "bulkId": bulk_id}
         if not self.use_patch:
             data = self.dialect.to_wire(self.dialect.replace_body(str(action.scim_id), payload))
-            return {"method": "PUT", "path": target, "bulkId": bulk_id, "data": data}
-        if action.kind == "disable":
-            operations = self.dialect.disable_operations()
-        else:
-            operations = self.dialect.patch_operations(action.previous or {}, payload)
+            put = {"method": "PUT", "path": target, "bulkId": bulk_id, "data": data}
+            if self.etag and action.version:
+                put["version"] = action.version
+            return put
+        operations = self.dialect.patch_operations(action.previous or {}, payload)
         if not operations:
             return None
         data = self.dialect.patch_body(operations)
-        return {"method": "PATCH", "path": target, "bulkId": bulk_id, "data": data}
+        op = {"method": "PATCH", "path": target, "bulkId": bulk_id, "data": data}
+        if self.etag and action.version:
+            op["version"] = action.version
+        return op
 
     def run_bulk(self, actions: list[Action]) -> tuple[list[Outcome], list[Action]]:
         """Send what can go in Bulk requests; return the outcomes and the actions left to do
@@ -288,11 +321,13 @@ class Loader:
         if status in (401, 403):
             raise FatalError(f"{what} failed: HTTP {status}", status=status)
         if status < 300:
+            version = etag_of(response, {})
             if action.kind == "create":
-                scim_id = str(response.get("id") or location.rstrip("/").rsplit("/", 1)[-1])
-                self.claim(scim_id, action.user_name)
-                return Outcome(action, True, "", scim_id)
-            return Outcome(action, True, "", None if action.kind == "delete" else action.scim_id)
+                created = str(response.get("id") or location.rstrip("/").rsplit("/", 1)[-1])
+                self.claim(created, action.user_name)
+                return Outcome(action, True, "", created, version=version)
+            kept = None if action.kind == "delete" else action.scim_id
+            return Outcome(action, True, "", kept, version=version)
         if status == 404 and action.kind in ("disable", "delete"):
             return Outcome(action, True, "already gone from the target", None)
         if status in (404, 409, 412, 429) or status >= 500:
@@ -314,31 +349,21 @@ class Loader:
     def _run(self, action: Action) -> Outcome:
         payload = action.payload or {}
         if action.kind == "create":
-            scim_id, adopted = self.create(payload)
-            return Outcome(
-                action, True, "adopted existing user" if adopted else "", scim_id, adopted
-            )
+            scim_id, adopted, version = self.create(payload)
+            detail = "adopted existing user" if adopted else ""
+            return Outcome(action, True, detail, scim_id, adopted, version)
         assert action.scim_id is not None
-        if action.kind == "update":
+        if action.kind in ("update", "disable"):
+            old = action.previous or {}
             try:
-                self.update(action.scim_id, action.previous or {}, payload)
+                version = self.update(action.scim_id, old, payload, version=action.version)
             except NotFoundError:
-                scim_id, adopted = self.create(payload)
-                return Outcome(
-                    action, True, "was missing on the target; re-created", scim_id, adopted
-                )
-            return Outcome(action, True, "", action.scim_id)
-        if action.kind == "disable":
-            try:
-                if self.use_patch:
-                    self.client.patch(
-                        self.dialect.users_path, action.scim_id, self.dialect.disable_operations()
-                    )
-                else:
-                    self.client.replace(self.dialect.users_path, action.scim_id, payload)
-            except NotFoundError:
-                return Outcome(action, True, "already gone from the target", None)
-            return Outcome(action, True, "", action.scim_id)
+                if action.kind == "disable":
+                    return Outcome(action, True, "already gone from the target", None)
+                scim_id, adopted, version = self.create(payload)
+                detail = "was missing on the target; re-created"
+                return Outcome(action, True, detail, scim_id, adopted, version)
+            return Outcome(action, True, "", action.scim_id, version=version)
         try:
             self.client.delete(self.dialect.users_path, action.scim_id)
         except NotFoundError:
@@ -366,6 +391,7 @@ def record(store: StateStore, target: str, outcomes: list[Outcome]) -> None:
                 content_hash=content_hash(payload),
                 payload=payload,
                 status="active" if payload.get("active", True) else "disabled",
+                version=outcome.version,
             )
         )
     store.apply(target, saves, removals)

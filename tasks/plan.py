@@ -35,6 +35,8 @@ class Action:
     previous: dict[str, Any] | None = None
     """What was last provisioned (update, disable), for PATCH diffs."""
     scim_id: str | None = None
+    version: str | None = None
+    """The target's ETag after our last write, for If-Match."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +91,14 @@ def _deprovision(plan: Plan, target: TargetConfig, record: StateRecord, why: str
     payload = {**record.payload, "active": False} if kind == "disable" else None
     plan.actions.append(
         Action(
-            kind, record.source_id, record.user_name, why, payload, record.payload, record.scim_id
+            kind,
+            record.source_id,
+            record.user_name,
+            why,
+            payload,
+            record.payload,
+            record.scim_id,
+            record.version,
         )
     )
 
@@ -212,6 +221,7 @@ def plan_users(
                         user.payload,
                         record.payload,
                         record.scim_id,
+                        record.version,
                     )
                 )
             else:

@@ -32,6 +32,7 @@ provisioned_users = sa.Table(
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("version", sa.String(200), nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -64,6 +65,8 @@ class StateRecord:
     content_hash: str
     payload: dict[str, Any]
     status: Status
+    version: str | None = None
+    """The target's ETag of the user after our last write, when it has ETags."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class StateStore:
         self.read_only = read_only
         if not read_only:
             metadata.create_all(self.engine)
+            self._add_missing_columns()
 
     def records(self, target: str) -> dict[str, StateRecord]:
         """Every user provisioned to ``target``, by source id."""
@@ -115,7 +119,13 @@ class StateStore:
         if self.read_only and not self._has_table(t):
             return {}
         query = sa.select(
-            t.c.source_id, t.c.scim_id, t.c.user_name, t.c.content_hash, t.c.payload, t.c.status
+            t.c.source_id,
+            t.c.scim_id,
+            t.c.user_name,
+            t.c.content_hash,
+            t.c.payload,
+            t.c.status,
+            t.c.version,
         ).where(t.c.target == target)
         with self.engine.connect() as conn:
             return {
@@ -126,6 +136,7 @@ class StateStore:
                     row.content_hash,
                     json.loads(row.payload),
                     row.status,
+                    row.version,
                 )
                 for row in conn.execute(query)
             }
@@ -141,6 +152,7 @@ class StateStore:
                 "content_hash": r.content_hash,
                 "payload": json.dumps(r.payload, sort_keys=True),
                 "status": r.status,
+                "version": r.version,
             }
             for r in saves
         ]
@@ -196,6 +208,19 @@ class StateStore:
                 conn.execute(
                     sa.insert(table), [{**row, "target": target, "updated_at": now} for row in rows]
                 )
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store made by an earlier version up to date (new nullable columns)."""
+        inspector = sa.inspect(self.engine)
+        for table in metadata.sorted_tables:
+            present = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    with self.engine.begin() as conn:
+                        conn.execute(
+                            sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+                        )
 
     def _has_table(self, table: sa.Table) -> bool:
         """Whether the store exists, without creating an SQLite file as a side effect."""

@@ -103,6 +103,7 @@ class ScimClient:
         body: Any = None,
         params: dict[str, str] | None = None,
         retry: bool = True,
+        if_match: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         """Send one request; return (status, parsed JSON body or None, headers).
 
@@ -114,12 +115,12 @@ class ScimClient:
         renewed = False
         for attempt in range(1, attempts + 1):
             try:
-                return self._send_once(method, url, what, body, params)
+                return self._send_once(method, url, what, body, params, if_match)
             except FatalError as exc:
                 if exc.status != 401 or self.credentials is None or renewed:
                     raise
                 renewed = True  # the token was refused: one new token, one more try
-                return self._send_once(method, url, what, body, params)
+                return self._send_once(method, url, what, body, params, if_match)
             except TransientError as exc:
                 if attempt == attempts:
                     raise
@@ -131,9 +132,17 @@ class ScimClient:
         raise AssertionError("unreachable")
 
     def _send_once(
-        self, method: str, url: str, what: str, body: Any, params: dict[str, str] | None
+        self,
+        method: str,
+        url: str,
+        what: str,
+        body: Any,
+        params: dict[str, str] | None,
+        if_match: str | None = None,
     ) -> tuple[int, Any, dict[str, str]]:
         headers = {"Content-Type": self.dialect.media_type} if body is not None else {}
+        if if_match is not None:
+            headers["If-Match"] = if_match
         if self.credentials is not None:
             headers["Authorization"] = self.credentials.authorization()
         with self._lock:
@@ -252,15 +261,37 @@ class ScimClient:
             raise TransientError(f"POST {path} answered without the new resource's id")
         return self.dialect.from_wire(created)
 
-    def replace(self, path: str, scim_id: str, body: dict[str, Any]) -> None:
+    def replace(
+        self, path: str, scim_id: str, body: dict[str, Any], version: str | None = None
+    ) -> str | None:
+        """PUT a whole resource (``If-Match: version`` when given); return its new ETag."""
         wire = self.dialect.to_wire(self.dialect.replace_body(scim_id, body))
-        self.send("PUT", f"{path}/{scim_id}", body=wire)
+        _, answer, headers = self.send("PUT", f"{path}/{scim_id}", body=wire, if_match=version)
+        return etag_of(answer, headers)
 
-    def patch(self, path: str, scim_id: str, operations: list[dict[str, Any]]) -> None:
-        self.send("PATCH", f"{path}/{scim_id}", body=self.dialect.patch_body(operations))
+    def patch(
+        self,
+        path: str,
+        scim_id: str,
+        operations: list[dict[str, Any]],
+        version: str | None = None,
+    ) -> str | None:
+        """PATCH a resource (``If-Match: version`` when given); return its new ETag."""
+        body = self.dialect.patch_body(operations)
+        _, answer, headers = self.send("PATCH", f"{path}/{scim_id}", body=body, if_match=version)
+        return etag_of(answer, headers)
 
     def delete(self, path: str, scim_id: str) -> None:
         self.send("DELETE", f"{path}/{scim_id}")
+
+
+def etag_of(resource: Any, headers: dict[str, str]) -> str | None:
+    """A resource's version: the ETag header, else ``meta.version`` of the body."""
+    if headers.get("ETag"):
+        return headers["ETag"]
+    meta = resource.get("meta") if isinstance(resource, dict) else None
+    version = meta.get("version") if isinstance(meta, dict) else None
+    return str(version) if version else None
 
 
 def _reason(exc: Exception) -> str:

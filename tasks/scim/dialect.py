@@ -152,9 +152,6 @@ class Scim20:
         """A resource the target returned, SCIM 2.0-shaped."""
         return resource
 
-    def disable_operations(self) -> list[dict[str, Any]]:
-        return [{"op": "replace", "path": "active", "value": False}]
-
     def replace_body(self, scim_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         return {**payload, "id": scim_id}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import requests
 
 from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import (
@@ -108,6 +109,45 @@ class TestUpdates:
         assert users["ada"][ENTERPRISE] == {"employeeNumber": "1815"}
         assert CUSTOM_URN not in users["ada"] or not users["ada"][CUSTOM_URN]
         assert "emails" not in users["bob"] and "title" not in users["bob"]
+
+    @pytest.mark.parametrize("use_bulk", ["never", "auto"])
+    def test_etag_conflict_rereads_and_reapplies(
+        self,
+        use_bulk: str,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Updates carry If-Match; a user changed on the target meanwhile answers 412, is read
+        again and the change applied to what it holds now (one by one or after a Bulk)."""
+        config = write_config(tmp_path / "c.yaml", directory, scim, use_bulk=use_bulk)
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        ada = target_users(scim)["ada"]
+        requests.patch(
+            f"{scim.base_url}/Users/{ada['id']}",
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [{"op": "replace", "path": "nickName", "value": "Countess"}],
+            },
+            timeout=10,
+        ).raise_for_status()
+        directory.modify(
+            f"dn: uid=ada,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Mathematician\n"
+        )
+        scim.reset_stats()
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        ada = target_users(scim)["ada"]
+        assert ada["title"] == "Mathematician"
+        assert ada["nickName"] == "Countess"  # not ours: left as the target has it
+        stats = scim.stats()
+        assert stats["PATCH"] == 2  # refused with 412, then applied after a re-read
+        assert stats["POST"] == (1 if use_bulk == "auto" else 0)  # the Bulk answered 412 too
+        scim.reset_stats()
+        assert sync(config, capsys)[0] == 0
+        assert scim.writes() == 0
 
 
 class TestDeprovisioning:

@@ -128,7 +128,8 @@ class TestVendorProfiles:
         from tasks.scim.dialect import EntraCompatible
 
         entra = EntraCompatible()
-        body = entra.patch_body(entra.disable_operations() + entra.member_operations(["n"], ["o"]))
+        disable = entra.patch_operations({"active": True}, {"active": False})
+        body = entra.patch_body(disable + entra.member_operations(["n"], ["o"]))
         assert body["Operations"] == [
             {"op": "Replace", "path": "active", "value": "False"},
             {"op": "Remove", "path": "members", "value": [{"value": "o"}]},
