@@ -656,6 +656,7 @@ class ScimServer:
         jwt: dict[str, str] | None = None,
         app: str = "deployments.scim_app:create_app()",
         prefix: str = "/v2",
+        cursor_pagination: bool = False,
     ) -> None:
         """:param app: the WSGI application gunicorn serves (e.g. the tests' SCIM 1.1
         facade, ``tests.scim11_app:create_app()`` with ``prefix="/v1"``)."""
@@ -669,6 +670,7 @@ class ScimServer:
             "patch_supported": patch_supported,
             "user_extensions": user_extensions or [],
             "jwt": jwt,
+            "cursor_pagination": cursor_pagination,
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log_path = workdir / "gunicorn.log"

@@ -10,6 +10,8 @@ JSON from the ``SCIM_APP_OPTIONS`` environment variable:
   configuration says so, and scim2-server answers PATCH with 501;
 - ``user_extensions``: ``[{"urn": ..., "attributes": [...]}]``, extra schema
   extensions of the User resource type, of single-valued string attributes;
+- ``cursor_pagination``: announce and serve RFC 9865 cursors (``cursor``/``nextCursor``)
+  besides ``startIndex``/``count``;
 - ``jwt``: ``{"jwks_file", "issuer", "audience"}``: accept bearer JWTs signed by a key of
   that JWK set (``deployments/oauth_app.py`` issues them) with that issuer and audience,
   not expired.
@@ -24,6 +26,7 @@ import binascii
 import hmac
 import json
 import os
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -38,6 +41,7 @@ from joserfc.jwk import KeySet
 from scim2_models import (
     AuthenticationScheme,
     External,
+    Pagination,
     Patch,
     Reference,
     ResourceType,
@@ -50,6 +54,7 @@ from scim2_models import (
 from scim2_server.applications.wsgi import WSGIApplication
 from scim2_server.memory import InMemoryStorage
 from scim2_server.requests import ScimRequest
+from scim2_server.service import ScimService
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME
 from scim2_server.utils import (
     load_default_resource_types,
@@ -83,6 +88,7 @@ class AppOptions:
     patch_supported: bool = True
     user_extensions: list[dict[str, Any]] = field(default_factory=list)
     jwt: dict[str, str] | None = None
+    cursor_pagination: bool = False
 
     @classmethod
     def from_environment(cls) -> AppOptions:
@@ -98,6 +104,7 @@ class AppOptions:
             patch_supported=bool(raw.get("patch_supported", True)),
             user_extensions=list(raw.get("user_extensions") or []),
             jwt=raw.get("jwt"),
+            cursor_pagination=bool(raw.get("cursor_pagination", False)),
         )
 
 
@@ -147,6 +154,10 @@ def service_provider_config(options: AppOptions) -> ServiceProviderConfig:
     """Return scim2-server's default configuration, with the options' PATCH support and schemes."""
     config = load_default_service_provider_config()
     config.patch = Patch(supported=options.patch_supported)
+    if options.cursor_pagination:
+        config.pagination = Pagination(
+            cursor=True, index=True, default_pagination_method="index", cursor_timeout=3600
+        )
     schemes = [
         *([BEARER_TOKEN_SCHEME] if options.bearer_tokens or options.jwt else []),
         *([BASIC_SCHEME] if options.basic else []),
@@ -216,7 +227,7 @@ class CredentialsApplication(WSGIApplication):
         basic: tuple[str, str] | None = None,
         jwt_verifier: JwtVerifier | None = None,
     ) -> None:
-        super().__init__(storage, provider)
+        super().__init__(storage, provider, ScimService(provider, secret=secrets.token_hex(16)))
         self.bearer_tokens = frozenset(bearer_tokens)
         self.basic = basic
         self.jwt_verifier = jwt_verifier

@@ -72,9 +72,9 @@ def make_plan(
 
 
 @task(name="index-target-users", cache_policy=NO_CACHE)
-def index_target(loader: Loader, creates: int) -> None:
+def index_target(loader: Loader, creates: int, cursor: bool) -> None:
     """Before many creates, list the target's users once instead of one look-up per create."""
-    if loader.prefetch(creates):
+    if loader.prefetch(creates, cursor=cursor):
         get_run_logger().info(
             "listed %d users of %s to match %d creates",
             len(loader.index or {}),
@@ -143,7 +143,8 @@ def sync_target(
                 bulk=capabilities if uses_bulk(target, capabilities) else None,
                 etag=capabilities.etag,
             )
-            index_target(loader, sum(1 for a in plan.actions if a.kind == "create"))
+            creates = sum(1 for a in plan.actions if a.kind == "create")
+            index_target(loader, creates, capabilities.cursor)
             load_actions(loader, store, plan.actions, report, "batch")
             if plan.deferred and report.done["create"]:
                 state = store.records(target.name)

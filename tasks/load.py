@@ -103,7 +103,7 @@ class Loader:
         self._lock = threading.Lock()
         self.index_attribute = ""
 
-    def prefetch(self, creates: int) -> bool:
+    def prefetch(self, creates: int, *, cursor: bool = False) -> bool:
         """List the target's users once when that costs fewer requests than a look-up per create.
 
         Only for a plain ``attr eq "%s"`` matching filter. Afterwards a create whose value is
@@ -117,7 +117,10 @@ class Loader:
         if total is None or -(-total // LIST_PAGE_SIZE) >= creates:
             return False
         index: dict[str, str | None] = {}
-        for resource in self.client.list_all(self.dialect.users_path, [attribute], LIST_PAGE_SIZE):
+        pages = self.client.list_all(
+            self.dialect.users_path, [attribute], LIST_PAGE_SIZE, cursor=cursor
+        )
+        for resource in pages:
             value = resource.get(attribute)
             if isinstance(value, str) and resource.get("id"):
                 key = self.dialect.match_key(attribute, value)

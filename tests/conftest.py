@@ -150,6 +150,8 @@ class ScimServers:
                 options["basic"] = BASIC
             elif variant == "nopatch":
                 options["patch_supported"] = False
+            elif variant == "cursor":
+                options["cursor_pagination"] = True
             server = ScimServer(self.root / variant, **options)
             server.start()
             self.servers[variant] = server

@@ -226,19 +226,26 @@ class ScimClient:
         return total if isinstance(total, int) else None
 
     def list_all(
-        self, path: str, attributes: list[str], page_size: int
+        self, path: str, attributes: list[str], page_size: int, *, cursor: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Every resource of ``path``, page by page (``startIndex``/``count``)."""
-        start = 1
+        """Every resource of ``path``, page by page: by RFC 9865 cursors (``cursor`` /
+        ``nextCursor``) when the target offers them, else by ``startIndex``/``count``."""
+        start, next_cursor = 1, ""
         while True:
-            params = {
-                "startIndex": str(start),
-                "count": str(page_size),
-                "attributes": ",".join(attributes),
-            }
+            params = {"count": str(page_size), "attributes": ",".join(attributes)}
+            if cursor:
+                params["cursor"] = next_cursor
+            else:
+                params["startIndex"] = str(start)
             _, body, _ = self.send("GET", path, params=params)
             page = self.dialect.list_resources(body)
             yield from (self.dialect.from_wire(r) for r in page)
+            if cursor:
+                following = body.get("nextCursor") if isinstance(body, dict) else None
+                if not page or not following:
+                    return
+                next_cursor = str(following)
+                continue
             total = body.get("totalResults") if isinstance(body, dict) else None
             start += len(page)
             if not page or not isinstance(total, int) or start > total:

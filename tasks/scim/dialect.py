@@ -33,6 +33,8 @@ class Capabilities:
     bulk: bool = False
     bulk_max_operations: int | None = None
     bulk_max_payload: int | None = None
+    cursor: bool = False
+    """RFC 9865 cursor pagination."""
 
     @classmethod
     def from_service_provider_config(cls, doc: Any) -> Capabilities:
@@ -56,6 +58,8 @@ class Capabilities:
             bulk=supported("bulk") and positive("bulk", "maxOperations") is not None,
             bulk_max_operations=positive("bulk", "maxOperations"),
             bulk_max_payload=positive("bulk", "maxPayloadSize"),
+            cursor=isinstance(doc.get("pagination"), dict)
+            and doc["pagination"].get("cursor") is True,
         )
 
 

@@ -413,6 +413,29 @@ def test_many_creates_match_against_one_listing(
     assert stats["GET"] == 6
 
 
+def test_listing_by_cursor_when_the_target_offers_it(
+    tmp_path: Path, scim_servers, directory: Slapd, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A target announcing RFC 9865 cursors is listed by cursor; matching still adopts."""
+    scim = scim_servers.get("cursor")
+    from deployments.local_servers import person_ldif
+
+    directory.modify(
+        "".join(
+            person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE).replace(
+                "\n", "\nchangetype: add\n", 1
+            )
+            for n in range(60)
+        )
+    )
+    create_on_target(scim, "p042")
+    config = write_config(tmp_path / "c.yaml", directory, scim)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert summary["targets"][0]["adopted"] == 1
+    assert len(target_users(scim)) == 63
+
+
 def test_bulk_carries_creates_updates_and_deprovisioning(
     tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -272,3 +272,24 @@ def test_bulk_chunks_respect_operations_and_payload_limits() -> None:
         bulk_chunks(ops, Capabilities(bulk=True, bulk_max_operations=100, bulk_max_payload=1000))
     )
     assert all(len(json.dumps(c)) < 1000 for c in by_size) and sum(map(len, by_size)) == 25
+
+
+def test_listing_follows_rfc9865_cursors(serve) -> None:
+    """With cursors, pages are asked with cursor= and nextCursor is followed to the end."""
+    from urllib.parse import parse_qs, urlsplit
+
+    pages = {"": (["a", "b"], "c2"), "c2": (["c"], None)}
+
+    def script(request: BaseHTTPRequestHandler, n: int):
+        query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+        names, following = pages[query["cursor"][0]]
+        body: dict[str, Any] = listing(*({"id": x, "userName": x} for x in names))
+        if following:
+            body["nextCursor"] = following
+        return 200, {}, body
+
+    fake = serve(script)
+    client = client_for(fake, [])
+    got = [u["userName"] for u in client.list_all("/Users", ["userName"], 2, cursor=True)]
+    assert got == ["a", "b", "c"]
+    assert all("cursor=" in path and "startIndex" not in path for _, path in fake.requests)
