@@ -29,6 +29,7 @@ from tasks.load import Loader, load_batch
 from tasks.plan import Action, Plan, plan_users
 from tasks.report import LoadProgress, TargetReport, final_state, headline, publish
 from tasks.scim.client import ScimClient
+from tasks.scim.dialect import Capabilities
 from tasks.state import StateRecord, StateStore
 from tasks.target import discover, uses_bulk, uses_patch
 from tasks.transform import DesiredUser, Rejection, transform_users
@@ -72,9 +73,9 @@ def make_plan(
 
 
 @task(name="index-target-users", cache_policy=NO_CACHE)
-def index_target(loader: Loader, creates: int, cursor: bool) -> None:
+def index_target(loader: Loader, creates: int, capabilities: Capabilities) -> None:
     """Before many creates, list the target's users once instead of one look-up per create."""
-    if loader.prefetch(creates, cursor=cursor):
+    if loader.prefetch(creates, capabilities):
         get_run_logger().info(
             "listed %d users of %s to match %d creates",
             len(loader.index or {}),
@@ -144,7 +145,7 @@ def sync_target(
                 etag=capabilities.etag,
             )
             creates = sum(1 for a in plan.actions if a.kind == "create")
-            index_target(loader, creates, capabilities.cursor)
+            index_target(loader, creates, capabilities)
             load_actions(loader, store, plan.actions, report, "batch")
             if plan.deferred and report.done["create"]:
                 state = store.records(target.name)

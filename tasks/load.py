@@ -103,7 +103,7 @@ class Loader:
         self._lock = threading.Lock()
         self.index_attribute = ""
 
-    def prefetch(self, creates: int, *, cursor: bool = False) -> bool:
+    def prefetch(self, creates: int, capabilities: Capabilities) -> bool:
         """List the target's users once when that costs fewer requests than a look-up per create.
 
         Only for a plain ``attr eq "%s"`` matching filter. Afterwards a create whose value is
@@ -113,12 +113,13 @@ class Loader:
         attribute = self.dialect.equality_attribute(self.target.user_match_filter)
         if attribute is None or creates < PREFETCH_MIN_CREATES:
             return False
+        page_size = min(LIST_PAGE_SIZE, capabilities.max_page_size or LIST_PAGE_SIZE)
         total = self.client.count(self.dialect.users_path)
-        if total is None or -(-total // LIST_PAGE_SIZE) >= creates:
+        if total is None or -(-total // page_size) >= creates:
             return False
         index: dict[str, str | None] = {}
         pages = self.client.list_all(
-            self.dialect.users_path, [attribute], LIST_PAGE_SIZE, cursor=cursor
+            self.dialect.users_path, [attribute], page_size, cursor=capabilities.cursor
         )
         for resource in pages:
             value = resource.get(attribute)

@@ -35,6 +35,8 @@ class Capabilities:
     bulk_max_payload: int | None = None
     cursor: bool = False
     """RFC 9865 cursor pagination."""
+    max_page_size: int | None = None
+    """pagination.maxPageSize (RFC 9865), the largest page a listing may ask for."""
 
     @classmethod
     def from_service_provider_config(cls, doc: Any) -> Capabilities:
@@ -45,6 +47,11 @@ class Capabilities:
         def supported(name: str) -> bool:
             part = doc.get(name)
             return isinstance(part, dict) and part.get("supported") is True
+
+        pagination = doc.get("pagination")
+        if not isinstance(pagination, dict):
+            pagination = {}
+        page_size = pagination.get("maxPageSize")
 
         def positive(name: str, key: str) -> int | None:
             value = doc[name].get(key) if supported(name) else None
@@ -58,8 +65,8 @@ class Capabilities:
             bulk=supported("bulk") and positive("bulk", "maxOperations") is not None,
             bulk_max_operations=positive("bulk", "maxOperations"),
             bulk_max_payload=positive("bulk", "maxPayloadSize"),
-            cursor=isinstance(doc.get("pagination"), dict)
-            and doc["pagination"].get("cursor") is True,
+            cursor=pagination.get("cursor") is True,
+            max_page_size=page_size if isinstance(page_size, int) and page_size > 0 else None,
         )
 
 

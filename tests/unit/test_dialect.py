@@ -162,3 +162,11 @@ class TestVendorProfiles:
         with pytest.raises(ConfigError, match="filters allow only eq and and"):
             config(dialect="aws", user_match_filter='emails co "%s"')
         config(dialect="slack", scim_version="1.1")
+
+
+def test_capabilities_read_pagination() -> None:
+    caps = Capabilities.from_service_provider_config(
+        {"pagination": {"cursor": True, "index": True, "maxPageSize": 200}}
+    )
+    assert caps.cursor and caps.max_page_size == 200
+    assert Capabilities.from_service_provider_config({"pagination": "yes"}).cursor is False
