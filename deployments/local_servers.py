@@ -638,7 +638,60 @@ class Slapd:
 # -- SCIM server -------------------------------------------------------------
 
 
-class ScimServer:
+class _GunicornServer:
+    """A WSGI application of this repository served by gunicorn on a free 127.0.0.1 port,
+    configured by JSON in one environment variable; subclasses say which and when ready."""
+
+    app: str
+    options_variable: str
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.options: dict[str, Any] = {}
+        self._log_path = workdir / "gunicorn.log"
+        self._child: _Child | None = None
+
+    def start(self) -> None:
+        """Start gunicorn and wait until :meth:`_answers`.
+
+        :raises RuntimeError: When the server is already running, or fails to start.
+        """
+        if self._child is not None:
+            raise RuntimeError(f"{type(self).__name__} is already running")
+        options = {**GUNICORN_OPTIONS, "--bind": f"127.0.0.1:{self.port}"}
+        command = [
+            *_command(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
+            self.app,
+        ]
+        env = {**os.environ, self.options_variable: json.dumps(self.options)}
+        child = _Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)
+        child.wait_until_ready(self._answers)
+        self._child = child
+
+    def stop(self) -> None:
+        """Stop the server, if it runs: gunicorn's quick shutdown, as its data is thrown away."""
+        if self._child is not None:
+            self._child.halt(signal.SIGQUIT)
+            self._child = None
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ScimServer(_GunicornServer):
     """A real scim2-server, served by gunicorn from :mod:`deployments.scim_app`.
 
     Its resources are kept in memory. The ``/_test`` endpoints of its
@@ -660,11 +713,11 @@ class ScimServer:
     ) -> None:
         """:param app: the WSGI application gunicorn serves (e.g. the tests' SCIM 1.1
         facade, ``tests.scim11_app:create_app()`` with ``prefix="/v1"``)."""
-        self.workdir = workdir
+        super().__init__(workdir)
         self.app = app
+        self.options_variable = "SCIM_APP_OPTIONS"
         self.prefix = prefix
-        self.port = free_port()
-        self.options: dict[str, Any] = {
+        self.options = {
             "bearer_tokens": [bearer_token] if bearer_token is not None else [],
             "basic": list(basic) if basic is not None else None,
             "patch_supported": patch_supported,
@@ -672,9 +725,6 @@ class ScimServer:
             "jwt": jwt,
             "cursor_pagination": cursor_pagination,
         }
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._log_path = workdir / "gunicorn.log"
-        self._child: _Child | None = None
 
     @property
     def base_url(self) -> str:
@@ -687,28 +737,9 @@ class ScimServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        """Start gunicorn, wait until /ServiceProviderConfig answers, then reset the counts.
-
-        :raises RuntimeError: When the server is already running, or fails to start.
-        """
-        if self._child is not None:
-            raise RuntimeError("the SCIM server is already running")
-        options = {**GUNICORN_OPTIONS, "--bind": f"127.0.0.1:{self.port}"}
-        command = [
-            *_command(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
-            self.app,
-        ]
-        env = {**os.environ, "SCIM_APP_OPTIONS": json.dumps(self.options)}
-        child = _Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)
-        child.wait_until_ready(self._answers)
-        self._child = child
+        """Start gunicorn, wait until /ServiceProviderConfig answers, then reset the counts."""
+        super().start()
         self.reset_stats()
-
-    def stop(self) -> None:
-        """Stop the server, if it runs: gunicorn's quick shutdown, as its data is thrown away."""
-        if self._child is not None:
-            self._child.halt(signal.SIGQUIT)
-            self._child = None
 
     def stats(self) -> dict[str, int]:
         """Return the number of requests under /v2 per HTTP method, since the last reset."""
@@ -746,19 +777,8 @@ class ScimServer:
         except (urllib.error.URLError, OSError):
             return False
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class OAuthServer:
+class OAuthServer(_GunicornServer):
     """A real OAuth 2 authorization server (authlib, client credentials, RS256 JWTs), served by
     gunicorn from :mod:`deployments.oauth_app`.
 
@@ -776,9 +796,9 @@ class OAuthServer:
     ) -> None:
         from joserfc.jwk import KeySet, RSAKey
 
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        super().__init__(workdir)
+        self.app = "deployments.oauth_app:create_app()"
+        self.options_variable = "OAUTH_APP_OPTIONS"
         key = RSAKey.generate_key(2048, parameters={"kid": "test-key"}, private=True)
         self.key_file = workdir / "signing-key.json"
         self.key_file.write_text(json.dumps(key.as_dict(private=True)))
@@ -792,8 +812,6 @@ class OAuthServer:
             "token_lifetime": token_lifetime,
             "key_file": str(self.key_file),
         }
-        self._log_path = workdir / "gunicorn.log"
-        self._child: _Child | None = None
 
     @property
     def issuer(self) -> str:
@@ -807,24 +825,6 @@ class OAuthServer:
         """The ``jwt`` option of a :class:`ScimServer` that accepts this server's tokens."""
         return {"jwks_file": str(self.jwks_file), "issuer": self.issuer, "audience": self.audience}
 
-    def start(self) -> None:
-        if self._child is not None:
-            raise RuntimeError("the OAuth server is already running")
-        options = {**GUNICORN_OPTIONS, "--bind": f"127.0.0.1:{self.port}"}
-        command = [
-            *_command(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
-            "deployments.oauth_app:create_app()",
-        ]
-        env = {**os.environ, "OAUTH_APP_OPTIONS": json.dumps(self.options)}
-        child = _Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)
-        child.wait_until_ready(self._answers)
-        self._child = child
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.halt(signal.SIGQUIT)
-            self._child = None
-
     def tokens_issued(self) -> int:
         with urllib.request.urlopen(f"{self.issuer}/_test/stats", timeout=10) as response:
             return int(json.loads(response.read())["tokens"])
@@ -835,14 +835,3 @@ class OAuthServer:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -142,6 +142,9 @@ class Scim20:
 
     max_members_per_request: int | None = None
     """A vendor's documented limit of member changes per PATCH, if any."""
+    removes_by_value_list = False
+    """Members are removed with one ``remove`` carrying a value list (Entra's form; SCIM 1.1's
+    ``operation: delete`` entries are built from it)."""
 
     def wire_urn(self, urn: str) -> str:
         """The schema URN the target uses for one of ours."""
@@ -178,11 +181,18 @@ class Scim20:
         }
 
     def member_operations(self, add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
-        """PATCH operations adding and removing members; each removal names its member."""
-        ops: list[dict[str, Any]] = [
-            {"op": "remove", "path": f'members[value eq "{self.escape_filter_value(m)}"]'}
-            for m in sorted(remove)
-        ]
+        """PATCH operations adding and removing members: each removal names its member with a
+        filter (RFC 7644), or all of them in one value list (:attr:`removes_by_value_list`)."""
+        removed = sorted(remove)
+        ops: list[dict[str, Any]]
+        if self.removes_by_value_list:
+            ops = [{"op": "remove", "path": "members", "value": [{"value": m} for m in removed]}]
+            ops = ops if removed else []
+        else:
+            ops = [
+                {"op": "remove", "path": f'members[value eq "{self.escape_filter_value(m)}"]'}
+                for m in removed
+            ]
         added = sorted(add)
         if added:
             ops.append({"op": "add", "path": "members", "value": [{"value": m} for m in added]})
@@ -245,6 +255,7 @@ class Scim11(Scim20):
 
     name = "scim1.1"
     media_type = "application/json"
+    removes_by_value_list = True
     service_provider_config_paths = ("/ServiceProviderConfigs", "/ServiceProviderConfig")
 
     def wire_urn(self, urn: str) -> str:
@@ -265,19 +276,6 @@ class Scim11(Scim20):
         if ENTERPRISE_11 in out:
             out[ENTERPRISE_SCHEMA] = out.pop(ENTERPRISE_11)
         return out
-
-    def member_operations(self, add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
-        """Member changes in the form :meth:`patch_body` turns into 1.1 member entries."""
-        ops: list[dict[str, Any]] = []
-        removed = sorted(remove)
-        if removed:
-            ops.append(
-                {"op": "remove", "path": "members", "value": [{"value": m} for m in removed]}
-            )
-        added = sorted(add)
-        if added:
-            ops.append({"op": "add", "path": "members", "value": [{"value": m} for m in added]})
-        return ops
 
     def patch_body(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
         """The 1.1 partial resource doing what the (2.0-style) operations describe."""
@@ -346,6 +344,7 @@ class EntraCompatible(Scim20):
     the strings "True"/"False", members removed with a value list."""
 
     name = "entra"
+    removes_by_value_list = True
 
     def patch_body(self, operations: list[dict[str, Any]]) -> dict[str, Any]:
         ops = []
@@ -355,18 +354,6 @@ class EntraCompatible(Scim20):
                 entra["value"] = "True" if op["value"] else "False"
             ops.append(entra)
         return {"schemas": [PATCH_OP], "Operations": ops}
-
-    def member_operations(self, add: Iterable[str], remove: Iterable[str]) -> list[dict[str, Any]]:
-        ops = []
-        removed = sorted(remove)
-        if removed:
-            ops.append(
-                {"op": "remove", "path": "members", "value": [{"value": m} for m in removed]}
-            )
-        added = sorted(add)
-        if added:
-            ops.append({"op": "add", "path": "members", "value": [{"value": m} for m in added]})
-        return ops
 
 
 class SlackLike(Scim11):
