@@ -710,6 +710,7 @@ class ScimServer(_GunicornServer):
         app: str = "deployments.scim_app:create_app()",
         prefix: str = "/v2",
         cursor_pagination: bool = False,
+        filter_supported: bool = True,
     ) -> None:
         """:param app: the WSGI application gunicorn serves (e.g. the tests' SCIM 1.1
         facade, ``tests.scim11_app:create_app()`` with ``prefix="/v1"``)."""
@@ -724,6 +725,7 @@ class ScimServer(_GunicornServer):
             "user_extensions": user_extensions or [],
             "jwt": jwt,
             "cursor_pagination": cursor_pagination,
+            "filter_supported": filter_supported,
         }
 
     @property

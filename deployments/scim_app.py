@@ -10,6 +10,8 @@ JSON from the ``SCIM_APP_OPTIONS`` environment variable:
   configuration says so, and scim2-server answers PATCH with 501;
 - ``user_extensions``: ``[{"urn": ..., "attributes": [...]}]``, extra schema
   extensions of the User resource type, of single-valued string attributes;
+- ``filter_supported`` (true by default): when false, the service provider configuration
+  says filters are not supported (scim2-server then refuses filtered queries);
 - ``cursor_pagination``: announce and serve RFC 9865 cursors (``cursor``/``nextCursor``)
   besides ``startIndex``/``count``;
 - ``jwt``: ``{"jwks_file", "issuer", "audience"}``: accept bearer JWTs signed by a key of
@@ -41,6 +43,7 @@ from joserfc.jwk import KeySet
 from scim2_models import (
     AuthenticationScheme,
     External,
+    Filter,
     Pagination,
     Patch,
     Reference,
@@ -89,6 +92,7 @@ class AppOptions:
     user_extensions: list[dict[str, Any]] = field(default_factory=list)
     jwt: dict[str, str] | None = None
     cursor_pagination: bool = False
+    filter_supported: bool = True
 
     @classmethod
     def from_environment(cls) -> AppOptions:
@@ -105,6 +109,7 @@ class AppOptions:
             user_extensions=list(raw.get("user_extensions") or []),
             jwt=raw.get("jwt"),
             cursor_pagination=bool(raw.get("cursor_pagination", False)),
+            filter_supported=bool(raw.get("filter_supported", True)),
         )
 
 
@@ -154,6 +159,8 @@ def service_provider_config(options: AppOptions) -> ServiceProviderConfig:
     """Return scim2-server's default configuration, with the options' PATCH support and schemes."""
     config = load_default_service_provider_config()
     config.patch = Patch(supported=options.patch_supported)
+    if not options.filter_supported:
+        config.filter = Filter(supported=False)
     if options.cursor_pagination:
         config.pagination = Pagination(
             cursor=True, index=True, default_pagination_method="index", cursor_timeout=3600

@@ -143,6 +143,7 @@ def sync_target(
                 managed_ids=(r.scim_id for r in state.values()),
                 bulk=capabilities if uses_bulk(target, capabilities) else None,
                 etag=capabilities.etag,
+                filtering=capabilities.filter,
             )
             creates = sum(1 for a in plan.actions if a.kind == "create")
             index_target(loader, creates, capabilities)

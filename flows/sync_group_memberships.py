@@ -85,6 +85,7 @@ def sync_groups_target(
                 store,
                 use_patch=uses_patch(target, capabilities),
                 max_members=max_members(target, capabilities, client.dialect),
+                filtering=capabilities.filter,
             )
             artifact = create_progress_artifact(
                 progress=0.0, description=f"{len(plan.actions)} group changes into {target.name}"

@@ -25,6 +25,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.errors import (
+    ConfigError,
     ConflictError,
     FatalError,
     NotFoundError,
@@ -88,11 +89,16 @@ class Loader:
         managed_ids: Iterable[str] = (),
         bulk: Capabilities | None = None,
         etag: bool = False,
+        filtering: bool = True,
     ) -> None:
         """:param managed_ids: SCIM ids the state store already links to directory entries.
         :param bulk: the target's capabilities when changes may go in Bulk requests.
-        :param etag: the target has ETags: updates carry If-Match, a 412 re-reads the user."""
+        :param etag: the target has ETags: updates carry If-Match, a 412 re-reads the user.
+        :param filtering: the target answers filtered queries; without, users are matched
+            against a listing of the target (made before the first create)."""
         self.client = client
+        self.filtering = filtering
+        self.names: dict[str, str | None] = {}
         self.bulk = bulk
         self.etag = etag
         self.dialect = client.dialect
@@ -104,47 +110,79 @@ class Loader:
         self.index_attribute = ""
 
     def prefetch(self, creates: int, capabilities: Capabilities) -> bool:
-        """List the target's users once when that costs fewer requests than a look-up per create.
+        """List the target's users once when that costs fewer requests than a look-up per
+        create, or always when the target cannot filter.
 
         Only for a plain ``attr eq "%s"`` matching filter. Afterwards a create whose value is
         not in the listing is POSTed without a look-up; a 409 still leads to adoption, and a
-        retried create looks up for real, so the listing never causes a duplicate.
+        retried create looks up again (or lists again), so the listing never causes a
+        duplicate.
         """
         attribute = self.dialect.equality_attribute(self.target.user_match_filter)
+        if not self.filtering:
+            if attribute is None:
+                raise ConfigError(
+                    f"target {self.target.name} answers no filters: user_match_filter must be "
+                    'a plain attribute eq "%s" so users can be matched against a listing'
+                )
+            if creates:
+                self._list(attribute, capabilities)
+            return bool(creates)
         if attribute is None or creates < PREFETCH_MIN_CREATES:
             return False
         page_size = min(LIST_PAGE_SIZE, capabilities.max_page_size or LIST_PAGE_SIZE)
         total = self.client.count(self.dialect.users_path)
         if total is None or -(-total // page_size) >= creates:
             return False
+        self._list(attribute, capabilities)
+        return True
+
+    def _list(self, attribute: str, capabilities: Capabilities) -> None:
+        """Index the target's users by the matching attribute and by userName."""
+        self.capabilities = capabilities
+        page_size = min(LIST_PAGE_SIZE, capabilities.max_page_size or LIST_PAGE_SIZE)
         index: dict[str, str | None] = {}
+        names: dict[str, str | None] = {}
         pages = self.client.list_all(
-            self.dialect.users_path, [attribute], page_size, cursor=capabilities.cursor
+            self.dialect.users_path,
+            sorted({attribute, "userName"}),
+            page_size,
+            cursor=capabilities.cursor,
         )
         for resource in pages:
-            value = resource.get(attribute)
-            if isinstance(value, str) and resource.get("id"):
-                key = self.dialect.match_key(attribute, value)
-                index[key] = None if key in index else str(resource["id"])  # None: ambiguous
-        self.index = index
-        self.index_attribute = attribute
-        return True
+            scim_id = str(resource.get("id") or "")
+            for table, name in ((index, attribute), (names, "userName")):
+                value = resource.get(name)
+                if isinstance(value, str) and scim_id:
+                    key = self.dialect.match_key(name, value)
+                    table[key] = None if key in table else scim_id  # None: ambiguous
+        self.index, self.names, self.index_attribute = index, names, attribute
 
     def find_existing(
         self, payload: dict[str, Any], *, by_user_name: bool = False, use_index: bool = False
     ) -> dict[str, Any] | None:
         """The target's user matching this payload: by the configured filter, or by userName.
 
-        With ``use_index`` and a listing from :meth:`prefetch`, the listing answers instead.
+        With ``use_index`` and a listing from :meth:`prefetch`, the listing answers instead;
+        for a target that cannot filter, a listing always answers (made again when asked
+        without ``use_index``, as after a failed POST).
         """
-        if use_index and self.index is not None and not by_user_name:
-            value = _lookup_value(payload, self.target.user_match_attribute)
-            key = self.dialect.match_key(self.index_attribute, value) if value else ""
-            if key not in self.index:
+        if not self.filtering and not use_index and self.capabilities is not None:
+            self._list(self.index_attribute, self.capabilities)
+        if (use_index or not self.filtering) and self.index is not None:
+            if by_user_name:
+                table, key = self.names, str(payload["userName"]).casefold()
+            else:
+                value = _lookup_value(payload, self.target.user_match_attribute)
+                table = self.index
+                key = self.dialect.match_key(self.index_attribute, value) if value else ""
+            if key not in table:
                 return None
-            scim_id = self.index[key]
+            scim_id = table[key]
             if scim_id is not None:
                 return self.client.get(self.dialect.users_path, scim_id)
+            if not self.filtering:
+                raise RejectedError(f"several users on the target have {key!r}; refusing to guess")
         if by_user_name:
             filter_ = self.dialect.match_filter('userName eq "%s"', str(payload["userName"]))
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,8 +78,14 @@ class GroupLoader:
         *,
         use_patch: bool,
         max_members: int,
+        filtering: bool = True,
     ) -> None:
+        """:param filtering: the target answers filtered queries; without, groups are found
+        in one listing of the target's groups."""
         self.client = client
+        self.filtering = filtering
+        self._listing: dict[str, str | None] | None = None
+        self._listing_lock = threading.Lock()
         self.store = store
         self.dialect = client.dialect
         self.target = client.target
@@ -94,11 +101,29 @@ class GroupLoader:
         value = action.display_name
         if self.target.group_match_attribute == "externalId":
             value = action.source_id
+        if not self.filtering:
+            found_id = self._listed().get(value, "")
+            if found_id is None:
+                raise RejectedError(f"several groups on the target have {value!r}")
+            return self.client.get(self.path, found_id) if found_id else None
         filter_ = self.dialect.match_filter(self.target.group_match_filter, value)
         found = self.client.find(self.path, filter_)
         if len(found) > 1:
             raise RejectedError(f"{len(found)} groups on the target match {filter_}")
         return found[0] if found else None
+
+    def _listed(self) -> dict[str, str | None]:
+        """The target's groups by the matching attribute, listed once (no-filter targets)."""
+        attribute = self.target.group_match_attribute
+        with self._listing_lock:
+            if self._listing is None:
+                listing: dict[str, str | None] = {}
+                for group in self.client.list_all(self.path, [attribute], 1000):
+                    value = group.get(attribute)
+                    if isinstance(value, str) and group.get("id"):
+                        listing[value] = None if value in listing else str(group["id"])
+                self._listing = listing
+            return self._listing
 
     def create(self, action: GroupAction) -> GroupOutcome:
         existing = self.find_existing(action)

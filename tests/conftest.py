@@ -152,6 +152,8 @@ class ScimServers:
                 options["patch_supported"] = False
             elif variant == "cursor":
                 options["cursor_pagination"] = True
+            elif variant == "nofilter":
+                options["filter_supported"] = False
             server = ScimServer(self.root / variant, **options)
             server.start()
             self.servers[variant] = server

@@ -36,3 +36,33 @@ def test_entra_profile_updates_and_disables(
     code, summary = sync(config, capsys)
     assert code == 0, summary
     assert target_users(scim)["bob"]["active"] is False
+
+
+def test_target_without_filter_support(
+    tmp_path: Path, directory: Slapd, scim_servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A target whose /ServiceProviderConfig says no filters (scim2-server then answers 501
+    to any filter) is matched against listings: existing users and groups are adopted."""
+    import requests
+
+    from tests.conftest import GROUPS, create_on_target
+
+    scim = scim_servers.get("nofilter")
+    ada = create_on_target(scim, "ada")
+    requests.post(
+        f"{scim.base_url}/Groups",
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "staff"},
+        timeout=10,
+    ).raise_for_status()
+    config = write_config(
+        tmp_path / "c.yaml", directory, scim, source={"groups": {"base_dn": GROUPS}}
+    )
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    users = target_users(scim)
+    assert users["ada"]["id"] == ada["id"] and len(users) == 3
+    assert summary["targets"][0]["adopted"] == 1
+    assert summary["groups"][0]["adopted"] == 1
+    scim.reset_stats()
+    assert sync(config, capsys)[0] == 0
+    assert scim.writes() == 0
