@@ -323,7 +323,12 @@ class TargetConfig(_Model):
     timeout: float = Field(60, gt=0, description="Seconds per request.")
     max_retries: int = Field(5, ge=0, le=20)
     max_backoff: float = Field(60, gt=0)
-    concurrency: int = Field(4, ge=1, le=64)
+    concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
+    requests_per_second: float | None = Field(
+        None,
+        gt=0,
+        description="Client-side rate limit (e.g. 10 for Slack's 600/min); none by default.",
+    )
     batch_size: int = Field(500, ge=1, le=10000)
     user_match_filter: str = Field(
         'userName eq "%s"', description="Filter used to find an existing user; %s is the value."

@@ -35,6 +35,40 @@ log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 600.0
 
 
+class RateLimiter:
+    """At most ``rate`` requests per second to one target, shared by the run's threads.
+
+    A token bucket (burst ``max(1, rate)``): staying under a published quota beats living
+    on 429s. ``clock`` and ``sleep`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self.capacity = max(1.0, rate)
+        self.tokens = self.capacity
+        self.clock = clock
+        self.sleep = sleep
+        self.updated = clock()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Wait until a request may go."""
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            wait = 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+            self.tokens -= 1
+        if wait > 0:
+            self.sleep(wait)
+
+
 def build_session(target: TargetConfig) -> requests.Session:
     """A keep-alive session with the target's auth and TLS settings (secrets resolved here)."""
     session = requests.Session()
@@ -81,6 +115,11 @@ class ScimClient:
             else None
         )
         self.stats: Counter[str] = Counter()
+        self.limiter = (
+            RateLimiter(target.requests_per_second, sleep=sleep)
+            if target.requests_per_second
+            else None
+        )
         self._lock = threading.Lock()
         self.sleep = sleep
 
@@ -145,6 +184,8 @@ class ScimClient:
             headers["If-Match"] = if_match
         if self.credentials is not None:
             headers["Authorization"] = self.credentials.authorization()
+        if self.limiter is not None:
+            self.limiter.acquire()
         with self._lock:
             self.stats[method] += 1
         try:

@@ -293,3 +293,31 @@ def test_listing_follows_rfc9865_cursors(serve) -> None:
     got = [u["userName"] for u in client.list_all("/Users", ["userName"], 2, cursor=True)]
     assert got == ["a", "b", "c"]
     assert all("cursor=" in path and "startIndex" not in path for _, path in fake.requests)
+
+
+def test_rate_limiter_keeps_to_the_rate_after_a_burst() -> None:
+    """10 requests/s: a burst of 10 goes at once, then one every 0.1 s."""
+    from tasks.scim.client import RateLimiter
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = RateLimiter(10, clock=lambda: now[0], sleep=sleep)
+    for _ in range(25):
+        limiter.acquire()
+    assert len(slept) == 15
+    assert abs(now[0] - 1.5) < 1e-9
+
+
+def test_requests_per_second_applies_to_every_request(serve) -> None:
+    fake = serve(lambda r, n: (200, {}, listing()))
+    sleeps: list[float] = []
+    client = client_for(fake, sleeps, requests_per_second=2)
+    for _ in range(4):
+        client.find("/Users", 'userName eq "a"')
+    # a burst of 2, then each request waits its turn (the fake sleep does not pass time)
+    assert len(sleeps) == 2 and 0 < sleeps[0] < sleeps[1] <= 1.0
