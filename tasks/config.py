@@ -323,6 +323,11 @@ class TargetConfig(_Model):
     timeout: float = Field(60, gt=0, description="Seconds per request.")
     max_retries: int = Field(5, ge=0, le=20)
     max_backoff: float = Field(60, gt=0)
+    circuit_breaker: int = Field(
+        20,
+        ge=1,
+        description="Stop the run after this many requests in a row failed after retries.",
+    )
     concurrency: int = Field(4, ge=1, le=64, description="Requests in flight at once.")
     requests_per_second: float | None = Field(
         None,

@@ -121,6 +121,7 @@ class ScimClient:
             else None
         )
         self._lock = threading.Lock()
+        self.failures_in_a_row = 0
         self.sleep = sleep
 
     def close(self) -> None:
@@ -148,6 +149,36 @@ class ScimClient:
 
         Raises a :class:`~tasks.errors.ScimError` subclass for every unsuccessful outcome.
         """
+        try:
+            result = self._send_retrying(method, path, body, params, retry, if_match)
+        except TransientError:
+            self._failed_in_a_row()
+            raise
+        with self._lock:
+            self.failures_in_a_row = 0
+        return result
+
+    def _failed_in_a_row(self) -> None:
+        """The circuit breaker: after ``circuit_breaker`` requests in a row failed even after
+        their retries, stop the run (a target that keeps failing gets no more load)."""
+        with self._lock:
+            self.failures_in_a_row += 1
+            tripped = self.failures_in_a_row >= self.target.circuit_breaker
+        if tripped:
+            raise FatalError(
+                f"target {self.target.name} keeps failing: {self.failures_in_a_row} requests in "
+                "a row failed after their retries; the run stops here (circuit breaker)"
+            )
+
+    def _send_retrying(
+        self,
+        method: str,
+        path: str,
+        body: Any,
+        params: dict[str, str] | None,
+        retry: bool,
+        if_match: str | None,
+    ) -> tuple[int, Any, dict[str, str]]:
         url = f"{self.target.url}{path}"
         what = f"{method} {path}"
         attempts = 1 + (self.target.max_retries if retry else 0)

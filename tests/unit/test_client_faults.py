@@ -321,3 +321,33 @@ def test_requests_per_second_applies_to_every_request(serve) -> None:
         client.find("/Users", 'userName eq "a"')
     # a burst of 2, then each request waits its turn (the fake sleep does not pass time)
     assert len(sleeps) == 2 and 0 < sleeps[0] < sleeps[1] <= 1.0
+
+
+def test_circuit_breaker_stops_a_batch_when_the_target_keeps_failing(serve, tmp_path) -> None:
+    """After N requests in a row failed even after retries, the run stops with a clear error
+    instead of hammering the target; nothing unconfirmed is recorded."""
+    from tasks.errors import FatalError
+    from tasks.load import run_batch
+    from tasks.state import StateStore
+
+    fake = serve(lambda r, n: (503, {}, b"down"))
+    client = client_for(fake, [], circuit_breaker=3)
+    loader = Loader(client, use_patch=True)
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    actions = [
+        Action(
+            "update",
+            f"s{n}",
+            f"u{n}",
+            "changed",
+            {"userName": f"u{n}", "title": "x"},
+            {"userName": f"u{n}"},
+            f"id{n}",
+        )
+        for n in range(30)
+    ]
+    with pytest.raises(FatalError, match="keeps failing: 3 requests in a row"):
+        run_batch(loader, store, actions)
+    assert len(fake.requests) < 30 * 4  # far fewer than every user with every retry
+    assert store.records("t") == {}
+    store.close()
