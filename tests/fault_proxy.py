@@ -1,0 +1,133 @@
+"""A fault-injecting HTTP proxy for tests: put it between the provisioner and a real SCIM server.
+
+Hand-written because no real component misbehaves on purpose. At seeded, configured rates it
+answers a request itself with a 5xx, or a 429 (with or without ``Retry-After``), resets the
+connection before forwarding, or forwards the request and then *loses the response* (the write
+happened, the client never hears of it), or forwards it and answers with a truncated non-JSON
+body. Everything else is forwarded unchanged. The same seed replays the same faults for the
+same sequence of requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import requests
+
+FAULTS = ("5xx", "429", "reset", "lost", "garbage")
+
+
+class FaultProxy:
+    """Forwards to ``upstream`` (``http://127.0.0.1:PORT``), injecting faults at ``rates``
+    (fault name → probability per request)."""
+
+    def __init__(self, upstream: str, *, rates: dict[str, float], seed: int = 7) -> None:
+        unknown = set(rates) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults: {sorted(unknown)}")
+        self.upstream = upstream.rstrip("/")
+        self.rates = rates
+        self.random = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._session = requests.Session()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._session.close()
+
+    def _pick(self, path: str) -> str | None:
+        if not path.startswith("/v2") or path.startswith("/v2/ServiceProviderConfig"):
+            return None
+        with self._lock:
+            draw = self.random.random()
+            for fault, rate in self.rates.items():
+                if draw < rate:
+                    self.injected[fault] += 1
+                    return fault
+                draw -= rate
+        return None
+
+    def _forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> requests.Response:
+        headers = {
+            k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")
+        }
+        return self._session.request(
+            handler.command,
+            self.upstream + handler.path,
+            data=body or None,
+            headers=headers,
+            timeout=60,
+        )
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _drop(self) -> None:
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._pick(self.path)
+                if fault == "5xx":
+                    self._reply(503, {"Content-Type": "text/html"}, b"<html>busy</html>")
+                    return
+                if fault == "429":
+                    self._reply(
+                        429, {"Retry-After": "0"} if proxy.random.random() < 0.5 else {}, b""
+                    )
+                    return
+                if fault == "reset":
+                    self._drop()
+                    return
+                response = proxy._forward(self, body)
+                if fault == "lost":
+                    self._drop()
+                    return
+                if fault == "garbage":
+                    status = 200 if response.status_code == 204 else response.status_code
+                    self._reply(status, {"Content-Type": "application/json"}, b'{"Resou')
+                    return
+                keep = ("Content-Type", "Location", "ETag")
+                headers = {k: response.headers[k] for k in keep if k in response.headers}
+                self._reply(response.status_code, headers, response.content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+        return Handler
