@@ -252,6 +252,7 @@ class GroupPlan:
             "create": kinds["create"],
             "update": kinds["update"],
             "delete": kinds["delete"],
+            "renames": sum(1 for a in self.actions if a.rename),
             "unchanged": self.unchanged,
             "skipped": len(self.skipped),
             "members to add": sum(len(a.add) for a in self.actions if a.kind != "delete"),

@@ -89,6 +89,7 @@ class GroupReport:
     added: int = 0
     removed: int = 0
     adopted: int = 0
+    renamed: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -97,6 +98,7 @@ class GroupReport:
         kind = outcome.action.kind
         if outcome.ok:
             self.done[kind] += 1
+            self.renamed += outcome.action.rename
             self.added += outcome.added
             self.removed += outcome.removed
             self.adopted += outcome.adopted
@@ -113,6 +115,7 @@ class GroupReport:
             "planned": plan.counts(),
             "succeeded": {k: self.done[k] for k in GROUP_KINDS},
             "failed": {k: self.failed[k] for k in GROUP_KINDS},
+            "renamed": self.renamed,
             "members_added": self.added,
             "members_removed": self.removed,
             "adopted": self.adopted,
@@ -173,6 +176,7 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 g["succeeded"][kind],
                 g["failed"][kind],
             )
+        row(g["target"], "groups renamed", g["planned"]["renames"], g["renamed"])
         row(g["target"], "members added", g["planned"]["members to add"], g["members_added"])
         row(g["target"], "members removed", g["planned"]["members to remove"], g["members_removed"])
         for other in ("unchanged", "skipped", "members not provisioned"):
@@ -240,6 +244,9 @@ def headline(summary: dict[str, Any]) -> str:
         groups["members added"] += g["members_added"]
         groups["members removed"] += g["members_removed"]
     parts += [f"{groups[k]} groups {k}d" for k in GROUP_KINDS if groups[k]]
+    renamed = sum(g.get("renamed", 0) for g in summary.get("groups", []))
+    if renamed:
+        parts.append(f"{renamed} renamed")
     parts += [f"{groups[k]} {k}" for k in ("members added", "members removed") if groups[k]]
     done = ", ".join(parts) or "no changes"
     bad = problems(summary)

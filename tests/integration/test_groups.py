@@ -156,6 +156,7 @@ class TestChanges:
         groups = target_groups(scim)
         assert "auditors" not in groups
         assert groups["reviewers"]["id"] == before
+        assert groups_summary(summary)["renamed"] == 1
         assert groups["reviewers"]["names"] == ["dee"]
 
     def test_deleted_group_is_deleted_or_skipped(

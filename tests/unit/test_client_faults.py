@@ -346,7 +346,7 @@ def test_circuit_breaker_stops_a_batch_when_the_target_keeps_failing(serve, tmp_
         )
         for n in range(30)
     ]
-    with pytest.raises(FatalError, match="keeps failing: 3 requests in a row"):
+    with pytest.raises(FatalError, match=r"keeps failing: \d+ requests in a row"):
         run_batch(loader, store, actions)
     assert len(fake.requests) < 30 * 4  # far fewer than every user with every retry
     assert store.records("t") == {}
