@@ -564,6 +564,13 @@ class Slapd:
         self._load(ldif)
         self._launch()
 
+    def restart(self) -> None:
+        """Stop slapd if it runs and start it again on the same ports, keeping its data."""
+        if not self._config_directory.exists():
+            raise RuntimeError("start() slapd before restarting it")
+        self.stop()
+        self._launch()
+
     def modify(self, ldif: str) -> None:
         """Apply LDIF changes (changetype add, modify, delete...) as the admin, with ldapmodify."""
         options = {"-H": self.ldap_url, "-D": self.admin_dn, "-w": self.admin_password}

@@ -52,3 +52,23 @@ def test_retry_uses_the_cached_extract_and_creates_no_duplicate(
     users = target_users(scim, headers={"Authorization": f"Bearer {BEARER_TOKEN}"})
     assert sorted(users) == ["ada", "bob", "dee"]
     assert summary["targets"][0]["succeeded"]["create"] == 3
+
+
+def test_directory_down_at_the_start_is_retried(
+    tmp_path: Path, directory: Slapd, scim_servers: ScimServers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slapd is down when the run starts and back a moment later: the extract task's retry
+    (on an unreachable directory only) succeeds and the run completes."""
+    from tests.conftest import sync
+
+    scim = scim_servers.get("open")
+    config = write_config(tmp_path / "c.yaml", directory, scim)
+    directory.stop()
+    restart = threading.Timer(1.0, directory.restart)
+    restart.start()
+    try:
+        code, summary = sync(config, capsys)
+    finally:
+        restart.join()
+    assert code == 0, summary
+    assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
