@@ -7,6 +7,7 @@ config turns it off. The search is paged; values come back as text, the stable i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 from collections.abc import Iterable, Iterator
@@ -142,10 +143,11 @@ def connect(source: LdapSource) -> ldap3.Connection:
 
 
 def _close_quietly(conn: ldap3.Connection) -> None:
-    try:
+    """Close a connection that failed to open or bind (ldap3 keeps its unconnected socket)."""
+    with contextlib.suppress(ldap_exc.LDAPException):
         conn.unbind()
-    except ldap_exc.LDAPException:
-        if conn.socket is not None:
+    if conn.socket is not None:
+        with contextlib.suppress(OSError):
             conn.socket.close()
 
 
