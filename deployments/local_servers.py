@@ -495,7 +495,25 @@ olcDbNoSync: TRUE
 # -- slapd -------------------------------------------------------------------
 
 
-class Slapd:
+class _Stoppable:
+    """``with server:`` stops the server at the end of the block."""
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Slapd(_Stoppable):
     """A private OpenLDAP slapd, with its own cn=config and mdb database in a work directory.
 
     It serves LDAP (StartTLS included) and LDAPS on two free ports of
@@ -630,22 +648,11 @@ class Slapd:
             return False
         return result.returncode == 0
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 # -- SCIM server -------------------------------------------------------------
 
 
-class _GunicornServer:
+class _GunicornServer(_Stoppable):
     """A WSGI application of this repository served by gunicorn on a free 127.0.0.1 port,
     configured by JSON in one environment variable; subclasses say which and when ready."""
 
@@ -685,17 +692,6 @@ class _GunicornServer:
 
     def _answers(self) -> bool:
         raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class ScimServer(_GunicornServer):

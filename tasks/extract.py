@@ -276,14 +276,20 @@ def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[
     return Extraction(users, invalid)
 
 
-@task(
-    name="extract-from-LDAP",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_on(SourceUnavailable),
-    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
-    persist_result=True,
-)
+def directory_task(name: str) -> Any:
+    """The decorator of a task reading the directory: retried when the directory was
+    unreachable, its result persisted and cached for the flow run (a retried run reuses it)."""
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[2, 10, 30],
+        retry_condition_fn=retry_on(SourceUnavailable),
+        cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+        persist_result=True,
+    )
+
+
+@directory_task("extract-from-LDAP")
 def extract_users(source: LdapSource, attributes: list[str]) -> Extraction:
     """Read every user in scope from the directory (cached per flow run)."""
     conn = connect(source)

@@ -15,15 +15,15 @@ from typing import Literal
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
-from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+from prefect import get_run_logger
 
 from tasks.ad import parse_range, ranged_values
 from tasks.config import GroupsQuery, LdapSource, TargetConfig
-from tasks.errors import SourceError, SourceUnavailable, retry_on
+from tasks.errors import SourceError
 from tasks.extract import (
     SourceUser,
     connect,
+    directory_task,
     normalize_dn,
     paged_entries,
     source_id,
@@ -111,14 +111,7 @@ def read_groups(conn: ldap3.Connection, source: LdapSource) -> GroupExtraction:
     return GroupExtraction(groups, invalid)
 
 
-@task(
-    name="extract-groups-from-LDAP",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retry_on(SourceUnavailable),
-    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
-    persist_result=True,
-)
+@directory_task("extract-groups-from-LDAP")
 def extract_groups(source: LdapSource) -> GroupExtraction:
     """Read every group in scope from the directory (cached per flow run)."""
     conn = connect(source)
