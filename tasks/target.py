@@ -55,7 +55,7 @@ def discover(target: TargetConfig) -> Capabilities:
                 f"target {target.name}: the mapping uses attributes its /Schemas does not "
                 f"define: {', '.join(unknown)}"
             )
-    get_run_logger().info("target %s: %s", target.name, capabilities)
+    get_run_logger().info("target %s (%s): %s", target.name, client.dialect.name, capabilities)
     return capabilities
 
 

@@ -242,6 +242,17 @@ def target_users(scim: ScimServer, **auth: Any) -> dict[str, dict[str, Any]]:
     return {u["userName"]: u for u in response.json().get("Resources", [])}
 
 
+def add_people(slapd: Slapd, count: int) -> None:
+    """Add people p000, p001, ... to the running directory (online, with ldapmodify)."""
+    entries = (
+        person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE).replace(
+            "\n", "\nchangetype: add\n", 1
+        )
+        for n in range(count)
+    )
+    slapd.modify("".join(entries))
+
+
 def create_on_target(scim: ScimServer, user_name: str) -> dict[str, Any]:
     """Create a bare user directly on the target, as if someone else had made it."""
     response = requests.post(

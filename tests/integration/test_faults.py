@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployments.local_servers import ScimServer, Slapd, person_ldif
-from tests.conftest import GROUPS, PEOPLE, sync, write_config
+from deployments.local_servers import ScimServer, Slapd
+from tests.conftest import GROUPS, add_people, sync, write_config
 from tests.fault_proxy import FaultProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
@@ -42,14 +42,7 @@ def test_sync_through_faults_converges_without_duplicates(
     proxy: FaultProxy,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    directory.modify(
-        "".join(
-            person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE).replace(
-                "\n", "\nchangetype: add\n", 1
-            )
-            for n in range(80)
-        )
-    )
+    add_people(directory, 80)
     config = write_config(
         tmp_path / "c.yaml",
         directory,

@@ -11,6 +11,7 @@ from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import (
     CUSTOM_URN,
     PEOPLE,
+    add_people,
     create_on_target,
     sync,
     target_users,
@@ -386,18 +387,7 @@ def test_many_creates_match_against_one_listing(
 ) -> None:
     """With many creates the target is listed once instead of one look-up per create; users
     already there are still adopted, and each new user costs one POST."""
-    from deployments.local_servers import person_ldif
-
-    def add(entry: str) -> str:
-        dn_line, rest = entry.split("\n", 1)
-        return f"{dn_line}\nchangetype: add\n{rest}"
-
-    directory.modify(
-        "".join(
-            add(person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE))
-            for n in range(60)
-        )
-    )
+    add_people(directory, 60)
     for name in ("ada", "p007"):
         create_on_target(scim, name)
     config = write_config(tmp_path / "c.yaml", directory, scim, use_bulk="never")
@@ -418,16 +408,7 @@ def test_listing_by_cursor_when_the_target_offers_it(
 ) -> None:
     """A target announcing RFC 9865 cursors is listed by cursor; matching still adopts."""
     scim = scim_servers.get("cursor")
-    from deployments.local_servers import person_ldif
-
-    directory.modify(
-        "".join(
-            person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE).replace(
-                "\n", "\nchangetype: add\n", 1
-            )
-            for n in range(60)
-        )
-    )
+    add_people(directory, 60)
     create_on_target(scim, "p042")
     config = write_config(tmp_path / "c.yaml", directory, scim)
     code, summary = sync(config, capsys)
@@ -441,18 +422,7 @@ def test_bulk_carries_creates_updates_and_deprovisioning(
 ) -> None:
     """With Bulk advertised, 60 new users go in one POST /Bulk (after one listing); then an
     update and a disable go in one more; results are mapped back to each user."""
-    from deployments.local_servers import person_ldif
-
-    def add(entry: str) -> str:
-        dn_line, rest = entry.split("\n", 1)
-        return f"{dn_line}\nchangetype: add\n{rest}"
-
-    directory.modify(
-        "".join(
-            add(person_ldif(f"p{n:03d}", given_name="P", surname=str(n), ou_dn=PEOPLE))
-            for n in range(60)
-        )
-    )
+    add_people(directory, 60)
     config = write_config(tmp_path / "c.yaml", directory, scim)
     code, summary = sync(config, capsys)
     assert code == 0, summary
