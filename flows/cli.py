@@ -3,6 +3,7 @@
     scim-provisioner sync --config FILE [--target NAME]     users (and groups, if configured)
     scim-provisioner groups --config FILE [--target NAME]   groups and memberships only
     scim-provisioner plan --config FILE [--target NAME]     what a sync would do
+    scim-provisioner audit --config FILE [--user WHO] [--since 24h] ...   the audit log
 
 Exit codes: 0 everything in step; 1 some users or groups failed or entries were rejected;
 2 invalid config, or the run could not start or had to stop (the reason on one line).
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from rich.console import Console
@@ -26,7 +28,7 @@ from tasks.groups import GroupAction, GroupPlan, plan_groups, read_groups, resol
 from tasks.plan import Plan, plan_users
 from tasks.report import print_summary, problems
 from tasks.scim.dialect import dialect_for
-from tasks.state import StateRecord, StateStore, Status
+from tasks.state import AuditQuery, AuditRow, StateRecord, StateStore, Status
 from tasks.transform import Rejection, transform_batch
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -42,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         ("sync", "run the provision_users flow (through Prefect) and print its summary"),
         ("groups", "run the sync_group_memberships flow (through Prefect): groups only"),
         ("plan", "print what a sync would do; writes nothing, contacts no target"),
+        ("audit", "search the audit log: one entry per write attempted, newest first"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
@@ -53,7 +56,50 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="let disables/deletes above the guard's limit through (unattended runs)",
             )
+        if name == "audit":
+            sub.add_argument(
+                "--user", metavar="WHO", help="a source id, SCIM id, userName or group name"
+            )
+            sub.add_argument("--run", metavar="ID", help="one Prefect flow run's id")
+            sub.add_argument("--action", choices=["create", "update", "disable", "delete"])
+            sub.add_argument("--outcome", choices=["ok", "failed"])
+            sub.add_argument(
+                "--since", metavar="WHEN", type=since, help="24h, 7d, 30m or an ISO date/time"
+            )
+            sub.add_argument("--limit", type=int, default=100, help="at most this many entries")
     return parser
+
+
+def since(text: str) -> datetime:
+    """``30m``, ``24h``, ``7d`` ago, or an ISO date or date-time (UTC unless it says)."""
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[-1:] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration like 24h / 7d / 30m nor an ISO date"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def print_audit(rows: list[AuditRow], console: Console) -> None:
+    table = Table(title=f"audit log: {len(rows)} entries, newest first")
+    for column in ("time (UTC)", "target", "action", "who", "SCIM id", "outcome", "cause"):
+        table.add_column(column)
+    for row in rows:
+        outcome = row.outcome if row.outcome == "ok" else f"[red]{row.outcome}[/red]"
+        table.add_row(
+            row.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            row.target,
+            f"{row.action} {row.object}",
+            row.name,
+            row.scim_id or "",
+            outcome,
+            row.cause,
+        )
+    console.print(table)
 
 
 @dataclass
@@ -215,6 +261,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         config.target(args.target)
+        if args.command == "audit":
+            store = StateStore(config.state.url, read_only=True)
+            try:
+                rows = store.audit_rows(
+                    AuditQuery(
+                        target=args.target,
+                        who=args.user,
+                        run_id=args.run,
+                        action=args.action,
+                        outcome=args.outcome,
+                        since=args.since,
+                        limit=args.limit,
+                    )
+                )
+            finally:
+                store.close()
+            if args.json:
+                print(json.dumps([r.as_dict() for r in rows], indent=2))
+            else:
+                print_audit(rows, console)
+            return EXIT_OK
         if args.command == "plan":
             plans = compute_plans(config, args.target)
             if args.json:

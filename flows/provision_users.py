@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.sync_group_memberships import run_group_sync
+from flows.sync_group_memberships import open_store, run_group_sync
 from tasks.batching import as_is, batches
 from tasks.config import Config, TargetConfig, load_config
 from tasks.extract import Extraction, extract_users, mapped_attributes
@@ -171,7 +171,7 @@ def run_sync(
     targets = config.target(target)
     attributes = sorted(mapped_attributes(t.mapping for t in targets))
     extraction = extract_users(config.source, attributes)
-    store = StateStore(config.state.url)
+    store = open_store(config)
     try:
         reports = [
             sync_target(

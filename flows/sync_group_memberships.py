@@ -108,6 +108,12 @@ def sync_groups_target(
     return report
 
 
+def open_store(config: Config) -> StateStore:
+    """The state store of this flow run (its audit entries carry the run's id)."""
+    run_id = flow_run.get_id()
+    return StateStore.for_run(config.state.url, run_id, config.state.audit_retention_days)
+
+
 def run_group_sync(
     config: Config, targets: list[TargetConfig], users: Extraction, store: StateStore
 ) -> list[dict[str, Any]]:
@@ -131,7 +137,7 @@ def sync_group_memberships(config_path: str, target: str | None = None) -> State
         raise ConfigError("the config has no source.groups section: there are no groups to sync")
     targets = config.target(target)
     users = extract_users(config.source, [])
-    store = StateStore(config.state.url)
+    store = open_store(config)
     try:
         summary: dict[str, Any] = {"groups": run_group_sync(config, targets, users, store)}
     finally:

@@ -423,6 +423,9 @@ class StateConfig(_Model):
         "sqlite:///state.db",
         description="SQLAlchemy URL; a relative sqlite path is relative to the config file.",
     )
+    audit_retention_days: int = Field(
+        180, ge=1, description="audit-log entries older than this are deleted at each run"
+    )
 
 
 class Config(_Model):

@@ -37,7 +37,7 @@ from tasks.errors import (
 from tasks.plan import Action
 from tasks.scim.client import ScimClient, etag_of
 from tasks.scim.dialect import Capabilities
-from tasks.state import StateRecord, StateStore
+from tasks.state import AuditEntry, StateRecord, StateStore
 from tasks.transform import content_hash
 
 log = logging.getLogger(__name__)
@@ -413,8 +413,23 @@ class Loader:
         return Outcome(action, True, "", None)
 
 
+def audit_entry(outcome: Outcome) -> AuditEntry:
+    """The audit-log entry of one outcome."""
+    action = outcome.action
+    return AuditEntry(
+        object="user",
+        action=action.kind,
+        source_id=action.source_id,
+        name=action.user_name,
+        scim_id=outcome.scim_id or action.scim_id,
+        outcome="ok" if outcome.ok else "failed",
+        cause=outcome.detail,
+    )
+
+
 def record(store: StateStore, target: str, outcomes: list[Outcome]) -> None:
-    """Write confirmed outcomes to the state store (failed ones leave it as it was)."""
+    """Write confirmed outcomes to the state store (failed ones leave it as it was) and every
+    outcome to the audit log, in one transaction."""
     saves: list[StateRecord] = []
     removals: list[str] = []
     for outcome in outcomes:
@@ -436,7 +451,7 @@ def record(store: StateStore, target: str, outcomes: list[Outcome]) -> None:
                 version=outcome.version,
             )
         )
-    store.apply(target, saves, removals)
+    store.apply(target, saves, removals, [audit_entry(o) for o in outcomes])
 
 
 def bulk_chunks(

@@ -26,7 +26,7 @@ from tasks.errors import ConflictError, FatalError, NotFoundError, RejectedError
 from tasks.groups import GroupAction
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, Scim20
-from tasks.state import GroupRecord, StateStore
+from tasks.state import AuditEntry, GroupRecord, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ class GroupOutcome:
     added: int = 0
     removed: int = 0
     adopted: bool = False
+    scim_id: str | None = None
 
 
 class GroupLoader:
@@ -145,7 +146,7 @@ class GroupLoader:
                     self.client.patch(self.path, scim_id, self.dialect.member_operations(add, ()))
                     members |= frozenset(add)
                     self._save(GroupRecord(action.source_id, scim_id, action.display_name, members))
-                return GroupOutcome(action, True, added=len(members))
+                return GroupOutcome(action, True, added=len(members), scim_id=scim_id)
         return self.change(action, str(existing["id"]), frozenset(), adopting=True)
 
     def change(
@@ -181,10 +182,23 @@ class GroupLoader:
                 ops = self.dialect.rename_operations(action.display_name, action.source_id)
                 self.client.patch(self.path, scim_id, ops)
         self._save(GroupRecord(action.source_id, scim_id, action.display_name, members, keep))
-        return GroupOutcome(action, True, added=len(add), removed=len(remove), adopted=adopting)
+        return GroupOutcome(
+            action,
+            True,
+            added=len(add),
+            removed=len(remove),
+            adopted=adopting,
+            scim_id=scim_id,
+        )
 
     def run(self, action: GroupAction) -> GroupOutcome:
-        """Carry out one action; never raises except :class:`FatalError`."""
+        """Carry out one action and log it in the audit log; never raises except
+        :class:`FatalError`."""
+        outcome = self._run(action)
+        self.store.audit(self.target.name, [group_audit_entry(outcome)])
+        return outcome
+
+    def _run(self, action: GroupAction) -> GroupOutcome:
         try:
             if action.kind == "create":
                 return self.create(action)
@@ -202,6 +216,30 @@ class GroupLoader:
             raise
         except ScimError as exc:
             return GroupOutcome(action, False, str(exc))
+
+
+def group_audit_entry(outcome: GroupOutcome) -> AuditEntry:
+    """The audit-log entry of one group outcome; the cause says what changed."""
+    action = outcome.action
+    cause = outcome.detail
+    if outcome.ok:
+        parts = ["adopted existing group"] if outcome.adopted else []
+        if action.rename:
+            parts.append("renamed")
+        if outcome.added:
+            parts.append(f"+{outcome.added} members")
+        if outcome.removed:
+            parts.append(f"-{outcome.removed} members")
+        cause = ", ".join(parts)
+    return AuditEntry(
+        object="group",
+        action=action.kind,
+        source_id=action.source_id,
+        name=action.display_name,
+        scim_id=outcome.scim_id or action.scim_id,
+        outcome="ok" if outcome.ok else "failed",
+        cause=cause,
+    )
 
 
 @task(name="load-groups-to-SCIM", cache_policy=NO_CACHE)

@@ -3,7 +3,9 @@
 Users, per target and source id: the SCIM id, the userName, the hash and body of the last
 payload the target accepted (the body lets an update PATCH exactly what changed and clear what
 disappeared), and the status (``active`` or ``disabled``). Groups: the SCIM id, the
-displayName and the member SCIM ids we know of. SQLite by default; any SQLAlchemy URL works, and
+displayName and the member SCIM ids we know of. The audit log: one row per write the
+provisioner attempted (time, run, target, object, action, ids, outcome, cause), written in the
+same transaction as the state it changed. SQLite by default; any SQLAlchemy URL works, and
 PostgreSQL is tested (``postgresql+psycopg://...``).
 """
 
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +52,82 @@ provisioned_groups = sa.Table(
 )
 
 
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("run_id", sa.String(64), nullable=True, index=True),
+    sa.Column("target", sa.String(200), nullable=False),
+    sa.Column("object", sa.String(16), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("source_id", sa.String(200), nullable=False, index=True),
+    sa.Column("name", sa.String(1000), nullable=False),
+    sa.Column("scim_id", sa.String(400), nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+)
+
+Outcome = Literal["ok", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One write the provisioner attempted on a target, and how it ended."""
+
+    object: Literal["user", "group"]
+    action: str
+    source_id: str
+    name: str
+    scim_id: str | None
+    outcome: Outcome
+    cause: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """An audit entry as stored, with its time, run and target."""
+
+    at: datetime
+    run_id: str | None
+    target: str
+    object: str
+    action: str
+    source_id: str
+    name: str
+    scim_id: str | None
+    outcome: str
+    cause: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "run_id": self.run_id,
+            "target": self.target,
+            "object": self.object,
+            "action": self.action,
+            "source_id": self.source_id,
+            "name": self.name,
+            "scim_id": self.scim_id,
+            "outcome": self.outcome,
+            "cause": self.cause,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """What to look for in the audit log; every criterion given must hold."""
+
+    target: str | None = None
+    who: str | None = None
+    """A source id, SCIM id or name (userName / displayName, case-insensitive)."""
+    run_id: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    since: datetime | None = None
+    limit: int = 100
+
+
 def _delete_one(table: sa.Table) -> sa.Delete:
     return sa.delete(table).where(
         (table.c.target == sa.bindparam("k_target"))
@@ -84,6 +162,11 @@ class GroupRecord:
     foreign: frozenset[str] = frozenset()
 
 
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives naive datetimes back; they were stored as UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -105,13 +188,23 @@ def make_engine(url: str) -> Engine:
 class StateStore:
     """Reads and writes provisioning state; one instance per run, shared by its tasks."""
 
-    def __init__(self, url: str, *, read_only: bool = False) -> None:
+    def __init__(self, url: str, *, read_only: bool = False, run_id: str | None = None) -> None:
+        """:param run_id: the flow run whose writes this store records (in the audit log)."""
         self.url = url
+        self.run_id = run_id
         self.engine = make_engine(url)
         self.read_only = read_only
         if not read_only:
             metadata.create_all(self.engine)
             self._add_missing_columns()
+
+    @classmethod
+    def for_run(cls, url: str, run_id: str | None, audit_retention_days: int) -> StateStore:
+        """The store a flow run writes to: its audit entries carry the run id, and entries
+        older than the retention are pruned first."""
+        store = cls(url, run_id=run_id)
+        store.prune_audit(datetime.now(UTC) - timedelta(days=audit_retention_days))
+        return store
 
     def records(self, target: str) -> dict[str, StateRecord]:
         """Every user provisioned to ``target``, by source id."""
@@ -141,9 +234,16 @@ class StateStore:
                 for row in conn.execute(query)
             }
 
-    def apply(self, target: str, saves: list[StateRecord], removals: list[str]) -> None:
+    def apply(
+        self,
+        target: str,
+        saves: list[StateRecord],
+        removals: list[str],
+        audit: list[AuditEntry] | None = None,
+    ) -> None:
         """Record confirmed user writes in one transaction: ``saves`` replace, ``removals``
-        forget. Call only with writes the target confirmed."""
+        forget, ``audit`` is appended to the audit log. Call only with writes the target
+        confirmed (failed ones belong in ``audit`` only)."""
         rows = [
             {
                 "source_id": r.source_id,
@@ -156,7 +256,7 @@ class StateStore:
             }
             for r in saves
         ]
-        self._replace(provisioned_users, target, rows, removals)
+        self._replace(provisioned_users, target, rows, removals, audit or [])
 
     def groups(self, target: str) -> dict[str, GroupRecord]:
         """Every group provisioned to ``target``, by source id."""
@@ -178,7 +278,13 @@ class StateStore:
                 for row in conn.execute(query)
             }
 
-    def apply_groups(self, target: str, saves: list[GroupRecord], removals: list[str]) -> None:
+    def apply_groups(
+        self,
+        target: str,
+        saves: list[GroupRecord],
+        removals: list[str],
+        audit: list[AuditEntry] | None = None,
+    ) -> None:
         """Record confirmed group writes in one transaction, as :meth:`apply` does for users."""
         rows = [
             {
@@ -190,24 +296,101 @@ class StateStore:
             }
             for g in saves
         ]
-        self._replace(provisioned_groups, target, rows, removals)
+        self._replace(provisioned_groups, target, rows, removals, audit or [])
+
+    def audit(self, target: str, entries: list[AuditEntry]) -> None:
+        """Append to the audit log (for attempts that changed no state: failures)."""
+        self._replace(provisioned_users, target, [], [], entries)
 
     def _replace(
-        self, table: sa.Table, target: str, rows: list[dict[str, Any]], removals: list[str]
+        self,
+        table: sa.Table,
+        target: str,
+        rows: list[dict[str, Any]],
+        removals: list[str],
+        audit: list[AuditEntry],
     ) -> None:
-        """Delete the rows of these source ids and insert the new ones, in one transaction."""
+        """Delete the rows of these source ids, insert the new ones and append the audit
+        entries, in one transaction."""
         self._check_writable()
-        if not rows and not removals:
+        if not rows and not removals and not audit:
             return
         now = datetime.now(UTC)
         keys = [{"k_target": target, "k_source_id": sid} for sid in removals]
         keys += [{"k_target": target, "k_source_id": row["source_id"]} for row in rows]
         with self.engine.begin() as conn:
-            conn.execute(_delete_one(table), keys)
+            if keys:
+                conn.execute(_delete_one(table), keys)
             if rows:
                 conn.execute(
                     sa.insert(table), [{**row, "target": target, "updated_at": now} for row in rows]
                 )
+            if audit:
+                conn.execute(
+                    sa.insert(audit_log),
+                    [
+                        {
+                            "at": now,
+                            "run_id": self.run_id,
+                            "target": target,
+                            "object": e.object,
+                            "action": e.action,
+                            "source_id": e.source_id,
+                            "name": e.name,
+                            "scim_id": e.scim_id,
+                            "outcome": e.outcome,
+                            "cause": e.cause,
+                        }
+                        for e in audit
+                    ],
+                )
+
+    def audit_rows(self, query: AuditQuery) -> list[AuditRow]:
+        """Audit entries matching ``query``, newest first."""
+        t = audit_log
+        if self.read_only and not self._has_table(t):
+            return []
+        select = sa.select(t).order_by(t.c.id.desc()).limit(query.limit)
+        if query.target:
+            select = select.where(t.c.target == query.target)
+        if query.who:
+            who = query.who
+            select = select.where(
+                (t.c.source_id == who)
+                | (t.c.scim_id == who)
+                | (sa.func.lower(t.c.name) == who.lower())
+            )
+        if query.run_id:
+            select = select.where(t.c.run_id == query.run_id)
+        if query.action:
+            select = select.where(t.c.action == query.action)
+        if query.outcome:
+            select = select.where(t.c.outcome == query.outcome)
+        if query.since:
+            select = select.where(t.c.at >= query.since)
+        with self.engine.connect() as conn:
+            return [
+                AuditRow(
+                    _aware(row.at),
+                    row.run_id,
+                    row.target,
+                    row.object,
+                    row.action,
+                    row.source_id,
+                    row.name,
+                    row.scim_id,
+                    row.outcome,
+                    row.cause,
+                )
+                for row in conn.execute(select)
+            ]
+
+    def prune_audit(self, older_than: datetime) -> int:
+        """Delete audit entries older than ``older_than``; return how many."""
+        self._check_writable()
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.delete(audit_log).where(audit_log.c.at < older_than))
+            return int(result.rowcount or 0)
 
     def _add_missing_columns(self) -> None:
         """Bring a store made by an earlier version up to date (new nullable columns)."""

@@ -141,6 +141,11 @@ class TestChanges:
         assert target_groups(scim)["engineers"]["names"] == ["ada", "dee"]
         g = groups_summary(summary)
         assert (g["members_added"], g["members_removed"]) == (1, 1)
+        code, log = sync(config, capsys, "--user", "engineers", command="audit")
+        assert [(e["object"], e["action"], e["cause"]) for e in log] == [
+            ("group", "update", "+1 members, -1 members"),
+            ("group", "create", "+2 members"),
+        ]
 
     def test_rename_keeps_the_scim_id(
         self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]

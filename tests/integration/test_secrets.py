@@ -40,7 +40,10 @@ def test_no_secret_in_logs_results_artifacts_or_state(
         texts["artifacts"] = " ".join(str(a.data) for a in client.read_artifacts())
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     with engine.connect() as conn:
-        texts["state"] = str(conn.execute(sa.text("select * from provisioned_users")).all())
+        for table in sa.inspect(engine).get_table_names():  # users, groups, audit log
+            rows = conn.execute(sa.text(f"select * from {table}")).all()
+            texts[f"state: {table}"] = str(rows)
+    assert "state: audit_log" in texts
     engine.dispose()
     storage = Path(get_current_settings().results.local_storage_path)
     results = b"".join(p.read_bytes() for p in storage.rglob("*") if p.is_file())

@@ -136,3 +136,16 @@ def test_example_config_is_valid() -> None:
     """The example shipped with the project validates."""
     config = load_config(EXAMPLE)
     assert config.targets
+
+
+def test_audit_since_takes_durations_and_dates() -> None:
+    import argparse
+    from datetime import UTC, datetime, timedelta
+
+    from flows.cli import since
+
+    assert abs(datetime.now(UTC) - timedelta(hours=24) - since("24h")) < timedelta(seconds=5)
+    assert since("2026-11-01") == datetime(2026, 11, 1, tzinfo=UTC)
+    assert since("2026-11-01T10:00:00+01:00").utcoffset() == timedelta(hours=1)
+    with pytest.raises(argparse.ArgumentTypeError, match="neither a duration"):
+        since("yesterday")
