@@ -335,6 +335,12 @@ class TargetConfig(_Model):
         description="Client-side rate limit (e.g. 10 for Slack's 600/min); none by default.",
     )
     batch_size: int = Field(500, ge=1, le=10000)
+    max_user_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest SCIM user (its JSON body, in bytes) sent to this target; a bigger "
+        "one is rejected with its size, not sent.",
+    )
     user_match_filter: str = Field(
         'userName eq "%s"', description="Filter used to find an existing user; %s is the value."
     )

@@ -41,6 +41,9 @@ class SourceUser:
     attributes: dict[str, list[str]]
     disabled: bool = False
     warnings: tuple[str, ...] = field(default=())
+    binary: tuple[tuple[str, int], ...] = field(default=())
+    """(attribute, size in bytes) of each value that is not UTF-8 text (binary data such as a
+    jpegPhoto): left out of ``attributes``; a mapping reading it rejects the entry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,13 +172,19 @@ def _communication_error(url: str, exc: Exception) -> SourceError:
     return SourceUnavailable(f"LDAP server {url} unreachable: {text}")
 
 
-def _decode(name: str, values: list[bytes], warnings: list[str]) -> list[str]:
+def _decode(
+    name: str, values: list[bytes], warnings: list[str], binary: list[tuple[str, int]]
+) -> list[str]:
     out = []
     for value in values:
         try:
             out.append(value.decode("utf-8"))
         except UnicodeDecodeError:
-            warnings.append(f"attribute {name}: a value is not UTF-8 text and was ignored")
+            binary.append((name, len(value)))
+            warnings.append(
+                f"attribute {name}: a value of {len(value):,} bytes is not UTF-8 text "
+                "(binary data) and was left out"
+            )
     return out
 
 
@@ -208,13 +217,16 @@ def entry_to_user(
     if not id_values:
         return dn, f"no {id_attribute} (the stable source id)"
     warnings: list[str] = []
-    attributes = {name: _decode(name, values, warnings) for name, values in raw_lower.items()}
+    binary: list[tuple[str, int]] = []
+    attributes = {
+        name: _decode(name, values, warnings, binary) for name, values in raw_lower.items()
+    }
     try:
         ident = source_id(id_attribute, id_values)
         disabled = is_disabled(source, attributes)
     except (ValueError, UnicodeDecodeError) as exc:
         return dn, f"unreadable {id_attribute} or account status: {exc}"
-    return SourceUser(ident, dn, attributes, disabled, tuple(warnings))
+    return SourceUser(ident, dn, attributes, disabled, tuple(warnings), tuple(binary))
 
 
 def paged_entries(

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from tasks.config import TargetConfig
 from tasks.extract import normalize_dn
 from tasks.state import StateRecord
-from tasks.transform import REFERENCE, DesiredUser, Rejection
+from tasks.transform import REFERENCE, DesiredUser, Rejection, oversize_reason
 
 ActionKind = Literal["create", "update", "disable", "delete"]
 
@@ -197,6 +197,11 @@ def plan_users(
                 plan.not_provisioned += 1
             else:
                 _deprovision(plan, target, record, DISABLED)
+            continue
+        changed = record is None or record.content_hash != user.content_hash
+        too_big = oversize_reason(user.payload, target.max_user_bytes) if changed else None
+        if too_big is not None:  # never sent; an account already there is left as it is
+            plan.rejected.append(Rejection(user.source_id, user.dn, too_big))
             continue
         if record is None:
             if target.create_users:

@@ -14,6 +14,10 @@ A list of ``{value, type, primary}`` rules builds a multi-valued attribute (emai
 every value of the source attribute becomes an entry, so nothing is dropped. Keys that are schema
 URNs hold extension attributes (enterprise or custom). An attribute whose source is empty is left
 out of the payload, which is what lets an update clear it on the target.
+
+An entry is rejected, with a reason naming what to fix, when it has no userName or when the mapping
+reads a value that is binary data (not UTF-8 text); a user bigger than the target's
+``max_user_bytes`` is rejected by the plan (:func:`oversize_reason`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from prefect import task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.config import CORE_USER_SCHEMA, MultiValuedRule
-from tasks.extract import SourceUser, normalize_dn
+from tasks.extract import SourceUser, mapped_attributes, normalize_dn
 from tasks.scim.dialect import Scim20, dialect_for
 
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")
@@ -128,8 +132,28 @@ def _build(mapping: dict[str, Any], user: SourceUser) -> dict[str, Any]:
     return out
 
 
+def _binary_in_mapping(user: SourceUser, mapping: dict[str, Any]) -> str | None:
+    """Why the entry cannot be built when the mapping reads a value that is binary data (left
+    out by the extraction: sending the rest would silently drop or clear it on the target)."""
+    if not user.binary:
+        return None
+    read = {name.lower(): name for name in mapped_attributes([mapping])}
+    found = [(read[name], size) for name, size in user.binary if name in read]
+    if not found:
+        return None
+    name, size = found[0]
+    more = f" ({len(found)} such values)" if len(found) > 1 else ""
+    return (
+        f"attribute {name} holds binary data (a value of {size:,} bytes that is not UTF-8 "
+        f"text){more}, which a SCIM string cannot carry; fix the entry or map a text attribute"
+    )
+
+
 def build_user(user: SourceUser, mapping: dict[str, Any]) -> DesiredUser:
     """The desired SCIM user for one entry; raise ``ValueError`` when it cannot be built."""
+    binary = _binary_in_mapping(user, mapping)
+    if binary is not None:
+        raise ValueError(binary)
     attributes = _build(mapping, user)
     if not attributes.get("userName"):
         raise ValueError("no value for userName (check the entry and the userName mapping)")
@@ -137,6 +161,33 @@ def build_user(user: SourceUser, mapping: dict[str, Any]) -> DesiredUser:
     payload = {"schemas": [CORE_USER_SCHEMA, *extensions], **attributes}
     payload["active"] = not user.disabled
     return DesiredUser(user.source_id, user.dn, payload, user.disabled)
+
+
+def payload_bytes(value: Any) -> int:
+    """The size of a SCIM value as a JSON request body, in bytes (as ``requests`` sends it)."""
+    return len(json.dumps(value).encode())
+
+
+def oversize_reason(payload: dict[str, Any], limit: int) -> str | None:
+    """Why a user's payload is too big for a target (``max_user_bytes``), or ``None``.
+
+    The reason names the size, the limit and the largest attribute, so the entry can be fixed.
+    """
+    size = payload_bytes(payload)
+    if size <= limit:
+        return None
+    parts: dict[str, Any] = {}
+    for key, value in payload.items():
+        if isinstance(value, dict):
+            separator = ":" if key.startswith("urn:") else "."
+            parts.update({f"{key}{separator}{sub}": v for sub, v in value.items()})
+        else:
+            parts[key] = value
+    largest = max(parts, key=lambda path: payload_bytes(parts[path]))
+    return (
+        f"the SCIM user is {size:,} bytes, over this target's max_user_bytes of {limit:,}: "
+        f"not sent (largest attribute: {largest}, {payload_bytes(parts[largest]):,} bytes)"
+    )
 
 
 def transform_batch(

@@ -47,6 +47,13 @@ class TestDefaults:
         assert target.mapping["userName"] == DEFAULT_USER_MAPPING["userName"]
         assert target.mapping["emails"][0].type == "work"  # the default is validated too
 
+    def test_max_user_bytes(self) -> None:
+        """A target sends users of up to 1 MiB unless told otherwise; a tiny limit is refused."""
+        assert parse_config(minimal()).targets[0].max_user_bytes == 1_048_576
+        assert parse_config(minimal(max_user_bytes=4096)).targets[0].max_user_bytes == 4096
+        with pytest.raises(ConfigError, match=r"targets\[0\]\.max_user_bytes: .*1024"):
+            parse_config(minimal(max_user_bytes=10))
+
 
 class TestErrors:
     def test_unknown_key_is_named(self) -> None:

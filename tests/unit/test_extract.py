@@ -66,12 +66,22 @@ class TestAccountStatus:
         assert isinstance(result, tuple) and "unreadable" in result[1]
 
 
-def test_values_that_are_not_utf8_are_dropped_with_a_warning() -> None:
+def test_values_that_are_not_utf8_are_set_aside_with_a_warning() -> None:
+    """A binary value is left out of the text values, named with its size (a mapping that
+    reads it rejects the entry: tests/unit/test_transform.py)."""
     user = entry_to_user(
-        source().source, "uid=a", {"entryUUID": [b"id"], "cn": [b"ok", b"\xff\xfe"]}
+        source().source,
+        "uid=a",
+        {"entryUUID": [b"id"], "cn": [b"ok", b"\xff\xfe"], "jpegPhoto": [b"\xff\xd8" * 600]},
     )
     assert user.attributes["cn"] == ["ok"]
-    assert user.warnings == ("attribute cn: a value is not UTF-8 text and was ignored",)
+    assert user.attributes["jpegphoto"] == []
+    assert user.binary == (("cn", 2), ("jpegphoto", 1200))
+    assert user.warnings == (
+        "attribute cn: a value of 2 bytes is not UTF-8 text (binary data) and was left out",
+        "attribute jpegphoto: a value of 1,200 bytes is not UTF-8 text (binary data) "
+        "and was left out",
+    )
 
 
 def test_mapped_attributes_reads_only_what_the_mappings_use() -> None:

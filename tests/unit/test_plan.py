@@ -148,3 +148,23 @@ def test_duplicate_user_names_are_rejected_not_merged() -> None:
     assert "duplicate userName 'BOB'" in plan.rejected[0].reason
     plan = plan_users(target(), [bob, other_bob], [], {})
     assert plan.actions == [] and len(plan.rejected) == 2
+
+
+def test_a_user_over_max_user_bytes_is_rejected_not_sent() -> None:
+    """Too big to create or update: rejected with its size, never deprovisioned for it; a
+    provisioned user that did not change is not re-checked (nothing would be sent)."""
+    small, big = "x" * 10, "x" * 3000
+    ada, bob = desired("1", "ada", title=big), desired("2", "bob")
+    state = {"2": record(bob), "3": record(desired("3", "cy", title=big))}
+    plan = plan_users(
+        target(max_user_bytes=2048),
+        [ada, desired("2", "bob", title=big), desired("3", "cy", title=big)],
+        [],
+        state,
+    )
+    assert plan.actions == []
+    assert [r.dn for r in plan.rejected] == ["uid=ada", "uid=bob"]
+    assert "over this target's max_user_bytes of 2,048" in plan.rejected[0].reason
+    assert plan.unchanged == 1  # cy
+    plan = plan_users(target(max_user_bytes=2048), [desired("1", "ada", title=small)], [], {})
+    assert kinds(plan) == {"ada": "create"}

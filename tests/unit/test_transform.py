@@ -1,15 +1,24 @@
 """Directory entries become SCIM users by the mapping."""
 
+import json
+
 import pytest
 
 from tasks.config import (
     CORE_USER_SCHEMA,
     DEFAULT_USER_MAPPING,
     ENTERPRISE_USER_SCHEMA,
+    MultiValuedRule,
     parse_config,
 )
 from tasks.extract import SourceUser
-from tasks.transform import build_user, content_hash, transform_batch
+from tasks.transform import (
+    build_user,
+    content_hash,
+    oversize_reason,
+    payload_bytes,
+    transform_batch,
+)
 
 MAPPING = (
     parse_config(
@@ -117,3 +126,52 @@ def test_content_hash_ignores_key_order() -> None:
 def test_blank_values_count_as_missing(value: str) -> None:
     p = build_user(user(uid=["ada"], title=[value]), MAPPING).payload
     assert "title" not in p
+
+
+PHOTO_MAPPING = {**MAPPING, "photos": [MultiValuedRule(value="jpegPhoto", type="photo")]}
+
+
+class TestBinaryValues:
+    """A value that is not UTF-8 text (binary data) in an attribute the mapping reads."""
+
+    def test_entry_is_rejected_naming_the_attribute_and_size(self) -> None:
+        source = SourceUser(
+            "id-1", "uid=ada,dc=x", {"uid": ["ada"], "jpegphoto": []}, binary=(("jpegphoto", 5),)
+        )
+        desired, rejected = transform_batch([source, user(uid=["bob"])], PHOTO_MAPPING)
+        assert [d.user_name for d in desired] == ["bob"]
+        assert rejected[0].dn == "uid=ada,dc=x"
+        assert rejected[0].reason == (
+            "attribute jpegPhoto holds binary data (a value of 5 bytes that is not UTF-8 text), "
+            "which a SCIM string cannot carry; fix the entry or map a text attribute"
+        )
+
+    def test_in_a_template_too(self) -> None:
+        source = SourceUser("id-1", "uid=a", {"uid": ["a"], "sn": []}, binary=(("sn", 3),))
+        with pytest.raises(ValueError, match="attribute sn holds binary data"):
+            build_user(source, MAPPING)  # name.formatted is "{givenName} {sn}"
+
+    def test_binary_value_of_an_unmapped_attribute_does_not_matter(self) -> None:
+        """Read for another target (or the account status), it is no reason to reject."""
+        source = SourceUser("id-1", "uid=a", {"uid": ["a"]}, binary=(("jpegphoto", 9),))
+        assert build_user(source, MAPPING).user_name == "a"
+
+    def test_text_in_an_octet_string_attribute_is_sent(self) -> None:
+        p = build_user(user(uid=["a"], jpegPhoto=["https://x/a.jpg"]), PHOTO_MAPPING).payload
+        assert p["photos"] == [{"value": "https://x/a.jpg", "type": "photo"}]
+
+
+def test_oversize_reason_names_the_size_the_limit_and_the_largest_attribute() -> None:
+    payload = build_user(user(uid=["ada"], employeeType=["x" * 5000]), MAPPING).payload
+    size = payload_bytes(payload)
+    assert size == len(json.dumps(payload).encode()) and size > 5000
+    assert oversize_reason(payload, size) is None
+    assert oversize_reason(payload, 4096) == (
+        f"the SCIM user is {size:,} bytes, over this target's max_user_bytes of 4,096: "
+        "not sent (largest attribute: urn:example:custom:2.0:User:costCenter, 5,002 bytes)"
+    )
+
+
+def test_payload_bytes_counts_non_ascii_as_sent() -> None:
+    """requests escapes non-ASCII characters: "ë" is 6 bytes on the wire."""
+    assert payload_bytes({"a": "ë"}) == len('{"a": "\\u00eb"}')
