@@ -3,6 +3,7 @@
     scim-provisioner sync --config FILE [--target NAME]     users (and groups, if configured)
     scim-provisioner groups --config FILE [--target NAME]   groups and memberships only
     scim-provisioner plan --config FILE [--target NAME]     what a sync would do
+    scim-provisioner reconcile --config FILE [--dry-run]   compare with the target; repair
     scim-provisioner audit --config FILE [--user WHO] [--since 24h] ...   the audit log
 
 Exit codes: 0 everything in step; 1 some users or groups failed or entries were rejected;
@@ -45,12 +46,26 @@ def _parser() -> argparse.ArgumentParser:
         ("groups", "run the sync_group_memberships flow (through Prefect): groups only"),
         ("plan", "print what a sync would do; writes nothing, contacts no target"),
         ("audit", "search the audit log: one entry per write attempted, newest first"),
+        (
+            "reconcile",
+            "run the reconcile flow (through Prefect): compare the directory, the state store "
+            "and the target, report every difference and repair them",
+        ),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
         sub.add_argument("--target", metavar="NAME", help="only this target (default: all)")
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
-        if name == "sync":
+        if name == "reconcile":
+            sub.add_argument(
+                "--dry-run", action="store_true", help="report the differences; change nothing"
+            )
+            sub.add_argument(
+                "--report-dir",
+                metavar="DIR",
+                help="where the CSV of every difference goes (default: reports/ by the config)",
+            )
+        if name in ("sync", "reconcile"):
             sub.add_argument(
                 "--allow-mass-deprovisioning",
                 action="store_true",
@@ -82,6 +97,27 @@ def since(text: str) -> datetime:
             f"{text!r} is neither a duration like 24h / 7d / 30m nor an ISO date"
         ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def print_reconciliation(summary: dict[str, Any], console: Console) -> None:
+    """Objects per class and target, where the CSV is, then the repair's summary."""
+    for result in summary["reconciliation"]:
+        table = Table(title=f"reconciliation of {result['target']}")
+        for column in ("object", "class", "count"):
+            table.add_column(column, justify="right" if column == "count" else "left")
+        for what, by_kind in result["counts"].items():
+            for kind, count in by_kind.items():
+                style = "" if kind == "in step" or not count else "[yellow]"
+                table.add_row(what, f"{style}{kind}", str(count))
+        console.print(table)
+        console.print(f"every difference: {result['report_file']}")
+        for what, counts in result.get("would", {}).items():
+            planned = ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
+            console.print(f"a repair would do ({what}): {planned or 'nothing'}")
+    if summary["targets"]:
+        print_summary(summary, console)
+    else:
+        console.print(summary["headline"])
 
 
 def print_audit(rows: list[AuditRow], console: Console) -> None:
@@ -234,7 +270,18 @@ def _plan_json(plans: list[TargetPlans]) -> list[dict[str, Any]]:
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the command's flow through Prefect and return its summary."""
-    if args.command == "groups":
+    if args.command == "reconcile":
+        from flows.reconcile import reconcile
+
+        state = reconcile(
+            config_path=args.config,
+            target=args.target,
+            dry_run=args.dry_run,
+            allow_mass_deprovisioning=args.allow_mass_deprovisioning,
+            report_dir=args.report_dir,
+            return_state=True,
+        )
+    elif args.command == "groups":
         from flows.sync_group_memberships import sync_group_memberships
 
         state = sync_group_memberships(
@@ -305,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     if args.json:
         print(json.dumps(summary, indent=2))
+    elif args.command == "reconcile":
+        print_reconciliation(summary, console)
     else:
         print_summary(summary, console)
     return EXIT_FAILURES if problems(summary) else EXIT_OK

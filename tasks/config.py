@@ -358,6 +358,11 @@ class TargetConfig(_Model):
     deprovision_users: bool = True
     remove_action: Literal["disable", "delete"] = "disable"
     provision_disabled_users: bool = False
+    deprovision_unmanaged: bool = Field(
+        False,
+        description="Reconciliation disables/deletes (remove_action) target users that no "
+        "directory entry accounts for; off: they are reported and left alone.",
+    )
     deprovision_guard: DeprovisionGuard = DeprovisionGuard()
     sync_groups: bool = Field(True, description="Provision groups (when the source has groups).")
     create_groups: bool = True

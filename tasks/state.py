@@ -298,6 +298,53 @@ class StateStore:
         ]
         self._replace(provisioned_groups, target, rows, removals, audit or [])
 
+    def rebuild(
+        self, target: str, users: list[StateRecord], groups: list[GroupRecord] | None
+    ) -> None:
+        """Replace everything the store holds for ``target`` (users, and groups unless
+        ``None``) by records rebuilt from the target's truth, in one transaction."""
+        self._check_writable()
+        now = datetime.now(UTC)
+        user_rows = [
+            {
+                "target": target,
+                "source_id": r.source_id,
+                "scim_id": r.scim_id,
+                "user_name": r.user_name,
+                "content_hash": r.content_hash,
+                "payload": json.dumps(r.payload, sort_keys=True),
+                "status": r.status,
+                "version": r.version,
+                "updated_at": now,
+            }
+            for r in users
+        ]
+        with self.engine.begin() as conn:
+            t = provisioned_users
+            conn.execute(sa.delete(t).where(t.c.target == target))
+            if user_rows:
+                conn.execute(sa.insert(t), user_rows)
+            if groups is None:
+                return
+            g = provisioned_groups
+            conn.execute(sa.delete(g).where(g.c.target == target))
+            if groups:
+                conn.execute(
+                    sa.insert(g),
+                    [
+                        {
+                            "target": target,
+                            "source_id": r.source_id,
+                            "scim_id": r.scim_id,
+                            "display_name": r.display_name,
+                            "members": json.dumps(sorted(r.members)),
+                            "foreign_members": json.dumps(sorted(r.foreign)),
+                            "updated_at": now,
+                        }
+                        for r in groups
+                    ],
+                )
+
     def audit(self, target: str, entries: list[AuditEntry]) -> None:
         """Append to the audit log (for attempts that changed no state: failures)."""
         self._replace(provisioned_users, target, [], [], entries)

@@ -23,4 +23,4 @@ def test_deployments_point_at_real_flows_with_fitting_parameters() -> None:
         assert set(deployment["parameters"]) <= set(accepted), deployment["name"]
         assert deployment["schedules"] and deployment["work_pool"]["name"] == "scim-provisioner"
         assert deployment["concurrency_limit"]["limit"] == 1
-    assert set(flows) == {"provision_users", "sync_group_memberships"}
+    assert set(flows) == {"provision_users", "sync_group_memberships", "reconcile"}
