@@ -55,13 +55,40 @@ class Extraction:
     """(dn, reason) of entries that cannot be tracked."""
 
 
+_DN_SPECIAL = frozenset('\\,+"<>;=#')
+
+
+def _dn_value(raw: str) -> str:
+    """An RDN value with its escapes decoded (``\\2B`` and ``\\+`` are both ``+``; hex pairs
+    are UTF-8 bytes), then escaped again one canonical way, lowercased."""
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        char = raw[i]
+        if char == "\\" and i + 1 < len(raw):
+            pair = raw[i + 1 : i + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                out.append(int(pair, 16))
+                i += 3
+            else:
+                out += raw[i + 1].encode()
+                i += 2
+            continue
+        out += char.encode()
+        i += 1
+    text = out.decode("utf-8", errors="surrogateescape").strip()
+    return "".join("\\" + c if c in _DN_SPECIAL else c for c in text).lower()
+
+
 def normalize_dn(dn: str) -> str:
-    """A DN in a form that compares equal for equal DNs (case and spacing ignored)."""
+    """A DN in a form that compares equal for equal DNs: case, spacing and the way special
+    characters are escaped (``\\2C`` or ``\\,``) do not matter; multi-valued RDNs keep ``+``."""
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except LDAPInvalidDnError:
         return dn.strip().lower()
-    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parts)
+    rdns = [f"{attr.strip().lower()}={_dn_value(value)}{sep}" for attr, value, sep in parts]
+    return "".join(rdns).rstrip(",+")
 
 
 def mapped_attributes(mappings: Iterable[dict[str, Any]]) -> set[str]:

@@ -89,3 +89,13 @@ def test_mapped_attributes_reads_only_what_the_mappings_use() -> None:
     names = mapped_attributes([config.targets[0].mapping])
     assert {"uid", "cn", "givenName", "sn", "mail", "telephoneNumber", "mobile"} <= names
     assert "$id" not in names
+
+
+def test_dn_comparison_ignores_how_special_characters_are_escaped() -> None:
+    from tasks.extract import normalize_dn
+
+    hex_escaped = r"UID=O\2BBrien\2CJR\22ZO\C3\AB, ou=People,dc=example,dc=org"
+    char_escaped = r"uid=o\+brien\,jr\"zoë,ou=people,dc=example,dc=org"
+    assert normalize_dn(hex_escaped) == normalize_dn(char_escaped)
+    assert normalize_dn(r"cn=a+uid=b,dc=x") != normalize_dn(r"cn=a\+uid=b,dc=x")
+    assert normalize_dn(r"cn=a\,b,dc=x") != normalize_dn(r"cn=a,b=,dc=x")
