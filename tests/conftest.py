@@ -276,3 +276,28 @@ def sync(
     if code == 2:
         return code, err
     return code, json.loads(out)
+
+
+FAULT_REPORT = pytest.StashKey[list[dict[str, str]]]()
+
+
+@pytest.fixture
+def fault_report(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A row of the "faults injected" table printed at the end of the session (in CI's output
+    too, whatever pytest captures): fill in ``faults``, ``injected`` and ``outcome``."""
+    name = request.node.name.removeprefix("test_")
+    row = {"test": name, "faults": "", "injected": "", "outcome": "did not finish"}
+    request.config.stash.setdefault(FAULT_REPORT, []).append(row)
+    return row
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    rows = config.stash.get(FAULT_REPORT, [])
+    if not rows:
+        return
+    terminalreporter.write_sep("-", "faults injected")
+    for row in rows:
+        terminalreporter.write_line(
+            f"{row['test']}: faults {row['faults']} | injected {row['injected']} "
+            f"| outcome {row['outcome']}"
+        )

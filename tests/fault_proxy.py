@@ -4,8 +4,15 @@ Hand-written because no real component misbehaves on purpose. At seeded, configu
 answers a request itself with a 5xx, or a 429 (with or without ``Retry-After``), resets the
 connection before forwarding, or forwards the request and then *loses the response* (the write
 happened, the client never hears of it), or forwards it and answers with a truncated non-JSON
-body. Everything else is forwarded unchanged. The same seed replays the same faults for the
-same sequence of requests.
+body, or forwards it and then stalls past the client's timeout before answering (``slow``), or
+answers with a load balancer's HTML error page (``html``: a 502 without forwarding, or a 504
+after forwarding, as when the balancer gave up on an upstream that did the write). Everything
+else is forwarded unchanged. The same seed replays the same faults for the same sequence of
+requests.
+
+:meth:`FaultProxy.hold_after` freezes the target as seen from the client: after N more write
+requests every request is still forwarded but its answer never comes (for killing the
+provisioner while writes it never heard of are done).
 """
 
 from __future__ import annotations
@@ -20,21 +27,42 @@ from typing import Any
 
 import requests
 
-FAULTS = ("5xx", "429", "reset", "lost", "garbage")
+FAULTS = ("5xx", "429", "reset", "lost", "garbage", "slow", "html")
+
+BAD_GATEWAY = b"""<html>
+<head><title>502 Bad Gateway</title></head>
+<body>
+<center><h1>502 Bad Gateway</h1></center>
+<hr><center>nginx</center>
+</body>
+</html>
+"""
+GATEWAY_TIMEOUT = BAD_GATEWAY.replace(b"502 Bad Gateway", b"504 Gateway Time-out")
 
 
 class FaultProxy:
     """Forwards to ``upstream`` (``http://127.0.0.1:PORT``), injecting faults at ``rates``
-    (fault name → probability per request)."""
+    (fault name → probability per request). A ``slow`` answer comes after ``stall`` seconds
+    (set it above the client's timeout)."""
 
-    def __init__(self, upstream: str, *, rates: dict[str, float], seed: int = 7) -> None:
+    def __init__(
+        self, upstream: str, *, rates: dict[str, float], seed: int = 7, stall: float = 2.0
+    ) -> None:
         unknown = set(rates) - set(FAULTS)
         if unknown:
             raise ValueError(f"unknown faults: {sorted(unknown)}")
         self.upstream = upstream.rstrip("/")
         self.rates = rates
         self.random = random.Random(seed)
+        self.stall = stall
         self.injected: Counter[str] = Counter()
+        self.requests = 0
+        self.writes = 0
+        self._hold_at: int | None = None
+        self.holding = threading.Event()
+        """Set when the first answer is held back (see :meth:`hold_after`)."""
+        self._released = threading.Event()
+        self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._session = requests.Session()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -50,7 +78,33 @@ class FaultProxy:
     def start(self) -> None:
         self.thread.start()
 
+    def hold_after(self, writes: int) -> None:
+        """After ``writes`` more write requests (POST, PUT, PATCH, DELETE), forward every
+        request but hold its answer back until :meth:`release`: the target does the work, the
+        client never hears of it. :attr:`holding` is set when the first answer is held."""
+        with self._lock:
+            self._hold_at = self.writes + writes
+            self._released.clear()
+
+    def release(self) -> None:
+        """Stop holding answers back; the held ones are sent (to whoever still listens)."""
+        with self._lock:
+            self._hold_at = None
+        self._released.set()
+
+    def _must_hold(self, method: str) -> bool:
+        with self._lock:
+            self.requests += 1
+            hold = self._hold_at is not None and self.writes >= self._hold_at
+            if method != "GET":
+                self.writes += 1
+        if hold:
+            self.holding.set()
+        return hold
+
     def stop(self) -> None:
+        self._released.set()
+        self._stopped.set()
         self.server.shutdown()
         self.server.server_close()
         self._session.close()
@@ -104,6 +158,11 @@ class FaultProxy:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if proxy._must_hold(self.command):
+                    response = proxy._forward(self, body)
+                    proxy._released.wait()
+                    self._relay(response)
+                    return
                 fault = proxy._pick(self.path)
                 if fault == "5xx":
                     self._reply(503, {"Content-Type": "text/html"}, b"<html>busy</html>")
@@ -116,7 +175,15 @@ class FaultProxy:
                 if fault == "reset":
                     self._drop()
                     return
+                if fault == "html" and proxy.random.random() < 0.5:
+                    self._reply(502, {"Content-Type": "text/html"}, BAD_GATEWAY)
+                    return
                 response = proxy._forward(self, body)
+                if fault == "html":
+                    self._reply(504, {"Content-Type": "text/html; charset=utf-8"}, GATEWAY_TIMEOUT)
+                    return
+                if fault == "slow":
+                    proxy._stopped.wait(proxy.stall)  # the client gave up meanwhile
                 if fault == "lost":
                     self._drop()
                     return
@@ -124,9 +191,15 @@ class FaultProxy:
                     status = 200 if response.status_code == 204 else response.status_code
                     self._reply(status, {"Content-Type": "application/json"}, b'{"Resou')
                     return
+                self._relay(response)
+
+            def _relay(self, response: requests.Response) -> None:
                 keep = ("Content-Type", "Location", "ETag")
                 headers = {k: response.headers[k] for k in keep if k in response.headers}
-                self._reply(response.status_code, headers, response.content)
+                try:
+                    self._reply(response.status_code, headers, response.content)
+                except OSError:  # the client hung up (timed out, or was killed)
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
