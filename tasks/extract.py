@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -154,7 +155,8 @@ def connect(source: LdapSource) -> ldap3.Connection:
         user=source.bind_dn,
         password=password,
         auto_bind=ldap3.AUTO_BIND_NONE,
-        receive_timeout=source.receive_timeout,
+        # whole seconds: on Linux ldap3 packs the value into SO_RCVTIMEO as an integer
+        receive_timeout=math.ceil(source.receive_timeout),
         raise_exceptions=True,
         read_only=True,
         auto_referrals=False,
@@ -280,8 +282,13 @@ def paged_entries(
                 yield item["dn"], item["raw_attributes"]
     except ldap_exc.LDAPNoSuchObjectResult:
         raise SourceError(f"base DN {base_dn!r} does not exist") from None
-    except ldap_exc.LDAPCommunicationError as exc:
-        raise _communication_error(source.url, exc) from None
+    except (ldap_exc.LDAPCommunicationError, ldap_exc.LDAPResponseTimeoutError) as exc:
+        # The connection was open, its TLS verified and bound: losing it now (a restart, a
+        # reset, a TLS record broken in transit, no answer in time) is the directory going
+        # away, never a TLS configuration problem, whatever words the TLS layer used.
+        raise SourceUnavailable(
+            f"LDAP server {source.url} went away during the search of {base_dn!r}: {exc}"
+        ) from None
     except ldap_exc.LDAPException as exc:
         raise SourceError(f"LDAP search of {base_dn!r} failed: {exc}") from None
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import requests
 
 from deployments.local_servers import Slapd
-from tests.conftest import BEARER_TOKEN, ScimServers, target_users, write_config
+from tests.conftest import BEARER_TOKEN, ScimServers, add_people, target_users, write_config
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
+
+PAGED_PEOPLE = 200
+CUT_AFTER_BYTES = 20_000  # after the TLS handshake, the bind and a few pages of 10 entries
 
 
 def test_retry_uses_the_cached_extract_and_creates_no_duplicate(
@@ -72,3 +78,48 @@ def test_directory_down_at_the_start_is_retried(
         restart.join()
     assert code == 0, summary
     assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+
+
+def test_directory_restarted_in_the_middle_of_a_paged_search_is_retried(
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+    fault_report: dict[str, str],
+) -> None:
+    """slapd restarts while the extract is reading the pages of its search (a proxy in front
+    of it restarts it after so many bytes): the dropped connection is an unreachable
+    directory, the extract task's retry reads everything again and every user is provisioned
+    exactly once."""
+    from tests.conftest import sync
+
+    add_people(directory, PAGED_PEOPLE)
+    scim = scim_servers.get("open")
+    proxy = TcpProxy(
+        ("127.0.0.1", directory.ldaps_port), after_bytes=CUT_AFTER_BYTES, action=directory.restart
+    )
+    fault_report["faults"] = f"slapd restarted after {CUT_AFTER_BYTES:,} bytes of its answers"
+    proxy.start()
+    try:
+        source = {
+            "url": f"ldaps://127.0.0.1:{proxy.port}",
+            "page_size": 10,
+            "receive_timeout": 10,
+        }
+        config = write_config(tmp_path / "c.yaml", directory, scim, source=source)
+        code, summary = sync(config, capsys)
+    finally:
+        proxy.stop()
+    fault_report["injected"] = (
+        f"restart after {proxy.fired_at} bytes, {proxy.connections} connections, "
+        f"{proxy.from_server:,} bytes in all"
+    )
+    assert code == 0, summary
+    assert proxy.fired_at is not None and proxy.connections == 2
+    # the search was cut well before its end: the second one read more than the first
+    assert proxy.from_server - proxy.fired_at > proxy.fired_at
+    users = requests.get(f"{scim.base_url}/Users", params={"count": "1000"}, timeout=30).json()
+    names = Counter(u["userName"] for u in users["Resources"])
+    assert max(names.values()) == 1
+    assert set(names) == {"ada", "bob", "dee", *(f"p{n:03d}" for n in range(PAGED_PEOPLE))}
+    fault_report["outcome"] = f"extract retried, run completed: {len(names)} users, each once"

@@ -1,9 +1,15 @@
 """Directory entries become source users: ids, account status, text values."""
 
 import uuid
+from collections.abc import Iterator
 
-from tasks.config import parse_config
-from tasks.extract import entry_to_user, mapped_attributes
+import ldap3
+import pytest
+from ldap3.core import exceptions as ldap_exc
+
+from tasks.config import TlsMode, parse_config
+from tasks.errors import SourceUnavailable
+from tasks.extract import connect, entry_to_user, mapped_attributes, paged_entries
 
 
 def source(directory_type: str = "openldap", **status: object):
@@ -99,3 +105,59 @@ def test_dn_comparison_ignores_how_special_characters_are_escaped() -> None:
     assert normalize_dn(hex_escaped) == normalize_dn(char_escaped)
     assert normalize_dn(r"cn=a+uid=b,dc=x") != normalize_dn(r"cn=a\+uid=b,dc=x")
     assert normalize_dn(r"cn=a\,b,dc=x") != normalize_dn(r"cn=a,b=,dc=x")
+
+
+class DroppingConnection:
+    """Stands in for an ldap3 connection whose paged search yields a page, then fails."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.extend = self
+        self.standard = self
+
+    def paged_search(self, *args: object, **kwargs: object) -> Iterator[dict[str, object]]:
+        yield {"type": "searchResEntry", "dn": "uid=a,dc=x", "raw_attributes": {}}
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ldap_exc.LDAPSessionTerminatedByServerError("session terminated by server"),
+        # a TLS record broken in transit: the TLS layer's words, but not a TLS config problem
+        ldap_exc.LDAPSocketReceiveError(
+            "error receiving data: [SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption "
+            "failed or bad record mac (_ssl.c:2580)"
+        ),
+        ldap_exc.LDAPSocketSendError("socket sending error[Errno 32] Broken pipe"),
+        ldap_exc.LDAPResponseTimeoutError("no response from server"),
+    ],
+)
+def test_a_connection_lost_in_the_middle_of_a_search_is_retryable(error: Exception) -> None:
+    """After the connection was opened, verified and bound, losing it is the directory going
+    away (retried), never a TLS or search failure (the run would stop)."""
+    entries = paged_entries(
+        DroppingConnection(error), source().source, "dc=x", "(uid=*)", "subtree", ["uid"]
+    )
+    assert next(entries)[0] == "uid=a,dc=x"
+    with pytest.raises(SourceUnavailable, match="went away during the search of 'dc=x'"):
+        next(entries)
+
+
+def test_a_fractional_receive_timeout_reaches_ldap3_in_whole_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ldap3 packs receive_timeout into SO_RCVTIMEO as an integer on Linux: a float (as
+    pydantic makes of ``receive_timeout: 30``) would fail every connection."""
+    seen: dict[str, object] = {}
+
+    class Connection:
+        def __init__(self, server: object, **kwargs: object) -> None:
+            seen.update(kwargs)
+            raise ldap_exc.LDAPSocketOpenError("stop here")
+
+    monkeypatch.setattr(ldap3, "Connection", Connection)
+    config = source().source.model_copy(update={"receive_timeout": 2.5, "tls": TlsMode.none})
+    with pytest.raises(ldap_exc.LDAPSocketOpenError):
+        connect(config)
+    assert seen["receive_timeout"] == 3 and isinstance(seen["receive_timeout"], int)
