@@ -32,8 +32,6 @@ from tasks.groups import DesiredGroup, GroupExtraction, extract_groups, plan_gro
 from tasks.load import LIST_PAGE_SIZE
 from tasks.plan import plan_users
 from tasks.reconcile import (
-    GROUP_CLASSES,
-    USER_CLASSES,
     Difference,
     GroupReconciliation,
     TargetGroup,
@@ -327,6 +325,3 @@ def reconcile(
         publish(summary, "reconcile-repair")
     get_run_logger().info("summary: %s", summary["headline"])
     return final_state(summary)
-
-
-__all__ = ["GROUP_CLASSES", "USER_CLASSES", "reconcile"]

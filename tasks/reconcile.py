@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 
 from tasks.config import MultiValuedRule, TargetConfig
+from tasks.extract import normalize_dn
 from tasks.groups import DesiredGroup, display_name
 from tasks.load import _lookup_value
 from tasks.plan import resolve_references
 from tasks.scim.dialect import Scim20
-from tasks.state import GroupRecord, StateRecord
+from tasks.state import GroupRecord, StateRecord, Status
 from tasks.transform import DesiredUser, content_hash
 
 Shape = dict[str, Any]
@@ -162,24 +163,40 @@ class Difference:
 
 
 @dataclass(slots=True)
-class UserReconciliation:
-    """The users of one target: differences, and the truth to plan from."""
+class Findings:
+    """Objects counted per class of difference, and a report row per difference."""
 
-    truth: dict[str, StateRecord] = field(default_factory=dict)
+    OBJECT: ClassVar[str] = ""
+    CLASSES: ClassVar[tuple[str, ...]] = ()
     differences: list[Difference] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(USER_CLASSES, 0))
-    to_read: dict[str, str] = field(default_factory=dict)
-    """SCIM id → source id of linked users whose actual values must be read (drifted, or to
-    be deprovisioned): the truth records of these get their payload from that read."""
-    desired: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """SCIM id → desired payload of the users whose attributes drifted (for the report)."""
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.counts = dict.fromkeys(self.CLASSES, 0)
 
     def note(
         self, kind: str, name: str, source_id: str = "", scim_id: str = "", detail: str = ""
-    ) -> None:
+    ) -> Difference:
+        """Count one object in ``kind``; unless it is in step, add (and return) its row."""
         self.counts[kind] += 1
+        row = Difference(self.OBJECT, kind, name, source_id, scim_id, detail)
         if kind != "in step":
-            self.differences.append(Difference("user", kind, name, source_id, scim_id, detail))
+            self.differences.append(row)
+        return row
+
+
+@dataclass(slots=True)
+class UserReconciliation(Findings):
+    """The users of one target: differences, and the truth to plan from."""
+
+    OBJECT: ClassVar[str] = "user"
+    CLASSES: ClassVar[tuple[str, ...]] = USER_CLASSES
+    truth: dict[str, StateRecord] = field(default_factory=dict)
+    to_read: dict[str, str] = field(default_factory=dict)
+    """SCIM id → source id of linked users whose actual values must be read (drifted, or to
+    be deprovisioned): the truth records of these get their payload from that read."""
+    drifted: dict[str, tuple[dict[str, Any], Difference]] = field(default_factory=dict)
+    """SCIM id → (desired payload, report row) of the users whose attributes drifted."""
 
     def read(self, actual: dict[str, Any], shape: Shape) -> None:
         """Put a user read from the target into the truth, and name what drifted."""
@@ -188,12 +205,21 @@ class UserReconciliation:
         if source_id is None:
             return
         self.truth[source_id] = with_actual(self.truth[source_id], actual, shape)
-        desired = self.desired.get(scim_id)
-        if desired is not None:
+        if scim_id in self.drifted:
+            desired, row = self.drifted[scim_id]
             names = ", ".join(drifted_attributes(actual, desired, shape))
-            for row in self.differences:
-                if row.scim_id == scim_id and row.kind == "attributes drifted":
-                    row.detail = f"differs on the target: {names}"
+            row.detail = f"differs on the target: {names}"
+
+
+def _status(active: bool) -> Status:
+    return "active" if active else "disabled"
+
+
+def _to_be_read(source_id: str, listed: TargetUser, user_name: str | None = None) -> StateRecord:
+    """A truth record for a user whose values are still to be read from the target
+    (:meth:`UserReconciliation.read` completes it)."""
+    name = user_name or listed.user_name
+    return StateRecord(source_id, listed.scim_id, name, "", {}, _status(listed.active))
 
 
 def _frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
@@ -294,8 +320,6 @@ def reconcile_users(
     desired: list[DesiredUser],
     state: dict[str, StateRecord],
     listed: list[TargetUser],
-    *,
-    scim_id_of_dn: dict[str, str] | None = None,
 ) -> UserReconciliation:
     """Classify every user and build the truth (state records of what the target holds).
 
@@ -303,18 +327,14 @@ def reconcile_users(
     alone); those that drifted or must be deprovisioned are listed in ``to_read``: the flow
     reads them and calls :func:`with_actual` so the plan diffs against the target's values.
     """
-    from tasks.extract import normalize_dn
-
     shape = managed_shape(target.mapping)
     links, how, unmanaged, duplicates = link_users(target, dialect, desired, state, listed)
     by_id = {t.scim_id: t for t in listed}
     result = UserReconciliation()
     by_dn = {normalize_dn(u.dn): u.source_id for u in desired}
-    dn_ids = scim_id_of_dn or {}
 
     def scim_id_of(dn: str) -> str | None:
-        source_id = by_dn.get(dn)
-        return links.get(source_id, dn_ids.get(dn)) if source_id else dn_ids.get(dn)
+        return links.get(by_dn.get(dn, ""))
 
     seen: set[str] = set()
     for user in desired:
@@ -341,7 +361,6 @@ def reconcile_users(
                 f"; the state store had {record.scim_id}" if record is not None else ""
             )
             result.note("re-linked", name, user.source_id, scim_id, detail)
-        status = "active" if actual.active else "disabled"
         if actual.fingerprint == managed_hash(payload, shape):
             result.truth[user.source_id] = StateRecord(
                 user.source_id,
@@ -349,45 +368,27 @@ def reconcile_users(
                 name,
                 content_hash(payload),
                 payload,
-                status,  # type: ignore[arg-type]
+                _status(actual.active),
             )
             if how[user.source_id] == "state":
                 result.note("in step", name, user.source_id, scim_id)
             continue
+        result.truth[user.source_id] = _to_be_read(user.source_id, actual, name)
         if user.disabled and not target.provision_disabled_users and not actual.active:
-            result.truth[user.source_id] = StateRecord(
-                user.source_id, scim_id, name, "", {}, "disabled"
-            )  # disabled on both sides: nothing to do
-            continue
-        result.note("attributes drifted", name, user.source_id, scim_id)
-        result.desired[scim_id] = payload
+            continue  # disabled on both sides: nothing to do, nothing to read
+        row = result.note("attributes drifted", name, user.source_id, scim_id)
+        result.drifted[scim_id] = (payload, row)
         result.to_read[scim_id] = user.source_id
-        result.truth[user.source_id] = StateRecord(
-            user.source_id,
-            scim_id,
-            name,
-            "",
-            {},
-            status,  # type: ignore[arg-type]
-        )
     for source_id, scim_id in links.items():
         if source_id in seen:
             continue
         actual = by_id[scim_id]  # a leaver still on the target: the plan deprovisions it
-        status = "active" if actual.active else "disabled"
         if how[source_id] != "state":
             result.note(
                 "re-linked", actual.user_name, source_id, scim_id, f"found by {how[source_id]}"
             )
         result.to_read[scim_id] = source_id
-        result.truth[source_id] = StateRecord(
-            source_id,
-            scim_id,
-            actual.user_name,
-            "",
-            {},
-            status,  # type: ignore[arg-type]
-        )
+        result.truth[source_id] = _to_be_read(source_id, actual)
     for copy, source_id in duplicates:
         result.note(
             "duplicate on the target",
@@ -402,15 +403,7 @@ def reconcile_users(
             detail = f"not ours; {target.remove_action} (deprovision_unmanaged is on)"
             key = f"unmanaged:{other.scim_id}"
             result.to_read[other.scim_id] = key
-            status = "active" if other.active else "disabled"
-            result.truth[key] = StateRecord(
-                key,
-                other.scim_id,
-                other.user_name,
-                "",
-                {},
-                status,  # type: ignore[arg-type]
-            )
+            result.truth[key] = _to_be_read(key, other)
         result.note("unmanaged", other.user_name, "", other.scim_id, detail)
     return result
 
@@ -427,7 +420,7 @@ def with_actual(record: StateRecord, actual: dict[str, Any], shape: Shape) -> St
         str(actual.get("userName") or record.user_name),
         content_hash(payload),
         payload,
-        "active" if actual.get("active", True) is not False else "disabled",
+        _status(actual.get("active", True) is not False),
     )
 
 
@@ -443,17 +436,12 @@ class TargetGroup:
 
 
 @dataclass(slots=True)
-class GroupReconciliation:
-    truth: dict[str, GroupRecord] = field(default_factory=dict)
-    differences: list[Difference] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(GROUP_CLASSES, 0))
+class GroupReconciliation(Findings):
+    """The groups of one target: differences, and the truth to plan from."""
 
-    def note(
-        self, kind: str, name: str, source_id: str = "", scim_id: str = "", detail: str = ""
-    ) -> None:
-        self.counts[kind] += 1
-        if kind != "in step":
-            self.differences.append(Difference("group", kind, name, source_id, scim_id, detail))
+    OBJECT: ClassVar[str] = "group"
+    CLASSES: ClassVar[tuple[str, ...]] = GROUP_CLASSES
+    truth: dict[str, GroupRecord] = field(default_factory=dict)
 
 
 def reconcile_groups(
@@ -545,8 +533,3 @@ def reconcile_groups(
     for other in free.values():
         result.note("unmanaged", other.display_name, "", other.scim_id, "not ours; left alone")
     return result
-
-
-def chunked(items: list[Any], size: int) -> Iterator[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
