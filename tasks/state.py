@@ -128,6 +128,30 @@ class AuditQuery:
     limit: int = 100
 
 
+def _user_row(record: StateRecord) -> dict[str, Any]:
+    """A ``provisioned_users`` row, without its target and time."""
+    return {
+        "source_id": record.source_id,
+        "scim_id": record.scim_id,
+        "user_name": record.user_name,
+        "content_hash": record.content_hash,
+        "payload": json.dumps(record.payload, sort_keys=True),
+        "status": record.status,
+        "version": record.version,
+    }
+
+
+def _group_row(record: GroupRecord) -> dict[str, Any]:
+    """A ``provisioned_groups`` row, without its target and time."""
+    return {
+        "source_id": record.source_id,
+        "scim_id": record.scim_id,
+        "display_name": record.display_name,
+        "members": json.dumps(sorted(record.members)),
+        "foreign_members": json.dumps(sorted(record.foreign)),
+    }
+
+
 def _delete_one(table: sa.Table) -> sa.Delete:
     return sa.delete(table).where(
         (table.c.target == sa.bindparam("k_target"))
@@ -244,18 +268,7 @@ class StateStore:
         """Record confirmed user writes in one transaction: ``saves`` replace, ``removals``
         forget, ``audit`` is appended to the audit log. Call only with writes the target
         confirmed (failed ones belong in ``audit`` only)."""
-        rows = [
-            {
-                "source_id": r.source_id,
-                "scim_id": r.scim_id,
-                "user_name": r.user_name,
-                "content_hash": r.content_hash,
-                "payload": json.dumps(r.payload, sort_keys=True),
-                "status": r.status,
-                "version": r.version,
-            }
-            for r in saves
-        ]
+        rows = [_user_row(r) for r in saves]
         self._replace(provisioned_users, target, rows, removals, audit or [])
 
     def groups(self, target: str) -> dict[str, GroupRecord]:
@@ -286,16 +299,7 @@ class StateStore:
         audit: list[AuditEntry] | None = None,
     ) -> None:
         """Record confirmed group writes in one transaction, as :meth:`apply` does for users."""
-        rows = [
-            {
-                "source_id": g.source_id,
-                "scim_id": g.scim_id,
-                "display_name": g.display_name,
-                "members": json.dumps(sorted(g.members)),
-                "foreign_members": json.dumps(sorted(g.foreign)),
-            }
-            for g in saves
-        ]
+        rows = [_group_row(g) for g in saves]
         self._replace(provisioned_groups, target, rows, removals, audit or [])
 
     def rebuild(
@@ -304,46 +308,15 @@ class StateStore:
         """Replace everything the store holds for ``target`` (users, and groups unless
         ``None``) by records rebuilt from the target's truth, in one transaction."""
         self._check_writable()
-        now = datetime.now(UTC)
-        user_rows = [
-            {
-                "target": target,
-                "source_id": r.source_id,
-                "scim_id": r.scim_id,
-                "user_name": r.user_name,
-                "content_hash": r.content_hash,
-                "payload": json.dumps(r.payload, sort_keys=True),
-                "status": r.status,
-                "version": r.version,
-                "updated_at": now,
-            }
-            for r in users
-        ]
+        stamp = {"target": target, "updated_at": datetime.now(UTC)}
         with self.engine.begin() as conn:
-            t = provisioned_users
-            conn.execute(sa.delete(t).where(t.c.target == target))
-            if user_rows:
-                conn.execute(sa.insert(t), user_rows)
-            if groups is None:
-                return
-            g = provisioned_groups
-            conn.execute(sa.delete(g).where(g.c.target == target))
-            if groups:
-                conn.execute(
-                    sa.insert(g),
-                    [
-                        {
-                            "target": target,
-                            "source_id": r.source_id,
-                            "scim_id": r.scim_id,
-                            "display_name": r.display_name,
-                            "members": json.dumps(sorted(r.members)),
-                            "foreign_members": json.dumps(sorted(r.foreign)),
-                            "updated_at": now,
-                        }
-                        for r in groups
-                    ],
-                )
+            tables = [(provisioned_users, [_user_row(r) for r in users])]
+            if groups is not None:
+                tables.append((provisioned_groups, [_group_row(g) for g in groups]))
+            for table, rows in tables:
+                conn.execute(sa.delete(table).where(table.c.target == target))
+                if rows:
+                    conn.execute(sa.insert(table), [{**row, **stamp} for row in rows])
 
     def audit(self, target: str, entries: list[AuditEntry]) -> None:
         """Append to the audit log (for attempts that changed no state: failures)."""
