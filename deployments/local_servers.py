@@ -125,7 +125,7 @@ def _command(*words: str | Path, options: Mapping[str, str | Path]) -> list[str]
     return [str(word) for word in (*words, *pairs)]
 
 
-def _log_tail(log_path: Path) -> str:
+def log_tail(log_path: Path) -> str:
     """Return the last lines of a log file, or a note when it is empty."""
     if not log_path.exists():
         return "(no log)"
@@ -134,7 +134,7 @@ def _log_tail(log_path: Path) -> str:
 
 
 @dataclass
-class _Child:
+class Child:
     """A server running as a child process in its own process group, its output in a log file."""
 
     name: str
@@ -151,7 +151,7 @@ class _Child:
         *,
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
-    ) -> _Child:
+    ) -> Child:
         """Start a server, its output appended to a log file."""
         log = log_path.open("ab")
         try:
@@ -184,13 +184,13 @@ class _Child:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with status {self.process.returncode}:\n"
-                    f"{_log_tail(self.log_path)}"
+                    f"{log_tail(self.log_path)}"
                 )
             if ready():
                 return
             time.sleep(0.05)
         raise RuntimeError(
-            f"{self.name} did not answer within {START_TIMEOUT:.0f} s:\n{_log_tail(self.log_path)}"
+            f"{self.name} did not answer within {START_TIMEOUT:.0f} s:\n{log_tail(self.log_path)}"
         )
 
     def halt(self, stop_signal: signal.Signals) -> None:
@@ -537,7 +537,7 @@ class Slapd(_Stoppable):
         self._config_directory = workdir / "slapd.d"
         self._data_directory = workdir / "data"
         self._log_path = workdir / "slapd.log"
-        self._child: _Child | None = None
+        self._child: Child | None = None
 
     @property
     def admin_dn(self) -> str:
@@ -632,7 +632,7 @@ class Slapd(_Stoppable):
             "-d": "none",
         }
         command = _command(_tool("slapd"), options=options)
-        child = _Child.spawn("slapd", command, self._log_path)
+        child = Child.spawn("slapd", command, self._log_path)
         child.wait_until_ready(self._answers)
         self._child = child
 
@@ -665,7 +665,7 @@ class _GunicornServer(_Stoppable):
         self.port = free_port()
         self.options: dict[str, Any] = {}
         self._log_path = workdir / "gunicorn.log"
-        self._child: _Child | None = None
+        self._child: Child | None = None
 
     def start(self) -> None:
         """Start gunicorn and wait until :meth:`_answers`.
@@ -680,7 +680,7 @@ class _GunicornServer(_Stoppable):
             self.app,
         ]
         env = {**os.environ, self.options_variable: json.dumps(self.options)}
-        child = _Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)
+        child = Child.spawn("gunicorn", command, self._log_path, cwd=REPO_ROOT, env=env)
         child.wait_until_ready(self._answers)
         self._child = child
 

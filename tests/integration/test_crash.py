@@ -28,7 +28,7 @@ from uuid import UUID
 import pytest
 import requests
 
-from deployments.local_servers import REPO_ROOT, ScimServer, Slapd
+from deployments.local_servers import REPO_ROOT, Child, ScimServer, Slapd, log_tail
 from tests.conftest import add_people, write_config
 from tests.fault_proxy import FaultProxy
 
@@ -56,17 +56,9 @@ def child_environment() -> dict[str, str]:
     }
 
 
-def spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+def spawn(command: list[str], log: Path, env: dict[str, str]) -> Child:
+    """A provisioner process in its own process group, its output appended to ``log``."""
+    return Child.spawn("the provisioner", command, log, cwd=REPO_ROOT, env=env)
 
 
 def wait_for(condition: Any, what: str, process: subprocess.Popen[bytes], log: Path) -> Any:
@@ -77,14 +69,10 @@ def wait_for(condition: Any, what: str, process: subprocess.Popen[bytes], log: P
             return value
         if process.poll() is not None:
             pytest.fail(
-                f"the provisioner exited ({process.returncode}) before {what}:\n{tail(log)}"
+                f"the provisioner exited ({process.returncode}) before {what}:\n{log_tail(log)}"
             )
         time.sleep(0.05)
-    pytest.fail(f"timed out waiting until {what}:\n{tail(log)}")
-
-
-def tail(log: Path) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-40:])
+    pytest.fail(f"timed out waiting until {what}:\n{log_tail(log)}")
 
 
 def running_flow_run(config: Path) -> UUID | None:
@@ -163,15 +151,18 @@ def test_sigkill_mid_load_then_retry_from_prefect_provisions_everyone_once(
     first = spawn([sys.executable, "-m", "flows.cli", "sync", "--config", str(config)], log, env)
     try:
         flow_run_id = wait_for(
-            lambda: running_flow_run(config), "its flow run is Running", first, log
+            lambda: running_flow_run(config), "its flow run is Running", first.process, log
         )
-        wait_for(proxy.holding.is_set, f"the target received {KILL_AFTER_POSTS} POSTs", first, log)
+        wait_for(
+            proxy.holding.is_set,
+            f"the target received {KILL_AFTER_POSTS} POSTs",
+            first.process,
+            log,
+        )
         time.sleep(0.5)  # the other threads' requests are done on the target, unanswered too
     finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait(10)
-    assert first.returncode == -signal.SIGKILL, tail(log)
+        first.halt(signal.SIGKILL)  # the process, then its process group
+    assert first.process.returncode == -signal.SIGKILL, log_tail(log)
     proxy.release()
 
     # The state store is never ahead of the target.
@@ -203,18 +194,16 @@ def test_sigkill_mid_load_then_retry_from_prefect_provisions_everyone_once(
     retry_env = {**env, "PREFECT__FLOW_RUN_ID": str(flow_run_id)}
     second = spawn([sys.executable, "-m", "prefect.flow_engine", ENTRYPOINT], log, retry_env)
     try:
-        second.wait(120)
+        second.process.wait(120)
     finally:
-        if second.poll() is None:
-            os.killpg(second.pid, signal.SIGKILL)
-            second.wait(10)
-    assert second.returncode == 0, tail(log)
+        second.halt(signal.SIGKILL)  # only if it is still running
+    assert second.process.returncode == 0, log_tail(log)
 
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_run_id)
     assert flow_run.state is not None and flow_run.state.is_completed(), (
         flow_run.state,
-        tail(log),
+        log_tail(log),
     )
     assert flow_run.run_count >= 2
 
