@@ -6,8 +6,8 @@ disappeared), and the status (``active`` or ``disabled``). Groups: the SCIM id, 
 displayName and the member SCIM ids we know of. The audit log: one row per write the
 provisioner attempted (time, run, target, object, action, ids, outcome, cause); a user's in
 the same transaction as the state it changed, a group's right after its last state write
-(a group change can take several requests, each recorded when confirmed). SQLite by default; any SQLAlchemy URL works, and
-PostgreSQL is tested (``postgresql+psycopg://...``).
+(a group change can take several requests, each recorded when confirmed). SQLite by default;
+any SQLAlchemy URL works, and PostgreSQL is tested (``postgresql+psycopg://...``).
 """
 
 from __future__ import annotations
