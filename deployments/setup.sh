@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the project needs on a fresh Debian/Ubuntu machine, then stay quiet on later runs:
-#   - Debian packages: slapd + ldap-utils (the demo's and the tests' real OpenLDAP), python3-venv;
+#   - Debian packages: slapd + ldap-utils (the demo's and the tests' real OpenLDAP), python3-venv,
+#     samba-ad-dc + samba-ad-provision + socat + iproute2 (the tests' Samba AD DC);
 #   - a virtual environment (.venv, or $SCIM_PROVISIONER_VENV) with the project and its test extras.
 # Sourced by deployments/demo.sh and tests/run.sh; exports VENV_PYTHON.
 set -euo pipefail
@@ -13,6 +14,11 @@ missing=()
 command -v ldapsearch >/dev/null 2>&1 || missing+=(ldap-utils)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# The tests' Samba AD DC (deployments/samba_dc.py): samba + winbind, provisioning files, bridges.
+{ command -v samba || [ -x /usr/sbin/samba ]; } >/dev/null 2>&1 || missing+=(samba-ad-dc)
+[ -d /usr/share/samba/setup ] || missing+=(samba-ad-provision)
+command -v socat >/dev/null 2>&1 || missing+=(socat)
+{ command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null 2>&1 || missing+=(iproute2)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
     echo "setup: please install these Debian packages first: ${missing[*]}" >&2; exit 1
