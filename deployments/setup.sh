@@ -19,6 +19,9 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 [ -d /usr/share/samba/setup ] || missing+=(samba-ad-provision)
 command -v socat >/dev/null 2>&1 || missing+=(socat)
 { command -v ip || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ]; } >/dev/null 2>&1 || missing+=(iproute2)
+# The Prefect UI test (tests/integration/test_prefect_ui.py): headless Chromium and its driver.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then sudo=(); elif command -v sudo >/dev/null; then sudo=(sudo); else
     echo "setup: please install these Debian packages first: ${missing[*]}" >&2; exit 1
