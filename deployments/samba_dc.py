@@ -43,7 +43,7 @@ from ldap3 import (
     Server,
     Tls,
 )
-from ldap3.core.exceptions import LDAPException
+from ldap3.core.exceptions import LDAPBindError, LDAPException
 from ldap3.utils.dn import escape_rdn
 
 from deployments.local_servers import (
@@ -187,6 +187,7 @@ class SambaDC(_Stoppable):
         while self.ldaps_port == self.ldap_port:
             self.ldaps_port = free_port()
         self.namespace = f"{NAMESPACE_PREFIX}{os.getpid()}-{secrets.token_hex(3)}"
+        # Seconds taken: provision, restore (from the cache), start, add <n> users.
         self.timings: dict[str, float] = {}
         self._directory = workdir / "dc"
         self._log_path = workdir / "samba.log"
@@ -312,8 +313,18 @@ class SambaDC(_Stoppable):
             self._fill_cache(tarball)
             self.timings["provision"] = _now() - started
             started = _now()
-        with tarfile.open(tarball) as archive:
-            archive.extractall(self._directory, filter="data")
+        try:
+            with tarfile.open(tarball) as archive:
+                archive.extractall(self._directory, filter="data")
+        except (OSError, tarfile.TarError):
+            # A damaged cache: provision again, once.
+            shutil.rmtree(self._directory, ignore_errors=True)
+            tarball.unlink(missing_ok=True)
+            self._fill_cache(tarball)
+            self.timings["provision"] = _now() - started
+            started = _now()
+            with tarfile.open(tarball) as archive:
+                archive.extractall(self._directory, filter="data")
         self.timings["restore"] = _now() - started
 
     def _cache_key(self) -> str:
@@ -453,7 +464,8 @@ class SambaDC(_Stoppable):
     # -- Clients and helpers -------------------------------------------------
 
     def connection(self, **options: Any) -> Connection:
-        """Return an ldap3 Connection bound as the admin over LDAPS (the CA verified).
+        """Return an ldap3 Connection bound as the admin over LDAPS (the CA verified); the
+        caller unbinds it.
 
         Defaults: ``auto_referrals=False``, ``raise_exceptions=True``; ``options`` are given
         to :class:`ldap3.Connection` (e.g. ``auto_range=False,
@@ -470,9 +482,21 @@ class SambaDC(_Stoppable):
             "receive_timeout": 30,
             **options,
         }
-        return Connection(
-            server, user=self.admin_dn, password=self.admin_password, auto_bind=True, **settings
+        connection = Connection(
+            server, user=self.admin_dn, password=self.admin_password, **settings
         )
+        try:
+            if not connection.bind():
+                raise LDAPBindError(f"the admin's bind failed: {connection.result}")
+        except BaseException:
+            # ldap3 leaves the socket of a failed connect (or bind) open.
+            with contextlib.suppress(Exception):
+                connection.unbind()
+            if connection.socket is not None:
+                with contextlib.suppress(Exception):
+                    connection.socket.close()
+            raise
+        return connection
 
     def _connection_for_helpers(self) -> Connection:
         """The admin connection the helpers share (opened again if it was closed)."""
@@ -514,6 +538,7 @@ class SambaDC(_Stoppable):
             disabled = bool(disabled_every) and number % disabled_every == 0
             mail = f"{sam}@{self.realm.lower()}"
             entries.append(self._user_entry(sam, prefix, str(number), mail, disabled))
+        started = _now()
         connection = self.connection(client_strategy=ASYNC)
         try:
             for first in range(0, n, PIPELINE_WINDOW):
@@ -525,6 +550,7 @@ class SambaDC(_Stoppable):
                         raise RuntimeError(f"adding {dn} failed: {result['description']}")
         finally:
             connection.unbind()
+        self.timings[f"add {n} users"] = _now() - started
         return [dn for dn, _ in entries]
 
     def _user_entry(
