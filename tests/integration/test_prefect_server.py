@@ -51,7 +51,8 @@ def test_the_deployments_of_prefect_yaml_are_registered_per_target(
             assert deployment.schedules and not any(s.active for s in deployment.schedules)
             assert deployment.global_concurrency_limit is not None
             assert deployment.global_concurrency_limit.limit == 1
-            assert "target" in deployment.parameter_openapi_schema["properties"]
+            schema = deployment.parameter_openapi_schema or {}
+            assert {"config_path", "target"} <= set(schema["properties"])
 
 
 def test_a_failed_run_retried_from_prefect_redoes_only_the_failed_users(
@@ -73,9 +74,11 @@ def test_a_failed_run_retried_from_prefect_redoes_only_the_failed_users(
     names = Counter(u["userName"] for u in run.on_target)
     assert set(names) == run.expected
     assert max(names.values()) == 1
-    # every user was POSTed once, over both attempts: no write twice, no other write
+    # every user was POSTed once, over both attempts: no write twice; at most one PATCH:
+    # bob's manager reference, when bob was created in attempt 1 and ada only in the retry
     assert run.stats.get("POST", 0) == run.users
-    assert sum(run.stats.get(m, 0) for m in ("PUT", "PATCH", "DELETE")) == 0
+    assert run.stats.get("PATCH", 0) <= 1
+    assert run.stats.get("PUT", 0) == run.stats.get("DELETE", 0) == 0
 
 
 def launches(log: str) -> Counter[str]:

@@ -1,0 +1,158 @@
+"""The Prefect UI of the real server, in headless Chromium (Debian's ``chromium`` driven through
+``/usr/bin/chromedriver`` by selenium): what an operator sees.
+
+- the deployments, one per target, with their schedules;
+- the retried run (``retried_run``: failed for part of the users, then retried): Completed,
+  run count 2, both attempts' summaries among its artifacts;
+- a completed run's summary artifact: the table of counts per action.
+
+Screenshots go to tests/output/prefect-ui/ (git-ignored; their paths are printed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from deployments.local_servers import REPO_ROOT
+
+if TYPE_CHECKING:
+    from selenium.webdriver.remote.webdriver import WebDriver
+
+    from tests.integration.prefect_server_fixtures import PrefectSite, RetriedRun
+
+pytest_plugins = ["tests.integration.prefect_server_fixtures"]
+pytestmark = [pytest.mark.integration]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+OUTPUT = REPO_ROOT / "tests" / "output" / "prefect-ui"
+PAGE_TIMEOUT = 30
+SCHEDULES = ("Every 5 minutes", "Every 15 minutes", "At 02:00 AM every day")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # as root
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def body(driver: WebDriver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return str(driver.find_element(By.TAG_NAME, "body").text)
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    path = OUTPUT / f"{name}.png"
+    driver.save_screenshot(str(path))
+    print(f"\nscreenshot: {path}")
+    return path
+
+
+def wait_for(driver: WebDriver, name: str, *texts: str) -> str:
+    """Wait until the page shows every text; return its text. On a timeout, a screenshot
+    ``<name>-timeout`` and the missing texts."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shown: Callable[[Any], bool] = lambda d: all(text in body(d) for text in texts)  # noqa: E731
+    try:
+        WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.25).until(shown)
+    except TimeoutException:
+        page = body(driver)
+        screenshot(driver, f"{name}-timeout")
+        missing = [text for text in texts if text not in page]
+        pytest.fail(f"{driver.current_url} does not show {missing}:\n{page[-3000:]}")
+    return body(driver)
+
+
+def click_tab(driver: WebDriver, label: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(
+        By.XPATH, f"//li[contains(@class, 'p-tab')][normalize-space(.)='{label}']"
+    ).click()
+
+
+def summaries(site: PrefectSite, run: RetriedRun) -> list[Any]:
+    """The run's ``provision-users-summary`` artifacts, oldest first (one per attempt)."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterKey,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with site.server.client() as client:
+        return list(
+            client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["provision-users-summary"])
+                ),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.run_id])),
+                sort=ArtifactSort.CREATED_DESC,
+            )
+        )[::-1]
+
+
+def test_the_deployments_page_lists_every_target_s_deployments_with_their_schedules(
+    browser: WebDriver, prefect_site: PrefectSite
+) -> None:
+    browser.get(f"{prefect_site.server.ui_url}/deployments")
+    names = [name.split("/")[1] for name in prefect_site.deployments]
+    page = wait_for(browser, "deployments", *names, *SCHEDULES)
+    assert f"{len(names)} Deployments" in page
+    screenshot(browser, "deployments")
+
+
+def test_the_retried_run_shows_completed_after_two_attempts_with_both_summaries(
+    browser: WebDriver, prefect_site: PrefectSite, retried_run: RetriedRun
+) -> None:
+    """The run page: Completed, its deployment, and (Details) run count 2; its artifacts hold
+    the failed attempt's summary and the retry's, whose headlines the API gives."""
+    run = retried_run.final
+    browser.get(f"{prefect_site.server.ui_url}/runs/flow-run/{run.id}")
+    wait_for(browser, "retried-run", run.name, "Completed", "every-5-minutes-app-a", "Retry")
+    screenshot(browser, "retried-run")
+    click_tab(browser, "Details")
+    page = wait_for(browser, "retried-run-details", "Run Count")
+    assert "Run Count\n2\n" in page
+    first, last = summaries(prefect_site, retried_run)
+    assert "users with problems" in first.description
+    assert "every user in step" in last.description
+    click_tab(browser, "Artifacts")
+    wait_for(browser, "retried-run-artifacts", first.description, last.description)
+    screenshot(browser, "retried-run-artifacts")
+
+
+def test_a_completed_run_s_summary_artifact_shows_its_table(
+    browser: WebDriver, prefect_site: PrefectSite, retried_run: RetriedRun
+) -> None:
+    summary = summaries(prefect_site, retried_run)[-1]
+    browser.get(f"{prefect_site.server.ui_url}/artifacts/artifact/{summary.id}")
+    page = wait_for(browser, "summary", "provision-users-summary", summary.description, "succeeded")
+    assert "target action planned succeeded failed" in page
+    assert "app-a\ncreate\n" in page
+    screenshot(browser, "summary")
