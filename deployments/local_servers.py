@@ -460,6 +460,8 @@ objectClass: olcModuleList
 cn: module{{0}}
 olcModulePath: {LDAP_MODULE_DIRECTORY}
 olcModuleLoad: back_mdb
+olcModuleLoad: syncprov
+olcModuleLoad: accesslog
 
 dn: cn=schema,cn=config
 objectClass: olcSchemaConfig
@@ -482,13 +484,50 @@ dn: olcDatabase={{1}}mdb,cn=config
 objectClass: olcDatabaseConfig
 objectClass: olcMdbConfig
 olcDatabase: {{1}}mdb
-olcDbDirectory: {data_directory}
+olcDbDirectory: {data_directory}/accesslog
+olcSuffix: cn=accesslog
+olcRootDN: {admin_dn}
+olcDbMaxSize: 1073741824
+olcDbNoSync: TRUE
+olcDbIndex: default eq
+olcDbIndex: entryCSN,objectClass,reqEnd,reqResult,reqStart,reqDN
+olcAccess: {{0}}to * by dn.exact="{admin_dn}" read by * none
+
+dn: olcOverlay=syncprov,olcDatabase={{1}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcSyncProvConfig
+olcOverlay: syncprov
+olcSpNoPresent: TRUE
+olcSpReloadHint: TRUE
+
+dn: olcDatabase={{2}}mdb,cn=config
+objectClass: olcDatabaseConfig
+objectClass: olcMdbConfig
+olcDatabase: {{2}}mdb
+olcDbDirectory: {data_directory}/main
 olcSuffix: {suffix}
 olcRootDN: {admin_dn}
 olcRootPW: {_ssha(admin_password)}
 olcDbMaxSize: 1073741824
 olcDbNoSync: TRUE
 {indexes}olcAccess: {{0}}to * by anonymous auth by users read
+
+dn: olcOverlay={{0}}syncprov,olcDatabase={{2}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcSyncProvConfig
+olcOverlay: {{0}}syncprov
+olcSpCheckpoint: 100 10
+olcSpSessionlog: 100000
+olcSpSessionlogSource: cn=accesslog
+
+dn: olcOverlay={{1}}accesslog,olcDatabase={{2}}mdb,cn=config
+objectClass: olcOverlayConfig
+objectClass: olcAccessLogConfig
+olcOverlay: {{1}}accesslog
+olcAccessLogDB: cn=accesslog
+olcAccessLogOps: writes
+olcAccessLogSuccess: TRUE
+olcAccessLogPurge: 07+00:00 01+00:00
 """
 
 
@@ -601,6 +640,8 @@ class Slapd(_Stoppable):
         for directory in (self._config_directory, self._data_directory):
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir()
+        for database in ("main", "accesslog"):
+            (self._data_directory / database).mkdir()
         config_ldif = self.workdir / "config.ldif"
         config_ldif.write_text(
             _config_ldif(
@@ -617,11 +658,12 @@ class Slapd(_Stoppable):
     def _load(self, ldif: str) -> None:
         """Replace the database with the suffix entry and ``ldif``, with slapadd."""
         shutil.rmtree(self._data_directory, ignore_errors=True)
-        self._data_directory.mkdir()
+        for database in ("main", "accesslog"):
+            (self._data_directory / database).mkdir(parents=True)
         data_ldif = self.workdir / "data.ldif"
         data_ldif.write_text(f"{_suffix_ldif(self.suffix)}{ldif}")
         options = {"-F": self._config_directory, "-l": data_ldif}
-        _run(_command(_tool("slapadd"), "-q", "-n1", options=options))
+        _run(_command(_tool("slapadd"), "-q", "-b", self.suffix, options=options))
 
     def _launch(self) -> None:
         """Start slapd in the foreground and wait until it answers."""

@@ -65,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="DIR",
                 help="where the CSV of every difference goes (default: reports/ by the config)",
             )
+        if name in ("sync", "groups"):
+            sub.add_argument(
+                "--full",
+                action="store_true",
+                help="read every user and group instead of the changes since the last cycle",
+            )
         if name in ("sync", "reconcile"):
             sub.add_argument(
                 "--allow-mass-deprovisioning",
@@ -285,7 +291,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         from flows.sync_group_memberships import sync_group_memberships
 
         state = sync_group_memberships(
-            config_path=args.config, target=args.target, return_state=True
+            config_path=args.config, target=args.target, full=args.full, return_state=True
         )
     else:
         from flows.provision_users import provision_users
@@ -294,6 +300,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
             config_path=args.config,
             target=args.target,
             allow_mass_deprovisioning=args.allow_mass_deprovisioning,
+            full=args.full,
             return_state=True,
         )
     data = state.result(raise_on_failure=False)

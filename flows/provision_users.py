@@ -1,8 +1,10 @@
 """The ``provision_users`` flow: directory users → SCIM targets.
 
-extract-from-LDAP → transform-to-SCIM (batches) → plan → load-to-SCIM (batches) → report;
+extract-from-LDAP (what changed since the targets' watermarks; everyone on the first cycle
+or with ``full``) → transform-to-SCIM (batches) → plan → load-to-SCIM (batches) → report;
 then, when the config has groups and ``sync_with_users`` is on, the steps of
-``sync_group_memberships`` on the same extract.
+``sync_group_memberships``. A target's watermark advances only when all its writes succeeded
+and the guard held nothing back.
 
 Extract and transform results are persisted and cached per flow run, so retrying a failed run
 does not read the directory again; the plan is always made afresh from the state store, so work
@@ -12,6 +14,7 @@ that a failed run already confirmed is never redone.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -22,8 +25,9 @@ from prefect.states import State
 
 from flows.sync_group_memberships import open_store, run_group_sync
 from tasks.batching import as_is, batches
+from tasks.changes import UserChanges, as_extraction, extract_changes, fingerprint, start_of
 from tasks.config import Config, TargetConfig, load_config
-from tasks.extract import Extraction, extract_users, mapped_attributes
+from tasks.extract import Extraction, mapped_attributes
 from tasks.guard import apply_guard
 from tasks.load import Loader, load_batch
 from tasks.plan import Action, Plan, plan_users
@@ -39,7 +43,8 @@ TRANSFORM_BATCH = 2000
 
 def _run_name() -> str:
     target = flow_run.parameters.get("target") or "all-targets"
-    return f"provision-users-{target}"
+    mode = "full" if flow_run.parameters.get("full") else "incremental"
+    return f"provision-users-{target}-{mode}"
 
 
 def desired_users(
@@ -65,9 +70,10 @@ def make_plan(
     desired: list[DesiredUser],
     rejected: list[Rejection],
     state: dict[str, StateRecord],
+    gone: set[str] | None = None,
 ) -> Plan:
     """Compare the desired users with the state store (always fresh: never cached)."""
-    plan = plan_users(target, desired, rejected, state)
+    plan = plan_users(target, desired, rejected, state, gone)
     get_run_logger().info("plan for %s: %s", target.name, plan.counts())
     return plan
 
@@ -113,16 +119,20 @@ def sync_target(
     *,
     allow_mass_deprovisioning: bool = False,
     approval_timeout: int = 0,
+    changes: UserChanges | None = None,
 ) -> TargetReport:
     """Plan and load one target; return its report.
 
+    ``extraction`` holds every user in scope, or, with ``changes`` of an incremental cycle,
+    the changed users (``changes`` then says which provisioned users are gone).
     References to users created in this run (a manager) cannot be resolved in the first plan;
     when there are such references, a second, small plan after the creates fills them in.
     """
     started = time.monotonic()
     desired, rejected = desired_users(extraction, target)
     state = store.records(target.name)
-    plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state))
+    gone = changes.gone(state) if changes is not None else None
+    plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state), as_is(gone))
     plan, held_back = apply_guard(
         target.name,
         plan,
@@ -133,6 +143,7 @@ def sync_target(
     )
     report = TargetReport(target=target.name, planned=plan.counts(), plan=plan)
     report.held_back = held_back
+    store.update_dns(target.name, plan.moved)
     if plan.actions:
         client = ScimClient(target)
         try:
@@ -150,7 +161,9 @@ def sync_target(
             load_actions(loader, store, plan.actions, report, "batch")
             if plan.deferred and report.done["create"]:
                 state = store.records(target.name)
-                follow_up = make_plan(target, as_is(desired), as_is(rejected), as_is(state))
+                follow_up = make_plan(
+                    target, as_is(desired), as_is(rejected), as_is(state), as_is(gone)
+                )
                 updates = [a for a in follow_up.actions if a.kind == "update"]
                 report.planned["update"] += len(updates)
                 if updates:
@@ -161,35 +174,54 @@ def sync_target(
     return report
 
 
+def cycle_succeeded(report: TargetReport) -> bool:
+    """Whether a target's watermark may advance: every write confirmed, nothing held back."""
+    return not sum(report.failed.values()) and not report.held_back
+
+
 def run_sync(
     config: Config,
     target: str | None,
     allow_mass_deprovisioning: bool = False,
     approval_timeout: int = 0,
+    full: bool = False,
 ) -> dict[str, Any]:
-    """Extract once, then plan and load every selected target; return the summary."""
+    """Read the directory's changes once, then plan and load every selected target; return
+    the summary. Each target's watermark advances only when its cycle succeeded."""
     targets = config.target(target)
     attributes = sorted(mapped_attributes(t.mapping for t in targets))
-    extraction = extract_users(config.source, attributes)
     store = open_store(config)
     try:
-        reports = [
-            sync_target(
+        prints = {t.name: fingerprint(config.source, t, attributes) for t in targets}
+        marks = {t.name: store.watermark(t.name, "users") for t in targets}
+        start = start_of(config.source.change_detection, marks, prints, full=full)  # type: ignore[arg-type]
+        changes = extract_changes(config.source, attributes, start)
+        extraction = as_extraction(changes)
+        reports = []
+        for t in targets:
+            report = sync_target(
                 t,
                 extraction,
                 store,
                 allow_mass_deprovisioning=allow_mass_deprovisioning,
                 approval_timeout=approval_timeout,
+                changes=None if changes.complete else changes,
             )
-            for t in targets
-        ]
+            reports.append(report)
+            if changes.watermark is not None and cycle_succeeded(report):
+                store.set_watermark(
+                    t.name, "users", replace(changes.watermark, server=prints[t.name])
+                )
         groups = config.source.groups
         with_groups = groups is not None and groups.sync_with_users
-        group_reports = run_group_sync(config, targets, extraction, store) if with_groups else []
+        group_reports = (
+            run_group_sync(config, targets, store, full=full, users=changes) if with_groups else []
+        )
     finally:
         store.close()
     summary: dict[str, Any] = {
         "source_entries": len(extraction.users) + len(extraction.invalid),
+        "directory": changes.summary(),
         "targets": [r.as_dict() for r in reports],
     }
     if group_reports:
@@ -204,6 +236,7 @@ def provision_users(
     target: str | None = None,
     allow_mass_deprovisioning: bool = False,
     approval_timeout: int = 0,
+    full: bool = False,
 ) -> State:
     """Provision the directory's users into the SCIM targets of a config file.
 
@@ -213,9 +246,10 @@ def provision_users(
         (for unattended runs that were checked otherwise).
     :param approval_timeout: seconds to pause for an operator's approval in the Prefect UI
         when the guard trips; 0 holds the deprovisioning back at once.
+    :param full: read every user instead of the changes since the last successful cycle.
     """
     config = load_config(config_path)
-    summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout)
+    summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout, full)
     publish(summary, "provision-users")
     get_run_logger().info("summary: %s", summary["headline"])
     return final_state(summary)

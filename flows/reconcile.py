@@ -26,6 +26,7 @@ from prefect.states import State
 
 from flows.provision_users import desired_users, sync_target
 from flows.sync_group_memberships import open_store, sync_groups_target
+from tasks.changes import Changes
 from tasks.config import Config, TargetConfig, load_config
 from tasks.extract import Extraction, extract_users, mapped_attributes
 from tasks.groups import DesiredGroup, GroupExtraction, extract_groups, plan_groups, resolve_groups
@@ -228,8 +229,9 @@ def reconcile_target(
         result["repair"] = report.as_dict()
         if with_groups:
             assert groups is not None
+            everyone = Changes(groups.groups, groups.invalid)  # a full pass
             result["group_repair"] = sync_groups_target(
-                config, target, extraction, groups, store
+                config, target, extraction.users, everyone, store
             ).as_dict()
     result["seconds"] = round(time.monotonic() - started, 3)
     return result

@@ -1,7 +1,10 @@
 """The ``sync_group_memberships`` flow: directory groups → SCIM groups, members by PATCH deltas.
 
-extract-from-LDAP (users: ids and DNs) + extract-groups-from-LDAP → resolve members → plan per
-target (create / rename / member delta / delete) → load-groups-to-SCIM (batches) → report.
+extract-groups-from-LDAP (the groups changed since the targets' group watermarks, and, after
+a user cycle, the groups of the users it changed; every group on a full pass) → resolve
+members (user DNs known to the state store, and the users read in this run) → plan per target
+(create / rename / member delta / delete) → load-groups-to-SCIM (batches) → report. A
+target's group watermark advances only when all its group writes succeeded.
 
 It runs on its own schedule, and ``provision_users`` runs the same steps right after the users
 when ``source.groups.sync_with_users`` is on (the default), so one sync brings both in step.
@@ -10,6 +13,7 @@ when ``source.groups.sync_with_users`` is on (the default), so one sync brings b
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -19,14 +23,18 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from tasks.batching import as_is, batches
+from tasks.changes import Changes, UserChanges, start_of
 from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError
-from tasks.extract import Extraction, extract_users
+from tasks.extract import SourceUser, extract_users, normalize_dn
 from tasks.groups import (
     DesiredGroup,
     GroupExtraction,
     GroupPlan,
-    extract_groups,
+    SourceGroup,
+    extract_group_changes,
+    group_fingerprint,
+    incremental_groups,
     plan_groups,
     resolve_groups,
 )
@@ -39,7 +47,8 @@ from tasks.target import discover, uses_patch
 
 def _run_name() -> str:
     target = flow_run.parameters.get("target") or "all-targets"
-    return f"sync-group-memberships-{target}"
+    mode = "full" if flow_run.parameters.get("full") else "incremental"
+    return f"sync-group-memberships-{target}-{mode}"
 
 
 @task(name="plan-groups", cache_policy=NO_CACHE)
@@ -49,9 +58,10 @@ def make_group_plan(
     users: dict[str, StateRecord],
     groups: dict[str, GroupRecord],
     warnings: list[str],
+    gone: set[str] | None = None,
 ) -> GroupPlan:
     """Compare the directory's groups with the state store (always fresh: never cached)."""
-    plan = plan_groups(target, desired, users, groups, warnings)
+    plan = plan_groups(target, desired, users, groups, warnings, gone)
     get_run_logger().info("group plan for %s: %s", target.name, plan.counts())
     return plan
 
@@ -59,21 +69,29 @@ def make_group_plan(
 def sync_groups_target(
     config: Config,
     target: TargetConfig,
-    users: Extraction,
-    groups: GroupExtraction,
+    users: list[SourceUser],
+    groups: Changes[SourceGroup],
     store: StateStore,
 ) -> GroupReport:
-    """Plan and load one target's groups; return the report."""
+    """Plan and load one target's groups; return the report.
+
+    ``users``: the users read in this run; the other members are found among the users the
+    state store knows (by their DN)."""
     started = time.monotonic()
     query = config.source.groups
     assert query is not None
-    desired, warnings = resolve_groups(groups, users.users, query)
+    records = store.records(target.name)
+    known = {normalize_dn(r.dn): r.source_id for r in records.values() if r.dn}
+    extraction = GroupExtraction(groups.entries, groups.invalid)
+    desired, warnings = resolve_groups(extraction, users, query, known)
+    state = store.groups(target.name)
     plan = make_group_plan(
         target,
         as_is(desired),
-        as_is(store.records(target.name)),
-        as_is(store.groups(target.name)),
+        as_is(records),
+        as_is(state),
         warnings,
+        as_is(groups.gone(state)),
     )
     report = GroupReport(target.name, plan)
     if plan.actions:
@@ -114,32 +132,69 @@ def open_store(config: Config) -> StateStore:
     return StateStore.for_run(config.state.url, run_id, config.state.audit_retention_days)
 
 
-def run_group_sync(
-    config: Config, targets: list[TargetConfig], users: Extraction, store: StateStore
-) -> list[dict[str, Any]]:
-    """Read the groups once and sync them to every target that takes groups."""
-    wanted = [t for t in targets if t.sync_groups]
-    if config.source.groups is None or not wanted:
+def member_dns(
+    users: UserChanges | None, store: StateStore, targets: list[TargetConfig]
+) -> list[str]:
+    """DNs of the users an incremental user cycle changed or found gone: the groups listing
+    them are read again (a user's membership on the target follows its status)."""
+    if users is None or users.complete:
         return []
-    groups = extract_groups(config.source)
-    return [sync_groups_target(config, t, users, groups, store).as_dict() for t in wanted]
+    dns = {u.dn for u in users.entries}
+    for target in targets:
+        records = store.records(target.name)
+        dns.update(r.dn for sid in users.gone(records) or () if (r := records[sid]).dn)
+    return sorted(dns)
+
+
+def run_group_sync(
+    config: Config,
+    targets: list[TargetConfig],
+    store: StateStore,
+    *,
+    full: bool = False,
+    users: UserChanges | None = None,
+) -> list[dict[str, Any]]:
+    """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
+    target that takes groups; ``users``: the user cycle this follows, if any."""
+    wanted = [t for t in targets if t.sync_groups]
+    query = config.source.groups
+    if query is None or not wanted:
+        return []
+    source = config.source
+    method = source.change_detection if incremental_groups(query) else "full"
+    prints = {t.name: group_fingerprint(source, t) for t in wanted}
+    marks = {t.name: store.watermark(t.name, "groups") for t in wanted}
+    start = start_of(method, marks, prints, full=full)  # type: ignore[arg-type]
+    groups = extract_group_changes(source, start, member_dns(users, store, wanted))
+    read: list[SourceUser] = users.entries if users is not None else []
+    if query.members_from == "user_member_of" and (users is None or not users.complete):
+        read = extract_users(source, []).users  # memberOf of every user is needed
+    reports = []
+    for t in wanted:
+        report = sync_groups_target(config, t, read, groups, store)
+        reports.append(report.as_dict())
+        if groups.watermark is not None and not sum(report.failed.values()):
+            store.set_watermark(t.name, "groups", replace(groups.watermark, server=prints[t.name]))
+    return reports
 
 
 @flow(name="sync_group_memberships", flow_run_name=_run_name, validate_parameters=True)
-def sync_group_memberships(config_path: str, target: str | None = None) -> State:
+def sync_group_memberships(
+    config_path: str, target: str | None = None, full: bool = False
+) -> State:
     """Bring the SCIM targets' groups and memberships in step with the directory's groups.
 
     :param config_path: the YAML config file (see README.md, "Configuration").
     :param target: the name of one target, or none for all of them.
+    :param full: read every group instead of the changes since the last successful cycle.
     """
     config = load_config(config_path)
     if config.source.groups is None:
         raise ConfigError("the config has no source.groups section: there are no groups to sync")
     targets = config.target(target)
-    users = extract_users(config.source, [])
     store = open_store(config)
     try:
-        summary: dict[str, Any] = {"groups": run_group_sync(config, targets, users, store)}
+        summary: dict[str, Any] = {"groups": run_group_sync(config, targets, store, full=full)}
     finally:
         store.close()
     summary["headline"] = headline(summary)

@@ -167,6 +167,22 @@ class LdapSource(_Model):
     connect_timeout: float = Field(10, gt=0)
     receive_timeout: float = Field(120, gt=0)
     page_size: int = Field(500, ge=1, le=10000)
+    change_detection: (
+        Literal["full", "timestamp", "timestamp_no_negation", "ad_usn", "syncrepl"] | None
+    ) = Field(
+        None,
+        description="How a cycle finds what changed: full (read everyone), timestamp "
+        "(modifyTimestamp >= watermark), timestamp_no_negation (>), ad_usn (uSNChanged, "
+        "AD), syncrepl (RFC 4533 cookie, OpenLDAP syncprov); default ad_usn for AD, "
+        "else timestamp.",
+    )
+    timestamp_overlap_seconds: float = Field(
+        60,
+        ge=0,
+        description="Timestamp methods: the watermark never passes the cycle's start minus "
+        "this, so a change made during a search, or a clock a little off, is read again "
+        "rather than missed.",
+    )
     users: UsersQuery
     groups: GroupsQuery | None = Field(None, description="Groups to provision (optional).")
     account_status: AccountStatus = AccountStatus()
@@ -197,6 +213,10 @@ class LdapSource(_Model):
         if self.groups is not None and self.groups.id_attribute is None:
             groups = self.groups.model_copy(update={"id_attribute": self.users.id_attribute})
             object.__setattr__(self, "groups", groups)
+        if self.change_detection is None:
+            object.__setattr__(self, "change_detection", "ad_usn" if ad else "timestamp")
+        if self.change_detection == "ad_usn" and not ad:
+            raise ValueError("change_detection ad_usn needs type: active_directory")
         if self.account_status.method is None:
             status = self.account_status.model_copy(
                 update={"method": "user_account_control" if ad else "none"}

@@ -8,16 +8,20 @@ reported. The plan per group is a rename and a member delta, never a full re-sen
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
+from ldap3.utils.conv import escape_filter_chars
 from prefect import get_run_logger
 
 from tasks.ad import parse_range, ranged_values
+from tasks.changes import Changes, Reader, Start, read_changes
 from tasks.config import GroupsQuery, LdapSource, TargetConfig
 from tasks.errors import SourceError
 from tasks.extract import (
@@ -111,6 +115,82 @@ def read_groups(conn: ldap3.Connection, source: LdapSource) -> GroupExtraction:
     return GroupExtraction(groups, invalid)
 
 
+def group_reader(conn: ldap3.Connection, source: LdapSource) -> Reader[SourceGroup]:
+    """A reader of the groups in scope (ids, names, members)."""
+    query = source.groups
+    assert query is not None
+    wanted = {query.id_attribute or "entryUUID", query.name_attribute}
+    if query.members_from == "group":
+        wanted.update(query.member_attributes)
+    return Reader(conn, source, query, wanted, lambda dn, raw: entry_to_group(query, dn, raw, conn))
+
+
+def member_filter(query: GroupsQuery, dns: list[str]) -> str:
+    """The groups of the scope that list any of ``dns`` as a member (values escaped)."""
+    terms = "".join(
+        f"({attribute}={escape_filter_chars(dn)})"
+        for dn in dns
+        for attribute in query.member_attributes
+    )
+    return f"(&{query.filter}(|{terms}))"
+
+
+def group_fingerprint(source: LdapSource, target: TargetConfig) -> str:
+    """What a group watermark is valid for: the directory, the groups query and the target's
+    group settings (a change needs a full group pass)."""
+    query = source.groups
+    document = {
+        "url": source.url,
+        "groups": query.model_dump(mode="json") if query else None,
+        "users": [source.users.base_dn.lower(), source.users.filter],
+        "target": [target.group_name_source, target.membership_mode],
+    }
+    text = json.dumps(document, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def incremental_groups(query: GroupsQuery) -> bool:
+    """Whether a group's own change history says when its members changed: not when members
+    come from the users' memberOf, nor when nested groups are flattened (a change deep down
+    changes the groups above without touching them)."""
+    return query.members_from == "group" and not query.flatten_nested
+
+
+@directory_task("extract-group-changes-from-LDAP")
+def extract_group_changes(
+    source: LdapSource, start: Start, member_dns: list[str]
+) -> Changes[SourceGroup]:
+    """Read the groups changed since ``start`` (all of them on a full pass), plus the groups
+    listing one of ``member_dns`` (the users changed or gone this cycle, whose membership on
+    the target may change with them). Cached per flow run."""
+    conn = connect(source)
+    try:
+        reader = group_reader(conn, source)
+        changes = read_changes(reader, start)
+        if not changes.complete and member_dns and source.groups is not None:
+            seen = {g.source_id for g in reader.entries}
+            before = len(reader.entries)
+            for chunk in range(0, len(member_dns), 100):
+                reader.read(member_filter(source.groups, member_dns[chunk : chunk + 100]))
+            extra = [g for g in reader.entries[before:] if g.source_id not in seen]
+            extra = list({g.source_id: g for g in extra}.values())
+            changes = replace(
+                changes,
+                entries=[*reader.entries[:before], *extra],
+                searches=reader.searches,
+            )
+    finally:
+        conn.unbind()
+    get_run_logger().info(
+        "groups: %s: %d read, %d gone (%d searches)",
+        changes.mode,
+        len(changes.entries),
+        len(changes.deleted),
+        changes.searches,
+    )
+    return changes
+
+
 @directory_task("extract-groups-from-LDAP")
 def extract_groups(source: LdapSource) -> GroupExtraction:
     """Read every group in scope from the directory (cached per flow run)."""
@@ -140,11 +220,19 @@ class DesiredGroup:
 
 
 def resolve_groups(
-    extraction: GroupExtraction, users: Iterable[SourceUser], query: GroupsQuery
+    extraction: GroupExtraction,
+    users: Iterable[SourceUser],
+    query: GroupsQuery,
+    known: dict[str, str] | None = None,
 ) -> tuple[list[DesiredGroup], list[str]]:
-    """Groups with their members as user source ids; also returns warnings (cycles)."""
+    """Groups with their members as user source ids; also returns warnings (cycles).
+
+    Member DNs are looked up among ``users`` and, in an incremental cycle, ``known``
+    (normalized DN → source id of the users the state store knows).
+    """
     users = list(users)
-    user_by_dn = {normalize_dn(u.dn): u.source_id for u in users}
+    user_by_dn = dict(known or {})
+    user_by_dn.update((normalize_dn(u.dn), u.source_id) for u in users)
     groups = {normalize_dn(g.dn): g for g in extraction.groups}
     direct: dict[str, list[str]] = {dn: list(g.member_dns) for dn, g in groups.items()}
     if query.members_from == "user_member_of":
@@ -260,8 +348,13 @@ def plan_groups(
     users: dict[str, StateRecord],
     state: dict[str, GroupRecord],
     warnings: Iterable[str] = (),
+    gone: set[str] | None = None,
 ) -> GroupPlan:
-    """Decide, per group, create / rename / member delta / delete, honouring the switches."""
+    """Decide, per group, create / rename / member delta / delete, honouring the switches.
+
+    ``desired`` is every group in scope, or, with ``gone`` given (an incremental cycle), the
+    groups that changed: then only the provisioned groups in ``gone`` are deleted.
+    """
     plan = GroupPlan(target=target.name, warnings=list(warnings))
     active = {sid: r.scim_id for sid, r in users.items() if r.status == "active"}
     additive = target.membership_mode == "additive"
@@ -301,12 +394,15 @@ def plan_groups(
                 keep,
             )
         )
-    for gone, record in state.items():
-        if gone in seen:
+    for left, record in state.items():
+        if left in seen:
+            continue
+        if gone is not None and left not in gone:
+            plan.unchanged += 1
             continue
         if target.delete_groups:
             plan.actions.append(
-                GroupAction("delete", gone, record.display_name, scim_id=record.scim_id)
+                GroupAction("delete", left, record.display_name, scim_id=record.scim_id)
             )
         else:
             plan.skipped.append(

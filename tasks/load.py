@@ -449,6 +449,7 @@ def record(store: StateStore, target: str, outcomes: list[Outcome]) -> None:
                 payload=payload,
                 status="active" if payload.get("active", True) else "disabled",
                 version=outcome.version,
+                dn=action.dn,
             )
         )
     store.apply(target, saves, removals, [audit_entry(o) for o in outcomes])

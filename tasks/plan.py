@@ -37,6 +37,8 @@ class Action:
     scim_id: str | None = None
     version: str | None = None
     """The target's ETag after our last write, for If-Match."""
+    dn: str | None = None
+    """The directory entry's DN (kept in the state store to resolve references later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,8 @@ class Plan:
     """Disabled in the directory and never provisioned (provision_disabled_users is off)."""
     deferred: int = 0
     """Users with a reference (e.g. manager) to a user not provisioned yet: left out for now."""
+    moved: dict[str, str] = field(default_factory=dict)
+    """Source id → new DN of provisioned users that moved in the directory but need no write."""
 
     def counts(self) -> dict[str, int]:
         counts = Counter(a.kind for a in self.actions)
@@ -99,6 +103,7 @@ def _deprovision(plan: Plan, target: TargetConfig, record: StateRecord, why: str
             record.payload,
             record.scim_id,
             record.version,
+            record.dn,
         )
     )
 
@@ -133,18 +138,37 @@ def resolve_references(
 
 
 def without_duplicate_names(
-    desired: Iterable[DesiredUser], state: dict[str, StateRecord]
+    desired: Iterable[DesiredUser], state: dict[str, StateRecord], *, partial: bool = False
 ) -> tuple[list[DesiredUser], list[Rejection]]:
     """Set aside users whose userName another directory entry has too (case-insensitive).
 
     When exactly one of them is already provisioned it keeps its account; the others (all of
     them otherwise) are rejected with the DNs involved, so nobody takes over another's account.
+    ``partial``: ``desired`` holds only the changed users, so a changed user taking the
+    userName of another provisioned user (not in this cycle) is rejected too.
     """
     users = list(desired)
     groups: dict[str, list[DesiredUser]] = {}
     for user in users:
         groups.setdefault(user.user_name.casefold(), []).append(user)
     rejected: list[Rejection] = []
+    if partial:
+        ids = {u.source_id for u in users}
+        owner = {r.user_name.casefold(): r for r in state.values() if r.source_id not in ids}
+        for name, group in list(groups.items()):
+            other = owner.get(name)
+            if other is None:
+                continue
+            for user in group:
+                rejected.append(
+                    Rejection(
+                        user.source_id,
+                        user.dn,
+                        f"duplicate userName {user.user_name!r}: provisioned for "
+                        f"{other.dn or other.source_id}",
+                    )
+                )
+            del groups[name]
     for group in groups.values():
         if len(group) == 1:
             continue
@@ -169,17 +193,22 @@ def plan_users(
     desired: Iterable[DesiredUser],
     rejected: Iterable[Rejection],
     state: dict[str, StateRecord],
+    gone: set[str] | None = None,
 ) -> Plan:
     """Decide what to do for every user of one target.
 
+    ``desired`` is every user in scope (a full pass: a provisioned user not among them is
+    deprovisioned), or, with ``gone`` given, only the users that changed (an incremental
+    cycle: only the provisioned users in ``gone`` are deprovisioned; the others are unchanged).
     A rejected entry is still in the directory: its target user is left alone, never
     deprovisioned because of that.
     """
-    desired, duplicates = without_duplicate_names(desired, state)
+    desired, duplicates = without_duplicate_names(desired, state, partial=gone is not None)
     plan = Plan(target=target.name, rejected=[*rejected, *duplicates])
     keep = {r.source_id for r in plan.rejected}
     seen: set[str] = set()
-    by_dn = {normalize_dn(user.dn): user.source_id for user in desired}
+    by_dn = {normalize_dn(r.dn): r.source_id for r in state.values() if r.dn}
+    by_dn.update((normalize_dn(user.dn), user.source_id) for user in desired)
 
     def scim_id_of(dn: str) -> str | None:
         record = state.get(by_dn.get(dn, ""))
@@ -206,7 +235,9 @@ def plan_users(
         if record is None:
             if target.create_users:
                 plan.actions.append(
-                    Action("create", user.source_id, user.user_name, "new", user.payload)
+                    Action(
+                        "create", user.source_id, user.user_name, "new", user.payload, dn=user.dn
+                    )
                 )
             else:
                 plan.skipped.append(
@@ -227,6 +258,7 @@ def plan_users(
                         record.payload,
                         record.scim_id,
                         record.version,
+                        user.dn,
                     )
                 )
             else:
@@ -240,10 +272,12 @@ def plan_users(
                 )
         else:
             plan.unchanged += 1
+            if record.dn != user.dn:
+                plan.moved[user.source_id] = user.dn
     for source_id, record in state.items():
         if source_id in seen:
             continue
-        if source_id in keep:
+        if source_id in keep or (gone is not None and source_id not in gone):
             plan.unchanged += 1
             continue
         _deprovision(plan, target, record, GONE)

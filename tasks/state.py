@@ -36,6 +36,7 @@ provisioned_users = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("version", sa.String(200), nullable=True),
+    sa.Column("dn", sa.Text, nullable=True),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -51,6 +52,33 @@ provisioned_groups = sa.Table(
     sa.Column("foreign_members", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+
+watermarks = sa.Table(
+    "watermarks",
+    metadata,
+    sa.Column("target", sa.String(200), primary_key=True),
+    sa.Column("stream", sa.String(16), primary_key=True),
+    sa.Column("method", sa.String(32), nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("server", sa.String(400), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+"""Per target and stream (users, groups): how far the directory's changes were provisioned."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """Where the last successful cycle left off in the directory's change history.
+
+    ``value`` is a modifyTimestamp (timestamp methods), a uSNChanged (AD) or a syncrepl cookie;
+    ``server`` names the directory instance the value belongs to (AD: the DC's invocationId),
+    so a value from another server is never trusted.
+    """
+
+    method: str
+    value: str
+    server: str = ""
 
 
 audit_log = sa.Table(
@@ -139,6 +167,7 @@ def _user_row(record: StateRecord) -> dict[str, Any]:
         "payload": json.dumps(record.payload, sort_keys=True),
         "status": record.status,
         "version": record.version,
+        "dn": record.dn,
     }
 
 
@@ -170,6 +199,8 @@ class StateRecord:
     status: Status
     version: str | None = None
     """The target's ETag of the user after our last write, when it has ETags."""
+    dn: str | None = None
+    """The entry's DN when it was last seen (resolves references in incremental cycles)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +275,7 @@ class StateStore:
             t.c.payload,
             t.c.status,
             t.c.version,
+            t.c.dn,
         ).where(t.c.target == target)
         with self.engine.connect() as conn:
             return {
@@ -255,6 +287,7 @@ class StateStore:
                     json.loads(row.payload),
                     row.status,
                     row.version,
+                    row.dn,
                 )
                 for row in conn.execute(query)
             }
@@ -271,6 +304,57 @@ class StateStore:
         confirmed (failed ones belong in ``audit`` only)."""
         rows = [_user_row(r) for r in saves]
         self._replace(provisioned_users, target, rows, removals, audit or [])
+
+    def update_dns(self, target: str, dns: dict[str, str]) -> None:
+        """Record the new DN of users moved in the directory whose target user needed no
+        write (``dns``: source id → DN)."""
+        self._check_writable()
+        if not dns:
+            return
+        t = provisioned_users
+        statement = (
+            sa.update(t)
+            .where(
+                (t.c.target == sa.bindparam("k_target")) & (t.c.source_id == sa.bindparam("k_id"))
+            )
+            .values(dn=sa.bindparam("new_dn"))
+        )
+        with self.engine.begin() as conn:
+            conn.execute(
+                statement, [{"k_target": target, "k_id": k, "new_dn": v} for k, v in dns.items()]
+            )
+
+    def watermark(self, target: str, stream: str) -> Watermark | None:
+        """The watermark of ``target``'s ``stream`` (users or groups), if a cycle left one."""
+        t = watermarks
+        if self.read_only and not self._has_table(t):
+            return None
+        query = sa.select(t.c.method, t.c.value, t.c.server).where(
+            (t.c.target == target) & (t.c.stream == stream)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return Watermark(row.method, row.value, row.server) if row is not None else None
+
+    def set_watermark(self, target: str, stream: str, mark: Watermark | None) -> None:
+        """Store (or, with ``None``, forget) the watermark of ``target``'s ``stream``; call only
+        when every write of the cycle it ends was confirmed."""
+        self._check_writable()
+        t = watermarks
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(t).where((t.c.target == target) & (t.c.stream == stream)))
+            if mark is not None:
+                conn.execute(
+                    sa.insert(t),
+                    {
+                        "target": target,
+                        "stream": stream,
+                        "method": mark.method,
+                        "value": mark.value,
+                        "server": mark.server,
+                        "updated_at": datetime.now(UTC),
+                    },
+                )
 
     def groups(self, target: str) -> dict[str, GroupRecord]:
         """Every group provisioned to ``target``, by source id."""
