@@ -22,19 +22,21 @@ from prefect import get_run_logger
 
 from tasks.ad import parse_range, ranged_values
 from tasks.changes import Changes, Reader, Start, read_changes
-from tasks.config import GroupsQuery, LdapSource, TargetConfig
+from tasks.config import DirectoryType, GroupsQuery, LdapSource, TargetConfig
 from tasks.errors import SourceError
 from tasks.extract import (
     SourceUser,
     connect,
     directory_task,
     normalize_dn,
-    paged_entries,
     source_id,
 )
 from tasks.state import GroupRecord, StateRecord
 
 # -- extract ---------------------------------------------------------------------------------
+
+AD_RANGE_SIZE = 1500
+"""Values per ranged read of a multi-valued attribute (AD's default MaxValRange)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,21 +100,12 @@ def entry_to_group(
 
 
 def read_groups(conn: ldap3.Connection, source: LdapSource) -> GroupExtraction:
-    query = source.groups
-    if query is None:
+    """Every group in scope."""
+    if source.groups is None:
         return GroupExtraction([], [])
-    wanted = {query.id_attribute or "entryUUID", query.name_attribute}
-    if query.members_from == "group":
-        wanted.update(query.member_attributes)
-    groups: list[SourceGroup] = []
-    invalid: list[tuple[str, str]] = []
-    for dn, raw in paged_entries(conn, source, query.base_dn, query.filter, query.scope, wanted):
-        result = entry_to_group(query, dn, raw, conn)
-        if isinstance(result, SourceGroup):
-            groups.append(result)
-        else:
-            invalid.append(result)
-    return GroupExtraction(groups, invalid)
+    reader = group_reader(conn, source)
+    reader.read(source.groups.filter)
+    return GroupExtraction(reader.entries, reader.invalid)
 
 
 def group_reader(conn: ldap3.Connection, source: LdapSource) -> Reader[SourceGroup]:
@@ -120,7 +113,11 @@ def group_reader(conn: ldap3.Connection, source: LdapSource) -> Reader[SourceGro
     query = source.groups
     assert query is not None
     wanted = {query.id_attribute or "entryUUID", query.name_attribute}
-    if query.members_from == "group":
+    if query.members_from == "group" and source.type is DirectoryType.active_directory:
+        # what AD answers to a plain read of a big group anyway, asked for explicitly so that
+        # directories that would return everything at once (Samba) are read the same way
+        wanted.update(f"{a};range=0-{AD_RANGE_SIZE - 1}" for a in query.member_attributes)
+    elif query.members_from == "group":
         wanted.update(query.member_attributes)
     return Reader(conn, source, query, wanted, lambda dn, raw: entry_to_group(query, dn, raw, conn))
 
