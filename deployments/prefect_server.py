@@ -49,6 +49,11 @@ POOL = "scim-provisioner"
 DEFAULT_PORT = 4200
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/scim_provisioner_prefect"
 RUN_DIRECTORY = REPO_ROOT / ".prefect-server"
+AUTOMATION = "scim-provisioner: notify failed runs"
+NOTIFY_BLOCK = "scim-provisioner-failures"
+NOTIFY_BODY = (
+    "{{ flow.name }}/{{ deployment.name }}: {{ flow_run.state.message }}\n{{ flow_run|ui_url }}"
+)
 SERVER_START_TIMEOUT = 120.0  # a new database is migrated first
 WORKER_START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
@@ -223,6 +228,51 @@ class PrefectServer:
         ``flow/deployment`` names."""
         return deploy(config=config, per_target=per_target, paused=paused, env=self.environment())
 
+    def notify_failures(self, webhook_url: str) -> None:
+        """Create (or replace) the automation :data:`AUTOMATION`: every flow run of the
+        project's deployments (tag ``scim-provisioner``) that ends Failed or Crashed is POSTed
+        to ``webhook_url`` as ``{"text": ...}`` (what Slack, Mattermost or Teams incoming
+        webhooks read): the run, its deployment, its state message and its page in the UI. The
+        URL is kept as a secret of the block :data:`NOTIFY_BLOCK`."""
+        from prefect.blocks.notifications import CustomWebhookNotificationBlock
+        from prefect.events.actions import SendNotification
+        from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        webhook = CustomWebhookNotificationBlock(
+            name="scim-provisioner",
+            url="{{webhook_url}}",
+            json_data={"text": "{{subject}}\n{{body}}"},
+            secrets={"webhook_url": webhook_url},
+        )
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url}):
+            block_id = webhook.save(NOTIFY_BLOCK, overwrite=True)
+        automation = AutomationCore(
+            name=AUTOMATION,
+            description="A run of a scim-provisioner deployment failed or crashed.",
+            trigger=EventTrigger(
+                expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+                match={"prefect.resource.id": "prefect.flow-run.*"},
+                match_related={
+                    "prefect.resource.role": "tag",
+                    "prefect.resource.id": f"prefect.tag.{POOL}",
+                },
+                posture=Posture.Reactive,
+                threshold=1,
+            ),
+            actions=[
+                SendNotification(
+                    block_document_id=block_id,
+                    subject="SCIM Provisioner: {{ flow_run.name }} {{ flow_run.state.name }}",
+                    body=NOTIFY_BODY,
+                )
+            ],
+        )
+        with self.client() as client:
+            for existing in client.read_automations_by_name(AUTOMATION):
+                client.delete_automation(existing.id)
+            client.create_automation(automation)
+
     def start_worker(self, name: str, *, limit: int | None = None) -> None:
         """Start a process worker on the pool and wait until the server lists it online.
 
@@ -350,6 +400,8 @@ def _start(args: argparse.Namespace) -> int:
     server.start()
     try:
         names = server.deploy(args.config, per_target=args.per_target, paused=args.paused)
+        if args.notify_url:
+            server.notify_failures(args.notify_url)
         for number in range(1, args.workers + 1):
             server.start_worker(f"worker-{number}")
     except BaseException:
@@ -360,6 +412,8 @@ def _start(args: argparse.Namespace) -> int:
     print(f"  API:         export PREFECT_API_URL={server.api_url}")
     print(f"  work pool:   {POOL}, {args.workers} worker(s); logs in {server.workdir}")
     print("  deployments: " + ", ".join(names))
+    if args.notify_url:
+        print(f"  automation:  '{AUTOMATION}' posts failed and crashed runs to the webhook")
     if args.config is None:
         print("  config_path: as in deployments/prefect.yaml (give --config FILE to change it)")
     return 0
@@ -387,6 +441,11 @@ def _main(argv: list[str] | None = None) -> int:
     )
     start.add_argument("--paused", action="store_true", help="register the schedules inactive")
     start.add_argument("--workers", type=int, default=1, help="workers on the pool (1)")
+    start.add_argument(
+        "--notify-url",
+        default=os.environ.get("SCIM_PROVISIONER_NOTIFY_URL"),
+        help="a webhook that gets every failed or crashed run (env SCIM_PROVISIONER_NOTIFY_URL)",
+    )
     commands.add_parser("status", help="what runs, and where")
     stop = commands.add_parser("stop", help="stop the workers, then the server")
     stop.add_argument(

@@ -10,20 +10,23 @@ database of its own (dropped afterwards), the per-target deployments of
 tests start runs. Workers are started by the tests that need them.
 
 ``retried_run``: a deployment run of ``provision_users`` that fails for part of the users (the
-proxy answers 503 to some /Users requests, the target retries none), then ``prefect flow-run
-retry`` (what the UI's Retry button does) once the faults are gone: the facts measured on the
-way, for the tests to judge.
+proxy answers 503 to some /Users requests, the target retries none), the automation's
+notification of it at a local webhook, then ``prefect flow-run retry`` (what the UI's Retry
+button does) once the faults are gone: the facts measured on the way, for the tests to judge.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -48,6 +51,49 @@ PROVISION = "provision_users/every-5-minutes-{target}"
 TARGETS = ("app-a", "app-b")
 
 
+class WebhookReceiver:
+    """An HTTP endpoint on 127.0.0.1 that keeps the JSON bodies POSTed to it (the failure
+    notifications of the automation)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                receiver.bodies.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/failures"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        """The first notification whose text contains ``text``; fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for body in self.bodies:
+                if text in str(body.get("text")):
+                    return str(body["text"])
+            time.sleep(0.25)
+        pytest.fail(f"no notification with {text!r} within {timeout:.0f} s: {self.bodies}")
+
+
 class UsersFaultProxy(FaultProxy):
     """Faults only on /Users requests: discovery always answers, the users' look-ups and
     writes fail at the proxy's rate (a 503 is answered without forwarding: no write)."""
@@ -64,6 +110,7 @@ class PrefectSite:
     slapd: Slapd
     scim: dict[str, ScimServer]
     proxy: UsersFaultProxy
+    webhook: WebhookReceiver
     config: Path
     state_url: str
     deployments: list[str] = field(default_factory=list)
@@ -174,6 +221,8 @@ def prefect_site(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd) -> Iter
         env={"TEST_LDAP_PASSWORD": LDAP_PASSWORD},
     )
     proxy: UsersFaultProxy | None = None
+    webhook = WebhookReceiver()
+    webhook.start()
     try:
         for target in scim.values():
             target.start()
@@ -184,11 +233,13 @@ def prefect_site(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd) -> Iter
         ensure_database(state_url)
         config = _site_config(root / "config.yaml", slapd, scim, proxy.url, state_url)
         server.start()
-        site = PrefectSite(server, slapd, scim, proxy, config, state_url)
+        site = PrefectSite(server, slapd, scim, proxy, webhook, config, state_url)
         site.deployments = server.deploy(config, per_target=True, paused=True)
+        server.notify_failures(webhook.url)
         yield site
     finally:
         server.stop()
+        webhook.stop()
         if proxy is not None:
             proxy.stop()
         for target in scim.values():
@@ -210,6 +261,7 @@ class RetriedRun:
     stats: dict[str, int]  # the target's requests per method over both attempts
     on_target: list[dict[str, Any]]  # every user on the target at the end
     retry_output: str  # what `prefect flow-run retry` said
+    notification: str  # what the automation posted to the webhook about attempt 1
     users: int = USERS  # in scope
     expected: set[str] = field(default_factory=PrefectSite.expected_users)  # their userNames
     seconds: dict[str, float] = field(default_factory=dict)
@@ -228,6 +280,7 @@ def retried_run(prefect_site: PrefectSite) -> RetriedRun:
         run_id = site.run("app-a")
         first = site.wait(run_id)
         seconds["first attempt"] = time.monotonic() - started
+        notification = site.webhook.wait_for(first.name)
         faults = site.proxy.injected["5xx"]
         posts_first = target.stats().get("POST", 0)
         users_first = len(site.target_users("app-a"))
@@ -246,5 +299,6 @@ def retried_run(prefect_site: PrefectSite) -> RetriedRun:
         stats=target.stats(),
         on_target=site.target_users("app-a"),
         retry_output=output,
+        notification=notification,
         seconds=seconds,
     )

@@ -1,8 +1,9 @@
 """Operating the provisioner in Prefect: a real server on PostgreSQL, the deployments of
 deployments/prefect.yaml per target, process workers on the pool ``scim-provisioner``.
 
-- A deployment run that failed for part of the users, retried from Prefect, redoes only the
-  failed work: the target never receives a user twice.
+- A deployment run that failed for part of the users is notified to a webhook by the
+  automation; retried from Prefect, it redoes only the failed work: the target never receives
+  a user twice.
 - Two workers on one pool share the deployments: the runs are spread over both, and none runs
   twice.
 """
@@ -64,11 +65,16 @@ def test_a_failed_run_retried_from_prefect_redoes_only_the_failed_users(
     attempts: the retry created only those attempt 1 had not."""
     run = retried_run
     print(f"\nretried run {run.run_id}: {run.seconds}, faults {run.faults}")
+    print(f"notification: {run.notification}")
     assert run.first.state.is_failed(), run.first.state
     assert run.faults > 0
     assert 0 < run.users_first < run.users, "the faults must fail some users, not all"
     assert run.posts_first == run.users_first  # a 503 is answered without forwarding
     assert "scheduled for retry" in run.retry_output
+    # the automation told the webhook: which run, which deployment, why, and where to look
+    assert "Failed" in run.notification and "every-5-minutes-app-a" in run.notification
+    assert "users with problems" in run.notification
+    assert f"/runs/flow-run/{run.run_id}" in run.notification
     assert run.final.state.is_completed(), run.final.state
     assert run.final.run_count == 2
     names = Counter(u["userName"] for u in run.on_target)
