@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +60,7 @@ NOTIFY_BODY = (
 SERVER_START_TIMEOUT = 120.0  # a new database is migrated first
 WORKER_START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
+SERVER, API, SERVICES = "prefect-server", "prefect-api", "prefect-services"  # process names
 
 
 def _psycopg_url(database_url: str, database: str | None = None) -> tuple[str, str]:
@@ -127,10 +131,36 @@ def _halt_pid(pid: int, stop_signal: signal.Signals, timeout: float = STOP_TIMEO
         os.killpg(pid, signal.SIGKILL)
 
 
+def redis_environment(redis_url: str) -> dict[str, str]:
+    """The settings that put Prefect's server side on Redis (prefect-redis): events and their
+    ordering, the cache, concurrency leases, and the background services' coordination
+    (docket, on the next database number)."""
+    url = urllib.parse.urlsplit(redis_url)
+    if url.scheme != "redis" or not url.hostname:
+        raise ValueError(f"not a redis://host:port/db URL: {redis_url}")
+    database = int(url.path.strip("/") or 0)
+    port = url.port or 6379
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_HOST": url.hostname,
+        "PREFECT_REDIS_MESSAGING_PORT": str(port),
+        "PREFECT_REDIS_MESSAGING_DB": str(database),
+        "PREFECT_SERVER_DOCKET_URL": f"redis://{url.hostname}:{port}/{database + 1}",
+    }
+
+
 class PrefectServer:
     """``prefect server start`` on 127.0.0.1:``port`` with PostgreSQL, and process workers on
     the pool ``scim-provisioner``; its files (state, logs, ``PREFECT_HOME``) in ``workdir``.
 
+    With ``redis_url`` or several ``ports``, the server side is split as for high
+    availability: the database migrated once, one API server (with the UI, ``--no-services``)
+    per port, one ``prefect server services start``, all on Redis messaging.
+
+    :param ports: the API servers' ports (default: ``port``).
     :param worker_query_seconds: how often the workers ask for runs (Prefect's default: 10 s).
     :param env: more environment for the server, the workers and their flow runs.
     """
@@ -140,13 +170,17 @@ class PrefectServer:
         workdir: Path,
         port: int = DEFAULT_PORT,
         *,
+        ports: Sequence[int] = (),
         database_url: str = DEFAULT_DATABASE_URL,
+        redis_url: str | None = None,
         worker_query_seconds: float | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
-        self.port = port
+        self.ports = list(ports) or [port]
+        self.port = self.ports[0]
         self.database_url = database_url
+        self.redis_url = redis_url
         self.worker_query_seconds = worker_query_seconds
         self.extra_env = dict(env or {})
         self.home = self.workdir / "home"
@@ -155,30 +189,42 @@ class PrefectServer:
         self._pids: dict[str, int] = {}
 
     @property
+    def separated(self) -> bool:
+        """Whether the API servers and the background services run apart (on Redis)."""
+        return self.redis_url is not None or len(self.ports) > 1
+
+    def ui_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.ports]
+
+    @property
     def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.ui_urls()[0]
 
     @property
     def api_url(self) -> str:
         return f"{self.ui_url}/api"
 
-    def environment(self) -> dict[str, str]:
-        """The environment of the server, the workers and the ``prefect`` commands run
-        against this server."""
+    def environment(self, api: int = 0) -> dict[str, str]:
+        """The environment of the server side, the workers and the ``prefect`` commands,
+        talking to API server number ``api`` (from 0)."""
+        ui_url = self.ui_urls()[api]
         env = {
             **os.environ,
             "PREFECT_HOME": str(self.home),
-            "PREFECT_API_URL": self.api_url,
-            "PREFECT_UI_URL": self.ui_url,
-            "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_API_URL": f"{ui_url}/api",
+            "PREFECT_UI_URL": ui_url,
+            "PREFECT_UI_API_URL": f"{ui_url}/api",
             "PREFECT_SERVER_API_HOST": "127.0.0.1",
-            "PREFECT_SERVER_API_PORT": str(self.port),
+            "PREFECT_SERVER_API_PORT": str(self.ports[api]),
             "PREFECT_API_DATABASE_CONNECTION_URL": self.database_url,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
             "SCIM_PROVISIONER_HOME": str(REPO_ROOT),
+            **(redis_environment(self.redis_url) if self.redis_url else {}),
             **self.extra_env,
         }
+        if self.separated:
+            env["PREFECT_API_DATABASE_MIGRATE_ON_START"] = "false"
         if self.worker_query_seconds is not None:
             env["PREFECT_WORKER_QUERY_SECONDS"] = str(self.worker_query_seconds)
         return env
@@ -196,15 +242,45 @@ class PrefectServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(exist_ok=True)
         ensure_database(self.database_url)
-        command = [sys.executable, "-m", "prefect", "server", "start"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self._spawn("server", command, self.workdir / "server.log")
-        self._wait(
-            "server",
-            lambda: _answers(f"{self.api_url}/health"),
-            SERVER_START_TIMEOUT,
+        try:
+            self._start_processes()
+            self.create_pool()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_processes(self) -> None:
+        """The server, or the API servers one after the other (each registers Prefect's block
+        types as it starts: at once, they collide) and then the background services."""
+        if not self.separated:
+            names = [SERVER]
+        else:
+            self._migrate()
+            names = [f"{API}-{number + 1}" for number in range(len(self.ports))]
+        for number, name in enumerate(names):
+            command = [sys.executable, "-m", "prefect", "server", "start"]
+            command += ["--host", "127.0.0.1", "--port", str(self.ports[number])]
+            if self.separated:
+                command.append("--no-services")
+            self._spawn(name, command, self.workdir / f"{name}.log", api=number)
+            health = f"{self.ui_urls()[number]}/api/health"
+            self._wait(name, functools.partial(_answers, health), SERVER_START_TIMEOUT)
+        if self.separated:
+            command = [sys.executable, "-m", "prefect", "server", "services", "start"]
+            self._spawn(SERVICES, command, self.workdir / f"{SERVICES}.log")
+
+    def _migrate(self) -> None:
+        """Bring the database to Prefect's schema once, before the API servers start."""
+        result = subprocess.run(
+            [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"],
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=SERVER_START_TIMEOUT,
+            check=False,
         )
-        self.create_pool()
+        if result.returncode != 0:
+            raise RuntimeError(f"prefect server database upgrade failed:\n{result.stderr}")
 
     def create_pool(self) -> None:
         """Create the process work pool ``scim-provisioner`` unless it exists."""
@@ -273,18 +349,19 @@ class PrefectServer:
                 client.delete_automation(existing.id)
             client.create_automation(automation)
 
-    def start_worker(self, name: str, *, limit: int | None = None) -> None:
+    def start_worker(self, name: str, *, limit: int | None = None, api: int = 0) -> None:
         """Start a process worker on the pool and wait until the server lists it online.
 
         :param limit: at most this many flow runs at once in this worker.
+        :param api: the number of the API server it talks to (from 0).
         """
-        if name in self._children or name == "server":
-            raise RuntimeError(f"{name} already runs")
+        if name in self._children or name.startswith("prefect-"):
+            raise RuntimeError(f"{name} already runs, or is a name of the server's processes")
         command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL]
         command += ["--type", "process", "--name", name]
         if limit is not None:
             command += ["--limit", str(limit)]
-        self._spawn(name, command, self.worker_log(name))
+        self._spawn(name, command, self.worker_log(name), api=api)
         self._wait(name, lambda: self._worker_online(name), WORKER_START_TIMEOUT)
 
     def worker_log(self, name: str) -> Path:
@@ -308,23 +385,28 @@ class PrefectServer:
         """Stop every worker, then the server (also those a previous ``start`` left running,
         as recorded in the state file)."""
         self._load()
-        for name in [n for n in self._pids if n != "server"]:
+        workers = [n for n in self._pids if not n.startswith("prefect-")]
+        for name in [
+            *workers,
+            SERVICES,
+            SERVER,
+            *(n for n in list(self._pids) if n.startswith(API)),
+        ]:
             self._halt(name)
-        self._halt("server")
         self.state_file.unlink(missing_ok=True)
 
     def running(self) -> bool:
         """Tell whether the recorded server process runs."""
         self._load()
-        pid = self._pids.get("server")
-        return pid is not None and _is_ours(pid)
+        servers = [pid for name, pid in self._pids.items() if name.startswith("prefect-")]
+        return any(_is_ours(pid) for pid in servers)
 
     def status(self) -> dict[str, Any]:
         """What runs: the URLs, the server's health and each process with its id."""
         self._load()
         return {
-            "ui": self.ui_url,
-            "api": self.api_url,
+            "ui": self.ui_urls(),
+            "redis": self.redis_url,
             "database": self.database_url,
             "healthy": _answers(f"{self.api_url}/health"),
             "processes": {
@@ -333,17 +415,18 @@ class PrefectServer:
         }
 
     @contextlib.contextmanager
-    def client(self) -> Iterator[SyncPrefectClient]:
-        """A Prefect client of this server (whatever PREFECT_API_URL says in this process)."""
+    def client(self, api: int = 0) -> Iterator[SyncPrefectClient]:
+        """A Prefect client of API server number ``api`` (whatever PREFECT_API_URL says in
+        this process)."""
         from prefect.client.orchestration import SyncPrefectClient
 
-        with SyncPrefectClient(self.api_url) as client:
+        with SyncPrefectClient(f"{self.ui_urls()[api]}/api") as client:
             yield client
 
     # -- internals -----------------------------------------------------------
 
-    def _spawn(self, name: str, command: list[str], log: Path) -> None:
-        child = Child.spawn(name, command, log, cwd=REPO_ROOT, env=self.environment())
+    def _spawn(self, name: str, command: list[str], log: Path, *, api: int = 0) -> None:
+        child = Child.spawn(name, command, log, cwd=REPO_ROOT, env=self.environment(api))
         self._children[name] = child
         self._pids[name] = child.process.pid
         self._save()
@@ -371,7 +454,12 @@ class PrefectServer:
         return any(w.name == name and w.status == WorkerStatus.ONLINE for w in workers)
 
     def _save(self) -> None:
-        state = {"port": self.port, "database_url": self.database_url, "pids": self._pids}
+        state = {
+            "ports": self.ports,
+            "database_url": self.database_url,
+            "redis_url": self.redis_url,
+            "pids": self._pids,
+        }
         self.state_file.write_text(json.dumps(state, indent=2))
 
     def _load(self) -> None:
@@ -388,11 +476,19 @@ class PrefectServer:
         if not state_file.exists():
             raise RuntimeError(f"no Prefect server was started from {workdir}")
         state = json.loads(state_file.read_text())
-        return cls(workdir, int(state["port"]), database_url=state["database_url"])
+        return cls(
+            workdir,
+            ports=state["ports"],
+            database_url=state["database_url"],
+            redis_url=state["redis_url"],
+        )
 
 
 def _start(args: argparse.Namespace) -> int:
-    server = PrefectServer(args.run_dir, args.port, database_url=args.database_url)
+    ports = [args.port + number for number in range(args.api_servers)]
+    server = PrefectServer(
+        args.run_dir, ports=ports, database_url=args.database_url, redis_url=args.redis
+    )
     if args.config is not None and not args.config.exists():
         print(f"server: no such config file: {args.config}", file=sys.stderr)
         return 2
@@ -402,14 +498,16 @@ def _start(args: argparse.Namespace) -> int:
         names = server.deploy(args.config, per_target=args.per_target, paused=args.paused)
         if args.notify_url:
             server.notify_failures(args.notify_url)
-        for number in range(1, args.workers + 1):
-            server.start_worker(f"worker-{number}")
+        for number in range(args.workers):
+            server.start_worker(f"worker-{number + 1}", api=number % len(ports))
     except BaseException:
         server.stop()
         raise
     print(f"Prefect server up in {time.monotonic() - started:.0f} s, on PostgreSQL")
-    print(f"  UI:          {server.ui_url}")
+    print(f"  UI:          {', '.join(server.ui_urls())}")
     print(f"  API:         export PREFECT_API_URL={server.api_url}")
+    if server.separated:
+        print(f"  on Redis:    {server.redis_url}, background services in their own process")
     print(f"  work pool:   {POOL}, {args.workers} worker(s); logs in {server.workdir}")
     print("  deployments: " + ", ".join(names))
     if args.notify_url:
@@ -441,6 +539,12 @@ def _main(argv: list[str] | None = None) -> int:
     )
     start.add_argument("--paused", action="store_true", help="register the schedules inactive")
     start.add_argument("--workers", type=int, default=1, help="workers on the pool (1)")
+    start.add_argument(
+        "--api-servers", type=int, default=1, help="API servers on --port, --port + 1, ... (1)"
+    )
+    start.add_argument(
+        "--redis", metavar="URL", help="Redis messaging (redis://127.0.0.1:6379/0; prefect-redis)"
+    )
     start.add_argument(
         "--notify-url",
         default=os.environ.get("SCIM_PROVISIONER_NOTIFY_URL"),

@@ -3,8 +3,10 @@ provisioner through deployments and workers (a pytest plugin: the modules that n
 ``pytest_plugins = ["tests.integration.prefect_server_fixtures"]``, so the session starts it
 once).
 
-``prefect_site``: :class:`deployments.prefect_server.PrefectServer` on a free port with a
-database of its own (dropped afterwards), the per-target deployments of
+``prefect_site``: :class:`deployments.prefect_server.PrefectServer` split as for high
+availability: two API servers (with the UI) on free ports and the background services apart,
+on a PostgreSQL database of their own (dropped afterwards) and Redis messaging (databases
+REDIS_DB and the next, emptied before and after), the per-target deployments of
 ``deployments/prefect.yaml`` for a config with two targets (``app-a`` behind a fault proxy,
 ``app-b`` direct, each a real scim2-server), schedules registered inactive so that only the
 tests start runs. Workers are started by the tests that need them.
@@ -41,6 +43,8 @@ from tests.conftest import CUSTOM_URN, LDAP_PASSWORD, add_people, sample_people,
 from tests.fault_proxy import FaultProxy
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+REDIS_DB = 11  # and 12, for the background services' coordination
+REDIS = f"redis://127.0.0.1:6379/{REDIS_DB}"
 PEOPLE_ADDED = 37
 USERS = PEOPLE_ADDED + 3  # ada, bob and dee of the sample are in scope too (below the
 # 50 creates past which the loader lists the target first: every user has its own requests)
@@ -136,11 +140,12 @@ class PrefectSite:
 
     @contextmanager
     def workers(self, *names: str, limit: int | None = None) -> Iterator[None]:
-        """Workers on the pool for the duration of the block; stopped afterwards (SIGINT)."""
+        """Workers on the pool for the duration of the block, each through the next API
+        server; stopped afterwards (SIGINT)."""
         started = []
         try:
-            for name in names:
-                self.server.start_worker(name, limit=limit)
+            for number, name in enumerate(names):
+                self.server.start_worker(name, limit=limit, api=number % len(self.server.ports))
                 started.append(name)
             yield
         finally:
@@ -215,14 +220,16 @@ def prefect_site(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd) -> Iter
     scim = {name: ScimServer(root / name, user_extensions=extension) for name in TARGETS}
     server = PrefectServer(
         root / "prefect",
-        free_port(),
+        ports=[free_port(), free_port()],
         database_url=database_url,
+        redis_url=REDIS,
         worker_query_seconds=1,
         env={"TEST_LDAP_PASSWORD": LDAP_PASSWORD},
     )
     proxy: UsersFaultProxy | None = None
     webhook = WebhookReceiver()
     webhook.start()
+    empty_redis()
     try:
         for target in scim.values():
             target.start()
@@ -246,6 +253,16 @@ def prefect_site(tmp_path_factory: pytest.TempPathFactory, slapd: Slapd) -> Iter
             target.stop()
         drop_database(database_url)
         drop_database(state_url)
+        empty_redis()
+
+
+def empty_redis() -> None:
+    """Empty the Redis databases of the tests' Prefect site."""
+    import redis
+
+    for database in (REDIS_DB, REDIS_DB + 1):
+        with redis.Redis(host="127.0.0.1", port=6379, db=database) as client:
+            client.flushdb()
 
 
 @dataclass

@@ -1,11 +1,12 @@
-"""Operating the provisioner in Prefect: a real server on PostgreSQL, the deployments of
-deployments/prefect.yaml per target, process workers on the pool ``scim-provisioner``.
+"""Operating the provisioner in Prefect: a real server side on PostgreSQL and Redis (two API
+servers, the background services apart), the deployments of deployments/prefect.yaml per
+target, process workers on the pool ``scim-provisioner``.
 
 - A deployment run that failed for part of the users is notified to a webhook by the
   automation; retried from Prefect, it redoes only the failed work: the target never receives
   a user twice.
-- Two workers on one pool share the deployments: the runs are spread over both, and none runs
-  twice.
+- Two workers on one pool, each through another API server, share the deployments: the runs
+  are spread over both, and none runs twice.
 """
 
 from __future__ import annotations
@@ -98,9 +99,10 @@ def launches(log: str) -> Counter[str]:
 def test_two_workers_on_one_pool_share_the_runs_and_none_runs_twice(
     prefect_site: PrefectSite,
 ) -> None:
-    """Two workers (one run at a time each) on the pool; two runs per target's deployment
-    created at once. Each run completes once (run_count 1), launched by exactly one worker;
-    both workers launched runs; each target received each user once."""
+    """Two workers (one run at a time each) on the pool, through the two API servers; two runs
+    per target's deployment created at once. Each run completes once (run_count 1), launched
+    by exactly one worker; both workers launched runs; each target received each user once;
+    both API servers show the same runs."""
     site = prefect_site
     site.reset()
     started = time.monotonic()
@@ -119,6 +121,10 @@ def test_two_workers_on_one_pool_share_the_runs_and_none_runs_twice(
         counts = [by_worker[name][str(run_id)] for name in by_worker]
         assert sorted(counts) == [0, 1], (run_id, by_worker)
     assert all(sum(counts.values()) >= 1 for counts in by_worker.values()), by_worker
+    for number in range(len(site.server.ports)):
+        with site.server.client(api=number) as client:
+            shown = {run.id: run.state_name for run in client.read_flow_runs()}
+        assert all(shown[run.id] == "Completed" for run in runs), (number, shown)
     for target in site.targets:
         names = Counter(u["userName"] for u in site.target_users(target))
         assert set(names) == site.expected_users() and max(names.values()) == 1, target

@@ -91,6 +91,8 @@ def test_compose_has_prefect_on_postgresql_with_redis_workers_and_the_demo() -> 
         assert command[:3] == ["prefect", "server", "start"] and "--no-services" in command
         port = services[name]["ports"][0].split(":")[1]
         assert services[name]["environment"]["PREFECT_UI_API_URL"].endswith(f":{port}/api")
+    depends = services["prefect-api-2"]["depends_on"]["prefect-api-1"]
+    assert depends["condition"] == "service_healthy"  # not both registering block types at once
     assert services["prefect-services"]["command"] == ["prefect", "server", "services", "start"]
     assert services["prefect-migrate"]["command"][:4] == [
         "prefect",
