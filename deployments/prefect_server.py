@@ -1,7 +1,8 @@
 """A real Prefect server on PostgreSQL, with the project's work pool, deployments and workers.
 
     python -m deployments.prefect_server start [--port 4200] [--config FILE] [--per-target]
-                                               [--workers 1] [--paused]
+                                               [--workers 1] [--paused] [--notify-url URL]
+                                               [--api-servers 1] [--redis URL]
     python -m deployments.prefect_server status
     python -m deployments.prefect_server stop [--drop-database]
 
@@ -18,7 +19,9 @@ finds its persisted extract); ``stop`` stops the workers (SIGINT: a worker may i
 SIGTERM), then the server. The workers and the flow runs they start inherit the environment
 of ``start``: export the config's secrets before it.
 
-The tests use :class:`PrefectServer` directly, on a free port, with a database of their own.
+With ``--redis`` or ``--api-servers N`` the server side is split as for high availability
+(:class:`PrefectServer`). The tests use :class:`PrefectServer` directly, on free ports, with
+a database of their own.
 """
 
 from __future__ import annotations
@@ -108,27 +111,30 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _is_ours(pid: int) -> bool:
-    """Tell whether ``pid`` runs, and is a Prefect process (not a reused process id)."""
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot), or None when it does not run."""
     try:
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return b"prefect" in command_line
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else int(fields[19])  # state, ..., starttime (field 22)
 
 
-def _halt_pid(pid: int, stop_signal: signal.Signals, timeout: float = STOP_TIMEOUT) -> None:
-    """Stop a process another invocation started (so not our child): ``stop_signal``, then
-    SIGKILL of its process group when it lingers."""
-    if not _is_ours(pid):
+def _halt_pid(pid: int, started: int, stop_signal: signal.Signals) -> None:
+    """Stop a process another invocation started (so not our child), if it is still that
+    process (same start time, not a reused id): ``stop_signal``, then SIGKILL of its process
+    group when it lingers."""
+    if _started(pid) != started:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, stop_signal)
-    deadline = time.monotonic() + timeout
-    while _is_ours(pid) and time.monotonic() < deadline:
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _started(pid) == started and time.monotonic() < deadline:
         time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
+    if _started(pid) == started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
 
 def redis_environment(redis_url: str) -> dict[str, str]:
@@ -186,7 +192,7 @@ class PrefectServer:
         self.home = self.workdir / "home"
         self.state_file = self.workdir / "state.json"
         self._children: dict[str, Child] = {}
-        self._pids: dict[str, int] = {}
+        self._pids: dict[str, tuple[int, int]] = {}  # name → (process id, start time)
 
     @property
     def separated(self) -> bool:
@@ -239,6 +245,7 @@ class PrefectServer:
         """
         if self.running():
             raise RuntimeError(f"a Prefect server of {self.workdir} already runs: {self.ui_url}")
+        self._pids = {}  # what a previous start recorded has stopped
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.home.mkdir(exist_ok=True)
         ensure_database(self.database_url)
@@ -374,11 +381,11 @@ class PrefectServer:
     def _halt(self, name: str) -> None:
         """Stop a process of this server with SIGINT, SIGKILL if it lingers; forget it."""
         child = self._children.pop(name, None)
-        pid = self._pids.pop(name, None)
+        recorded = self._pids.pop(name, None)
         if child is not None:
             child.halt(signal.SIGINT)
-        elif pid is not None:
-            _halt_pid(pid, signal.SIGINT)
+        elif recorded is not None:
+            _halt_pid(*recorded, signal.SIGINT)
         self._save()
 
     def stop(self) -> None:
@@ -398,8 +405,11 @@ class PrefectServer:
     def running(self) -> bool:
         """Tell whether the recorded server process runs."""
         self._load()
-        servers = [pid for name, pid in self._pids.items() if name.startswith("prefect-")]
-        return any(_is_ours(pid) for pid in servers)
+        return any(
+            _started(pid) == started
+            for name, (pid, started) in self._pids.items()
+            if name.startswith("prefect-")
+        )
 
     def status(self) -> dict[str, Any]:
         """What runs: the URLs, the server's health and each process with its id."""
@@ -410,7 +420,8 @@ class PrefectServer:
             "database": self.database_url,
             "healthy": _answers(f"{self.api_url}/health"),
             "processes": {
-                name: {"pid": pid, "running": _is_ours(pid)} for name, pid in self._pids.items()
+                name: {"pid": pid, "running": _started(pid) == started}
+                for name, (pid, started) in self._pids.items()
             },
         }
 
@@ -428,7 +439,8 @@ class PrefectServer:
     def _spawn(self, name: str, command: list[str], log: Path, *, api: int = 0) -> None:
         child = Child.spawn(name, command, log, cwd=REPO_ROOT, env=self.environment(api))
         self._children[name] = child
-        self._pids[name] = child.process.pid
+        pid = child.process.pid
+        self._pids[name] = (pid, _started(pid) or 0)
         self._save()
 
     def _wait(self, name: str, ready: Callable[[], bool], timeout: float) -> None:
@@ -467,7 +479,9 @@ class PrefectServer:
         if self._children or not self.state_file.exists():
             return
         state = json.loads(self.state_file.read_text())
-        self._pids = {name: int(pid) for name, pid in state["pids"].items()}
+        self._pids = {
+            name: (int(pid), int(started)) for name, (pid, started) in state["pids"].items()
+        }
 
     @classmethod
     def recorded(cls, workdir: Path) -> PrefectServer:
