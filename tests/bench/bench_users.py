@@ -26,7 +26,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import requests
 import yaml
@@ -102,7 +102,7 @@ def run_flow(config: Path) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     state = provision_users(config_path=str(config), return_state=True)
     seconds = time.perf_counter() - started
-    summary = state.result(raise_on_failure=False)
+    summary = cast(dict[str, Any], state.result(raise_on_failure=False))
     if not state.is_completed():
         raise SystemExit(f"the sync failed: {state.message}")
     return seconds, summary
