@@ -26,7 +26,7 @@ from tasks.batching import as_is, batches
 from tasks.changes import Changes, UserChanges, start_of
 from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError
-from tasks.extract import SourceUser, extract_users, normalize_dn
+from tasks.extract import SourceUser, extract_users
 from tasks.groups import (
     DesiredGroup,
     GroupExtraction,
@@ -81,7 +81,7 @@ def sync_groups_target(
     query = config.source.groups
     assert query is not None
     records = store.records(target.name)
-    known = {normalize_dn(r.dn): r.source_id for r in records.values() if r.dn}
+    known = {r.dn: r.source_id for r in records.values() if r.dn}  # normalized DNs
     extraction = GroupExtraction(groups.entries, groups.invalid)
     desired, warnings = resolve_groups(extraction, users, query, known)
     state = store.groups(target.name)

@@ -207,10 +207,12 @@ def plan_users(
     plan = Plan(target=target.name, rejected=[*rejected, *duplicates])
     keep = {r.source_id for r in plan.rejected}
     seen: set[str] = set()
-    by_dn = {normalize_dn(r.dn): r.source_id for r in state.values() if r.dn}
-    by_dn.update((normalize_dn(user.dn), user.source_id) for user in desired)
+    by_dn: dict[str, str] = {}
 
     def scim_id_of(dn: str) -> str | None:
+        if not by_dn:  # built on the first reference only: normalizing every DN costs
+            by_dn.update((r.dn, r.source_id) for r in state.values() if r.dn)
+            by_dn.update((normalize_dn(user.dn), user.source_id) for user in desired)
         record = state.get(by_dn.get(dn, ""))
         return record.scim_id if record is not None else None
 
@@ -236,7 +238,12 @@ def plan_users(
             if target.create_users:
                 plan.actions.append(
                     Action(
-                        "create", user.source_id, user.user_name, "new", user.payload, dn=user.dn
+                        "create",
+                        user.source_id,
+                        user.user_name,
+                        "new",
+                        user.payload,
+                        dn=normalize_dn(user.dn),
                     )
                 )
             else:
@@ -258,7 +265,7 @@ def plan_users(
                         record.payload,
                         record.scim_id,
                         record.version,
-                        user.dn,
+                        normalize_dn(user.dn),
                     )
                 )
             else:
@@ -272,8 +279,9 @@ def plan_users(
                 )
         else:
             plan.unchanged += 1
-            if record.dn != user.dn:
-                plan.moved[user.source_id] = user.dn
+            dn = normalize_dn(user.dn)
+            if record.dn != dn:
+                plan.moved[user.source_id] = dn
     for source_id, record in state.items():
         if source_id in seen:
             continue

@@ -369,7 +369,7 @@ def reconcile_users(
                 content_hash(payload),
                 payload,
                 _status(actual.active),
-                dn=user.dn,
+                dn=normalize_dn(user.dn),
             )
             if how[user.source_id] == "state":
                 result.note("in step", name, user.source_id, scim_id)

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -164,7 +164,7 @@ def _user_row(record: StateRecord) -> dict[str, Any]:
         "scim_id": record.scim_id,
         "user_name": record.user_name,
         "content_hash": record.content_hash,
-        "payload": json.dumps(record.payload, sort_keys=True),
+        "payload": record.body,
         "status": record.status,
         "version": record.version,
         "dn": record.dn,
@@ -189,18 +189,53 @@ def _delete_one(table: sa.Table) -> sa.Delete:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class StateRecord:
+    """A user provisioned to a target: ids, name, the hash and body of the last payload the
+    target accepted, status, ETag and DN.
+
+    The body is kept as its JSON text and decoded on each access of :attr:`payload`: a run
+    holds every record of a target, and only the few that change need their body (a decoded
+    payload costs several times its text in memory).
+    """
+
     source_id: str
     scim_id: str
     user_name: str
     content_hash: str
-    payload: dict[str, Any]
+    body: str
+    """The payload as canonical JSON text."""
     status: Status
-    version: str | None = None
+    version: str | None
     """The target's ETag of the user after our last write, when it has ETags."""
-    dn: str | None = None
-    """The entry's DN when it was last seen (resolves references in incremental cycles)."""
+    dn: str | None
+    """The entry's DN when it was last seen, normalized (``tasks.extract.normalize_dn``): it
+    resolves references and group members without reading every user."""
+
+    def __init__(
+        self,
+        source_id: str,
+        scim_id: str,
+        user_name: str,
+        content_hash: str,
+        payload: dict[str, Any] | str,
+        status: Status,
+        version: str | None = None,
+        dn: str | None = None,
+    ) -> None:
+        self.source_id = source_id
+        self.scim_id = scim_id
+        self.user_name = user_name
+        self.content_hash = content_hash
+        self.body = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True)
+        self.status = status
+        self.version = version
+        self.dn = dn
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The last payload the target accepted (a new dict on each access)."""
+        return cast(dict[str, Any], json.loads(self.body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +319,7 @@ class StateStore:
                     row.scim_id,
                     row.user_name,
                     row.content_hash,
-                    json.loads(row.payload),
+                    row.payload,
                     row.status,
                     row.version,
                     row.dn,
