@@ -357,6 +357,8 @@ class Bench:
             }
             figures["no_change"] = incremental_cycle(config, self.scim)
             for k in self.args.changes:
+                if changed + k > self.args.users:
+                    changed = 0  # the titles name the method and k: these are changes again
                 ldap_seconds = change_titles(self.slapd, changed, k, f"{method}-{k}")
                 changed += k
                 figures[f"k={k}"] = {
