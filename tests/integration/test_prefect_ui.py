@@ -11,6 +11,7 @@ Screenshots go to tests/output/prefect-ui/ (git-ignored; their paths are printed
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,7 +52,9 @@ def browser() -> Iterator[WebDriver]:
         "--window-size=1400,900",
     ):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    # schedules and times shown in UTC, whatever the machine's zone
+    service = Service(str(CHROMEDRIVER), env={**os.environ, "TZ": "UTC"})
+    driver = webdriver.Chrome(options=options, service=service)
     OUTPUT.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
