@@ -12,7 +12,7 @@ Screenshots go to tests/output/prefect-ui/ (git-ignored; their paths are printed
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +79,10 @@ def wait_for(driver: WebDriver, name: str, *texts: str) -> str:
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    shown: Callable[[Any], bool] = lambda d: all(text in body(d) for text in texts)  # noqa: E731
+    def shown(current: WebDriver) -> bool:
+        page = body(current)
+        return all(text in page for text in texts)
+
     try:
         WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.25).until(shown)
     except TimeoutException:
