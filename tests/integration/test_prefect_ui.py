@@ -1,7 +1,7 @@
 """The Prefect UI of the real server, in headless Chromium (Debian's ``chromium`` driven through
 ``/usr/bin/chromedriver`` by selenium): what an operator sees.
 
-- the deployments, one per target, with their schedules;
+- the deployments, one per target, with their schedules, and the form of a custom run;
 - the retried run (``retried_run``: failed for part of the users, then retried): Completed,
   run count 2, both attempts' summaries among its artifacts;
 - a completed run's summary artifact: the table of counts per action.
@@ -131,6 +131,18 @@ def test_the_deployments_page_lists_every_target_s_deployments_with_their_schedu
     page = wait_for(browser, "deployments", *names, *SCHEDULES)
     assert f"{len(names)} Deployments" in page
     screenshot(browser, "deployments")
+
+
+def test_a_custom_run_of_provision_users_shows_a_form_of_its_typed_parameters(
+    browser: WebDriver, prefect_site: PrefectSite
+) -> None:
+    """The flow's parameters are typed: Run → Custom run is a form, one field per parameter."""
+    with prefect_site.server.client() as client:
+        deployment = client.read_deployment_by_name("provision_users/every-5-minutes-app-a")
+    browser.get(f"{prefect_site.server.ui_url}/deployments/deployment/{deployment.id}/run")
+    parameters = ("config_path", "target", "allow_mass_deprovisioning", "approval_timeout")
+    wait_for(browser, "custom-run", *parameters)
+    screenshot(browser, "custom-run")
 
 
 def test_the_retried_run_shows_completed_after_two_attempts_with_both_summaries(
