@@ -633,7 +633,7 @@ def reconcile_child_main(config: str) -> None:
                 "flow_seconds": round(seconds, 2),
                 "rss_before_flow_mb": round(before, 1),
                 "peak_rss_mb": round(vm("VmHWM"), 1),
-                "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                # not ru_maxrss: after fork + exec it still holds the parent's peak
                 "source_entries": summary["source_entries"],
                 "differences": result["differences"],
                 "counts": result["counts"],
