@@ -26,6 +26,7 @@ from prefect.states import State
 
 from flows.provision_users import desired_users, sync_target
 from flows.sync_group_memberships import open_store, sync_groups_target
+from tasks.batching import as_is
 from tasks.changes import Changes
 from tasks.config import Config, TargetConfig, load_config
 from tasks.extract import Extraction, extract_users, mapped_attributes
@@ -160,7 +161,7 @@ def reconcile_target(
         capabilities = discover(target)
         listed = list_target_users(client, capabilities)
         users = reconcile_users(target, client.dialect, desired, state, listed)
-        read_differing(client, users)
+        read_differing(client, as_is(users))
         with_groups = groups is not None and target.sync_groups
         group_result: GroupReconciliation | None = None
         wanted: list[DesiredGroup] = []

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import task
-from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+from prefect.cache_policies import NO_CACHE
 
 from tasks.config import CORE_USER_SCHEMA, MultiValuedRule
 from tasks.extract import SourceUser, mapped_attributes, normalize_dn
@@ -208,11 +208,7 @@ def transform_batch(
     return desired, rejected
 
 
-@task(
-    name="transform-to-SCIM",
-    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
-    persist_result=True,
-)
+@task(name="transform-to-SCIM", cache_policy=NO_CACHE, persist_result=False)
 def transform_users(
     users: list[SourceUser], mapping: dict[str, Any], version: str, profile: str
 ) -> tuple[list[DesiredUser], list[Rejection]]:
