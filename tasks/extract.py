@@ -13,12 +13,13 @@ import math
 import ssl
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 from ldap3.core.exceptions import LDAPInvalidDnError
+from ldap3.utils.conv import to_unicode
 from ldap3.utils.dn import parse_dn
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
@@ -163,6 +164,7 @@ def connect(source: LdapSource) -> ldap3.Connection:
         auto_range=False,
         return_empty_attributes=False,
     )
+    _decode_entries_raw(conn)
     try:
         conn.open()
         if source.tls is TlsMode.starttls:
@@ -172,6 +174,46 @@ def connect(source: LdapSource) -> ldap3.Connection:
         _close_quietly(conn)
         raise _connection_error(source, exc) from None
     return conn
+
+
+def _text(value: bytes) -> str:
+    """A DN or attribute name: UTF-8 as LDAP says, else as ldap3 would guess."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return str(to_unicode(value, from_server=True))
+
+
+def _decode_entries_raw(conn: ldap3.Connection) -> None:
+    """Make this connection decode search entries to their raw values only.
+
+    ldap3 builds, for every entry, a case-insensitive dict of the raw values *and* a second,
+    converted copy of every attribute; the provisioner reads only the raw values (its own
+    decoding says what is text and what is binary). Skipping both costs nothing in meaning
+    and makes reading the directory markedly faster (see README, Performance). Other messages
+    (and the controls of entries, e.g. syncrepl's state) are decoded by ldap3 as before.
+    """
+    strategy = conn.strategy
+    generic = strategy.decode_response_fast
+    decode_control = strategy.decode_control_fast
+
+    def decode(message: dict[str, Any]) -> dict[str, Any]:
+        if message["protocolOp"] != 4:  # not a searchResEntry
+            return cast(dict[str, Any], generic(message))
+        payload = message["payload"]
+        raw = {_text(a[3][0][3]): [bytes(v[3]) for v in a[3][1][3]] for a in payload[1][3]}
+        result: dict[str, Any] = {
+            "type": "searchResEntry",
+            "raw_dn": payload[0][3],
+            "dn": _text(payload[0][3]),
+            "raw_attributes": raw,
+            "attributes": raw,
+        }
+        if message["controls"]:
+            result["controls"] = dict(decode_control(c[3]) for c in message["controls"])
+        return result
+
+    strategy.decode_response_fast = decode
 
 
 def _close_quietly(conn: ldap3.Connection) -> None:
