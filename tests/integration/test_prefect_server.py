@@ -73,6 +73,7 @@ def test_a_failed_run_retried_from_prefect_redoes_only_the_failed_users(
     assert run.posts_first == run.users_first  # a 503 is answered without forwarding
     assert "scheduled for retry" in run.retry_output
     # the automation told the webhook: which run, which deployment, why, and where to look
+    assert run.notification is not None, "no notification of the failed attempt arrived"
     assert "Failed" in run.notification and "every-5-minutes-app-a" in run.notification
     assert "users with problems" in run.notification
     assert f"/runs/flow-run/{run.run_id}" in run.notification
