@@ -99,6 +99,9 @@ audit_log = sa.Table(
 
 Outcome = Literal["ok", "failed"]
 
+SCHEMA_LOCK = 0x5C1A_5747
+"""PostgreSQL advisory lock key held while the tables are created or upgraded."""
+
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
@@ -286,8 +289,7 @@ class StateStore:
         self.engine = make_engine(url)
         self.read_only = read_only
         if not read_only:
-            metadata.create_all(self.engine)
-            self._add_missing_columns()
+            self._create_or_upgrade()
 
     @classmethod
     def for_run(cls, url: str, run_id: str | None, audit_retention_days: int) -> StateStore:
@@ -532,15 +534,21 @@ class StateStore:
             result = conn.execute(sa.delete(audit_log).where(audit_log.c.at < older_than))
             return int(result.rowcount or 0)
 
-    def _add_missing_columns(self) -> None:
-        """Bring a store made by an earlier version up to date (new nullable columns)."""
-        inspector = sa.inspect(self.engine)
-        for table in metadata.sorted_tables:
-            present = {c["name"] for c in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in present and column.nullable:
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    with self.engine.begin() as conn:
+    def _create_or_upgrade(self) -> None:
+        """Create the tables, and bring a store made by an earlier version up to date (new
+        nullable columns), in one transaction. On PostgreSQL an advisory lock makes runs
+        starting side by side on an empty database wait for each other (two concurrent
+        CREATE TABLEs collide on the catalog's unique index); SQLite locks the file itself."""
+        with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            metadata.create_all(conn)
+            inspector = sa.inspect(conn)
+            for table in metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and column.nullable:
+                        kind = column.type.compile(dialect=conn.dialect)
                         conn.execute(
                             sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
                         )

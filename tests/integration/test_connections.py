@@ -173,3 +173,23 @@ def test_token_from_a_prefect_secret_block(
     assert code == 0, summary
     assert len(target_users(scim, headers={"Authorization": f"Bearer {BEARER_TOKEN}"})) == 3
     assert BEARER_TOKEN not in capsys.readouterr().out
+
+
+def test_runs_starting_side_by_side_create_the_postgresql_store_once(postgres_url: str) -> None:
+    """Two workers' first runs open an empty PostgreSQL store at the same moment: the tables
+    are created once, and neither run fails (unlocked, concurrent CREATE TABLEs collide on
+    PostgreSQL's catalog and one of them errors)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.state import StateStore
+
+    def open_store(_: int) -> None:
+        StateStore(postgres_url).close()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(open_store, range(8)))
+    engine = sa.create_engine(postgres_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        tables = {r[0] for r in conn.execute(sa.text("select tablename from pg_tables"))}
+    engine.dispose()
+    assert {"provisioned_users", "provisioned_groups", "audit_log", "watermarks"} <= tables
