@@ -240,13 +240,14 @@ def provision_users(
 ) -> State:
     """Provision the directory's users into the SCIM targets of a config file.
 
-    :param config_path: the YAML config file (see README.md, "Configuration").
-    :param target: the name of one target, or none for all of them.
-    :param allow_mass_deprovisioning: let disables/deletes above the guard's limit through
-        (for unattended runs that were checked otherwise).
-    :param approval_timeout: seconds to pause for an operator's approval in the Prefect UI
-        when the guard trips; 0 holds the deprovisioning back at once.
-    :param full: read every user instead of the changes since the last successful cycle.
+    Args:
+        config_path: the YAML config file (see README.md, "Configuration").
+        target: the name of one target, or none for all of them.
+        allow_mass_deprovisioning: let disables/deletes above the guard's limit through
+            (for unattended runs that were checked otherwise).
+        approval_timeout: seconds to pause for an operator's approval in the Prefect UI
+            when the guard trips; 0 holds the deprovisioning back at once.
+        full: read every user instead of the changes since the last successful cycle.
     """
     config = load_config(config_path)
     summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout, full)

@@ -305,14 +305,15 @@ def reconcile(
 ) -> State:
     """Compare the directory, the state store and what the targets hold; repair differences.
 
-    :param config_path: the YAML config file (see README.md, "Configuration").
-    :param target: the name of one target, or none for all of them.
-    :param dry_run: report the differences and what would be done; change nothing.
-    :param allow_mass_deprovisioning: let disables/deletes above the guard's limit through.
-    :param approval_timeout: seconds to pause for approval in the Prefect UI when the guard
-        trips; 0 holds the deprovisioning back at once.
-    :param report_dir: where the CSV of every difference goes (default: ``reports/`` next to
-        the config file).
+    Args:
+        config_path: the YAML config file (see README.md, "Configuration").
+        target: the name of one target, or none for all of them.
+        dry_run: report the differences and what would be done; change nothing.
+        allow_mass_deprovisioning: let disables/deletes above the guard's limit through.
+        approval_timeout: seconds to pause for approval in the Prefect UI when the guard
+            trips; 0 holds the deprovisioning back at once.
+        report_dir: where the CSV of every difference goes (default: ``reports/`` next to
+            the config file).
     """
     config = load_config(config_path)
     directory = Path(report_dir) if report_dir else Path(config_path).resolve().parent / "reports"

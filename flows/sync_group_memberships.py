@@ -184,9 +184,10 @@ def sync_group_memberships(
 ) -> State:
     """Bring the SCIM targets' groups and memberships in step with the directory's groups.
 
-    :param config_path: the YAML config file (see README.md, "Configuration").
-    :param target: the name of one target, or none for all of them.
-    :param full: read every group instead of the changes since the last successful cycle.
+    Args:
+        config_path: the YAML config file (see README.md, "Configuration").
+        target: the name of one target, or none for all of them.
+        full: read every group instead of the changes since the last successful cycle.
     """
     config = load_config(config_path)
     if config.source.groups is None:

@@ -24,3 +24,18 @@ def test_deployments_point_at_real_flows_with_fitting_parameters() -> None:
         assert deployment["schedules"] and deployment["work_pool"]["name"] == "scim-provisioner"
         assert deployment["concurrency_limit"]["limit"] == 1
     assert set(flows) == {"provision_users", "sync_group_memberships", "reconcile"}
+
+
+def test_the_ui_form_describes_every_flow_parameter() -> None:
+    """Prefect reads Google-style ``Args:`` docstrings: each field of the run form in the UI
+    carries its help text."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.provision_users import provision_users
+    from flows.reconcile import reconcile
+    from flows.sync_group_memberships import sync_group_memberships
+
+    for flow in (provision_users, sync_group_memberships, reconcile):
+        schema = parameter_schema(flow.fn).model_dump()
+        described = {name: field.get("description") for name, field in schema["properties"].items()}
+        assert all(described.values()), (flow.name, described)
