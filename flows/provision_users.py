@@ -120,16 +120,18 @@ def sync_target(
     allow_mass_deprovisioning: bool = False,
     approval_timeout: int = 0,
     changes: UserChanges | None = None,
+    transformed: tuple[list[DesiredUser], list[Rejection]] | None = None,
 ) -> TargetReport:
     """Plan and load one target; return its report.
 
     ``extraction`` holds every user in scope, or, with ``changes`` of an incremental cycle,
-    the changed users (``changes`` then says which provisioned users are gone).
+    the changed users (``changes`` then says which provisioned users are gone);
+    ``transformed``: the extraction already transformed for this target (not done again).
     References to users created in this run (a manager) cannot be resolved in the first plan;
     when there are such references, a second, small plan after the creates fills them in.
     """
     started = time.monotonic()
-    desired, rejected = desired_users(extraction, target)
+    desired, rejected = transformed or desired_users(extraction, target)
     state = store.records(target.name)
     gone = changes.gone(state) if changes is not None else None
     plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state), as_is(gone))

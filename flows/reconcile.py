@@ -226,6 +226,7 @@ def reconcile_target(
             store,
             allow_mass_deprovisioning=allow_mass_deprovisioning,
             approval_timeout=approval_timeout,
+            transformed=(desired, rejected),
         )
         result["repair"] = report.as_dict()
         if with_groups:
