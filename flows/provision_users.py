@@ -99,8 +99,11 @@ def load_actions(
         progress=0.0, description=f"{label}: {len(actions)} changes into {name}"
     )
     progress = LoadProgress(len(actions), name, artifact)
+    size = loader.target.batch_size
+    if loader.bulk is not None:  # room for `concurrency` Bulk requests in flight per batch
+        size = max(size, loader.target.concurrency * (loader.bulk.bulk_max_operations or 1))
     try:
-        for number, batch in enumerate(batches(actions, loader.target.batch_size), 1):
+        for number, batch in enumerate(batches(actions, size), 1):
             result = load_batch.with_options(task_run_name=f"load-{name}-{label}-{number}")(
                 loader, store, as_is(batch), f"{label}-{number}"
             )

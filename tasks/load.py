@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
@@ -311,10 +311,16 @@ class Loader:
             op["version"] = action.version
         return op
 
-    def run_bulk(self, actions: list[Action]) -> tuple[list[Outcome], list[Action]]:
-        """Send what can go in Bulk requests; return the outcomes and the actions left to do
-        one by one (those Bulk cannot carry, and those whose Bulk operation failed in a way
-        worth a second, careful try: a conflict, a transient error, no answer)."""
+    def run_bulk(
+        self,
+        actions: list[Action],
+        confirmed: Callable[[list[Outcome]], None] = lambda outcomes: None,
+    ) -> tuple[list[Outcome], list[Action]]:
+        """Send what can go in Bulk requests, up to ``concurrency`` requests at a time; return
+        the outcomes and the actions left to do one by one (those Bulk cannot carry, and those
+        whose Bulk operation failed in a way worth a second, careful try: a conflict, a
+        transient error, no answer). ``confirmed`` gets each request's outcomes as soon as it
+        is answered, on the calling thread (to record them at once)."""
         assert self.bulk is not None
         operations: list[dict[str, Any]] = []
         by_id: dict[str, Action] = {}
@@ -327,31 +333,52 @@ class Loader:
                 operations.append(operation)
                 by_id[operation["bulkId"]] = action
         outcomes: list[Outcome] = []
-        for chunk in bulk_chunks(operations, self.bulk):
-            try:
-                _, body, _ = self.client.send(
-                    "POST", "/Bulk", body=self.dialect.bulk_body(chunk), retry=False
-                )
-            except (TransientError, RejectedError) as exc:
-                log.info("a Bulk request failed (%s); its changes go one by one", exc)
-                rest += [by_id[op["bulkId"]] for op in chunk]
-                continue
-            results = self.dialect.bulk_results(body)
-            answered: dict[str, tuple[int, dict[str, Any], str]] = {
-                bulk_id: (status, response, location)
-                for bulk_id, status, response, location in results
-                if bulk_id
-            }
-            for position, op in enumerate(chunk):
-                result = answered.get(op["bulkId"])
-                if result is None and len(results) == len(chunk) and not results[position][0]:
-                    _, status, response, location = results[position]
-                    result = (status, response, location)
-                outcome = self._bulk_outcome(by_id[op["bulkId"]], op, result)
-                if outcome is None:
-                    rest.append(by_id[op["bulkId"]])
-                else:
-                    outcomes.append(outcome)
+        chunks = list(bulk_chunks(operations, self.bulk))
+        fatal: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=min(self.target.concurrency, len(chunks) or 1)) as pool:
+            futures = [pool.submit(self._send_bulk, chunk, by_id) for chunk in chunks]
+            for future in futures:  # every answered request is recorded, even after a fatal one
+                try:
+                    done, left = future.result()
+                except Exception as exc:  # re-raised below, after recording the others
+                    fatal = fatal or exc
+                    continue
+                confirmed(done)
+                outcomes += done
+                rest += left
+        if fatal is not None:
+            raise fatal
+        return outcomes, rest
+
+    def _send_bulk(
+        self, chunk: list[dict[str, Any]], by_id: dict[str, Action]
+    ) -> tuple[list[Outcome], list[Action]]:
+        """One Bulk request: the outcomes it confirmed, and the actions to do one by one."""
+        try:
+            _, body, _ = self.client.send(
+                "POST", "/Bulk", body=self.dialect.bulk_body(chunk), retry=False
+            )
+        except (TransientError, RejectedError) as exc:
+            log.info("a Bulk request failed (%s); its changes go one by one", exc)
+            return [], [by_id[op["bulkId"]] for op in chunk]
+        results = self.dialect.bulk_results(body)
+        answered: dict[str, tuple[int, dict[str, Any], str]] = {
+            bulk_id: (status, response, location)
+            for bulk_id, status, response, location in results
+            if bulk_id
+        }
+        outcomes: list[Outcome] = []
+        rest: list[Action] = []
+        for position, op in enumerate(chunk):
+            result = answered.get(op["bulkId"])
+            if result is None and len(results) == len(chunk) and not results[position][0]:
+                _, status, response, location = results[position]
+                result = (status, response, location)
+            outcome = self._bulk_outcome(by_id[op["bulkId"]], op, result)
+            if outcome is None:
+                rest.append(by_id[op["bulkId"]])
+            else:
+                outcomes.append(outcome)
         return outcomes, rest
 
     def _bulk_outcome(self, action: Action, op: dict[str, Any], result: Any) -> Outcome | None:
@@ -489,8 +516,7 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
     target = loader.target.name
     actions = list(actions)
     if loader.bulk is not None:
-        outcomes, actions = loader.run_bulk(actions)
-        record(store, target, outcomes)
+        outcomes, actions = loader.run_bulk(actions, lambda done: record(store, target, done))
     with ThreadPoolExecutor(max_workers=loader.target.concurrency) as pool:
         pending = {pool.submit(loader.run, action) for action in actions}
         fatal: BaseException | None = None
