@@ -126,7 +126,9 @@ class GroupLoader:
                 self._listing = listing
             return self._listing
 
-    def create(self, action: GroupAction) -> GroupOutcome:
+    def create(self, action: GroupAction) -> tuple[GroupOutcome, GroupRecord]:
+        """Create (or adopt) the group; every request but the last is recorded at once, the
+        last one's record is returned (written with the audit entry)."""
         existing = self.find_existing(action)
         if existing is None:
             chunks = list(member_chunks(action.members, (), self.max_members)) or [([], [])]
@@ -141,18 +143,20 @@ class GroupLoader:
             else:
                 scim_id = str(created["id"])
                 members = frozenset(first)
-                self._save(GroupRecord(action.source_id, scim_id, action.display_name, members))
+                record = GroupRecord(action.source_id, scim_id, action.display_name, members)
                 for add, _ in chunks[1:]:
+                    self._save(record)
                     self.client.patch(self.path, scim_id, self.dialect.member_operations(add, ()))
                     members |= frozenset(add)
-                    self._save(GroupRecord(action.source_id, scim_id, action.display_name, members))
-                return GroupOutcome(action, True, added=len(members), scim_id=scim_id)
+                    record = GroupRecord(action.source_id, scim_id, action.display_name, members)
+                return GroupOutcome(action, True, added=len(members), scim_id=scim_id), record
         return self.change(action, str(existing["id"]), frozenset(), adopting=True)
 
     def change(
         self, action: GroupAction, scim_id: str, known: frozenset[str], *, adopting: bool = False
-    ) -> GroupOutcome:
-        """Rename and/or change members, from the group's current members on the target."""
+    ) -> tuple[GroupOutcome, GroupRecord]:
+        """Rename and/or change members, from the group's current members on the target; every
+        request but the last is recorded at once, the last one's record is returned."""
         current = self.dialect.member_ids(self.client.get(self.path, scim_id, ["members"]))
         keep = action.keep | (current - known - action.members) if self.additive else frozenset()
         should = action.members | (keep & current) if self.additive else action.members
@@ -166,7 +170,8 @@ class GroupLoader:
         else:
             members = frozenset(current)
             pending_rename = rename
-            for chunk_add, chunk_remove in member_chunks(add, remove, self.max_members):
+            chunks = list(member_chunks(add, remove, self.max_members))
+            for number, (chunk_add, chunk_remove) in enumerate(chunks, 1):
                 ops = self.dialect.member_operations(chunk_add, chunk_remove)
                 if pending_rename:
                     ops = (
@@ -175,14 +180,14 @@ class GroupLoader:
                     pending_rename = False
                 self.client.patch(self.path, scim_id, ops)
                 members = (members - frozenset(chunk_remove)) | frozenset(chunk_add)
-                self._save(
-                    GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
-                )
+                if number < len(chunks):
+                    self._save(
+                        GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
+                    )
             if pending_rename:
                 ops = self.dialect.rename_operations(action.display_name, action.source_id)
                 self.client.patch(self.path, scim_id, ops)
-        self._save(GroupRecord(action.source_id, scim_id, action.display_name, members, keep))
-        return GroupOutcome(
+        outcome = GroupOutcome(
             action,
             True,
             added=len(add),
@@ -190,32 +195,37 @@ class GroupLoader:
             adopted=adopting,
             scim_id=scim_id,
         )
+        return outcome, GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
 
     def run(self, action: GroupAction) -> GroupOutcome:
-        """Carry out one action and log it in the audit log; never raises except
-        :class:`FatalError`."""
-        outcome = self._run(action)
-        self.store.audit(self.target.name, [group_audit_entry(outcome)])
+        """Carry out one action; its last state write and its audit-log entry go in one
+        transaction (the earlier requests of a big group are recorded as each is confirmed).
+        Never raises except :class:`FatalError`."""
+        outcome, saves, removals = self._run(action)
+        audit = [group_audit_entry(outcome)]
+        self.store.apply_groups(self.target.name, saves, removals, audit)
         return outcome
 
-    def _run(self, action: GroupAction) -> GroupOutcome:
+    def _run(self, action: GroupAction) -> tuple[GroupOutcome, list[GroupRecord], list[str]]:
+        """The outcome, and the state to write with its audit entry (saves, removals)."""
         try:
             if action.kind == "create":
-                return self.create(action)
+                outcome, record = self.create(action)
+                return outcome, [record], []
             assert action.scim_id is not None
             if action.kind == "update":
                 try:
-                    return self.change(action, action.scim_id, action.known)
+                    outcome, record = self.change(action, action.scim_id, action.known)
                 except NotFoundError:
-                    return self.create(action)
+                    outcome, record = self.create(action)
+                return outcome, [record], []
             with contextlib.suppress(NotFoundError):  # already gone
                 self.client.delete(self.path, action.scim_id)
-            self.store.apply_groups(self.target.name, [], [action.source_id])
-            return GroupOutcome(action, True)
+            return GroupOutcome(action, True), [], [action.source_id]
         except FatalError:
             raise
         except ScimError as exc:
-            return GroupOutcome(action, False, str(exc))
+            return GroupOutcome(action, False, str(exc)), [], []
 
 
 def group_audit_entry(outcome: GroupOutcome) -> AuditEntry:

@@ -4,9 +4,9 @@ Users, per target and source id: the SCIM id, the userName, the hash and body of
 payload the target accepted (the body lets an update PATCH exactly what changed and clear what
 disappeared), and the status (``active`` or ``disabled``). Groups: the SCIM id, the
 displayName and the member SCIM ids we know of. The audit log: one row per write the
-provisioner attempted (time, run, target, object, action, ids, outcome, cause); a user's in
-the same transaction as the state it changed, a group's right after its last state write
-(a group change can take several requests, each recorded when confirmed). SQLite by default;
+provisioner attempted (time, run, target, object, action, ids, outcome, cause), in the same
+transaction as the state it changed (a group change can take several requests: the earlier
+ones are recorded when confirmed, the last one with the audit entry). SQLite by default;
 any SQLAlchemy URL works, and PostgreSQL is tested (``postgresql+psycopg://...``).
 """
 
