@@ -34,7 +34,6 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
-from prefect import get_run_logger
 
 from tasks import syncrepl
 from tasks.ad import guid_text
@@ -46,6 +45,7 @@ from tasks.extract import (
     connect,
     directory_task,
     entry_to_user,
+    log_warnings,
     paged_entries,
     source_id,
     user_attributes,
@@ -528,9 +528,7 @@ def extract_changes(source: LdapSource, attributes: list[str], start: Start) -> 
         changes = read_changes(user_reader(conn, source, attributes), start)
     finally:
         conn.unbind()
-    logger = get_run_logger()
-    for user in [u for u in changes.entries if u.warnings][:20]:
-        logger.warning("%s: %s", user.dn, "; ".join(user.warnings))
+    logger = log_warnings(changes.entries)
     logger.info(
         "%s: %d users read, %d gone, %d without a usable id (%d searches, %.2f s)",
         changes.mode,

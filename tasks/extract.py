@@ -364,6 +364,14 @@ def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[
     return Extraction(users, invalid)
 
 
+def log_warnings(users: Iterable[SourceUser]) -> Any:
+    """Log the warnings of the first 20 users that have some; return the run logger."""
+    logger = get_run_logger()
+    for user in [u for u in users if u.warnings][:20]:
+        logger.warning("%s: %s", user.dn, "; ".join(user.warnings))
+    return logger
+
+
 def directory_task(name: str) -> Any:
     """The decorator of a task reading the directory: retried when the directory was
     unreachable, its result persisted and cached for the flow run (a retried run reuses it)."""
@@ -385,9 +393,7 @@ def extract_users(source: LdapSource, attributes: list[str]) -> Extraction:
         extraction = read_users(conn, source, attributes)
     finally:
         conn.unbind()
-    logger = get_run_logger()
-    for user in [u for u in extraction.users if u.warnings][:20]:
-        logger.warning("%s: %s", user.dn, "; ".join(user.warnings))
+    logger = log_warnings(extraction.users)
     logger.info(
         "read %d users in scope (%d without a usable id)",
         len(extraction.users),

@@ -20,6 +20,7 @@ import requests
 import yaml
 
 from deployments.local_servers import ScimServer, Slapd, ou_ldif, person_ldif
+from tests.fault_proxy import FaultProxy
 
 SUFFIX = "dc=example,dc=org"
 PEOPLE = f"ou=people,{SUFFIX}"
@@ -177,6 +178,16 @@ def scim_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScimServe
 def scim(scim_servers: ScimServers) -> ScimServer:
     """An emptied scim2-server without authentication, PATCH supported."""
     return scim_servers.get("open")
+
+
+@pytest.fixture
+def proxy(scim: ScimServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the emptied open scim2-server, injecting nothing until a
+    test sets its ``rates`` (or holds its answers)."""
+    server = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -111,14 +110,6 @@ def all_target_users(scim: ScimServer) -> list[dict[str, Any]]:
     response.raise_for_status()
     resources: list[dict[str, Any]] = response.json().get("Resources", [])
     return resources
-
-
-@pytest.fixture
-def proxy(scim: ScimServer) -> Iterator[FaultProxy]:
-    server = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_sigkill_mid_load_then_retry_from_prefect_provisions_everyone_once(

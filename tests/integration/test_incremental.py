@@ -7,7 +7,6 @@ between cycles loses nothing; a failed cycle keeps its watermark and the next on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,14 +198,6 @@ def test_a_stale_syncrepl_cookie_falls_back_to_a_present_phase(
     assert "present phase" in summary["directory"]["mode"]
     assert target_users(scim)["dee"]["active"] is False
     assert summary["targets"][0]["writes"] == 1
-
-
-@pytest.fixture
-def proxy(scim: ScimServer) -> Iterator[FaultProxy]:
-    server = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_a_failed_cycle_keeps_its_watermark_and_the_next_converges(
