@@ -44,11 +44,12 @@ def test_guard_holds_back_then_the_override_lets_it_through(
 
 
 @pytest.mark.parametrize("approve", [True, False])
+@pytest.mark.parametrize("flow", ["provision_users", "reconcile"])
 def test_paused_run_waits_for_approval_in_prefect(
-    approve: bool, tmp_path: Path, directory: Slapd, scim: ScimServer
+    flow: str, approve: bool, tmp_path: Path, directory: Slapd, scim: ScimServer
 ) -> None:
-    """With an approval timeout the run pauses with a form; approving proceeds, rejecting
-    holds the deprovisioning back."""
+    """With an approval timeout a sync or a reconciliation that would deprovision too many
+    pauses with a form; approving proceeds, rejecting holds the deprovisioning back."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
@@ -66,9 +67,16 @@ def test_paused_run_waits_for_approval_in_prefect(
     result: dict[str, Any] = {}
 
     def run() -> None:
-        result["state"] = provision_users(
-            config_path=str(config), approval_timeout=120, return_state=True
-        )
+        if flow == "reconcile":
+            from flows.reconcile import reconcile
+
+            result["state"] = reconcile(
+                config_path=str(config), approval_timeout=120, return_state=True
+            )
+        else:
+            result["state"] = provision_users(
+                config_path=str(config), approval_timeout=120, return_state=True
+            )
 
     worker = threading.Thread(target=run)
     worker.start()
