@@ -213,15 +213,21 @@ def run_sync(
                 changes=None if changes.complete else changes,
             )
             reports.append(report)
-            if changes.watermark is not None and cycle_succeeded(report):
-                store.set_watermark(
-                    t.name, "users", replace(changes.watermark, server=prints[t.name])
-                )
         groups = config.source.groups
         with_groups = groups is not None and groups.sync_with_users
         group_reports = (
             run_group_sync(config, targets, store, full=full, users=changes) if with_groups else []
         )
+        # The user watermark waits for the groups too: the groups of the users changed in this
+        # cycle are re-read only in this cycle.
+        groups_failed = {g["target"] for g in group_reports if sum(g["failed"].values())}
+        for t, report in zip(targets, reports, strict=True):
+            if changes.watermark is None or t.name in groups_failed:
+                continue
+            if cycle_succeeded(report):
+                store.set_watermark(
+                    t.name, "users", replace(changes.watermark, server=prints[t.name])
+                )
     finally:
         store.close()
     summary: dict[str, Any] = {
