@@ -257,3 +257,37 @@ def test_a_new_mapping_forces_a_full_pass(
     assert code == 0, summary
     assert "mapping" in summary["directory"]["mode"]
     assert target_users(scim)["ada"]["title"] == "Lovelace"
+
+
+class GroupsFaultProxy(FaultProxy):
+    """Injects its faults into requests for groups only (users go through untouched)."""
+
+    def _pick(self, path: str) -> str | None:
+        return super()._pick(path) if path.startswith("/v2/Groups") else None
+
+
+def test_a_user_cycle_waits_for_its_groups(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user locked in a cycle whose group sync fails: the user is disabled, but the user
+    watermark stays, so the next cycle reads the user again and takes it out of its groups
+    (its groups did not change in the directory: only the user cycle names them)."""
+    proxy = GroupsFaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+    proxy.start()
+    try:
+        config = config_for(tmp_path, directory, scim, "syncrepl", url=f"{proxy.url}/v2")
+        assert sync(config, capsys)[0] == 0
+        assert target_groups(scim)["auditors"]["names"] == ["dee"]
+        marks = watermarks(tmp_path / "state.db")
+        directory.modify(lock(person("dee")))
+        proxy.rates = {"5xx": 1.0}
+        code, failed = sync(config, capsys)
+        assert code != 0, failed
+        assert target_users(scim)["dee"]["active"] is False
+        assert watermarks(tmp_path / "state.db")[("app", "users")] == marks[("app", "users")]
+        proxy.rates = {}
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert target_groups(scim)["auditors"]["names"] == []
+    finally:
+        proxy.stop()
