@@ -407,11 +407,15 @@ def _read_ad_usn(reader: Reader[E], start: Start) -> Changes[E]:
         reader.read(reader.query.filter)
         return reader.changes(complete=True, watermark=mark, mode=f"full pass ({why})")
     since = f"(uSNChanged>={previous + 1})"
+    # Everything changed in the domain first, then what of it is in scope: an object changed
+    # between the two searches is then in the second (still in scope) or in neither (read
+    # next cycle), never taken for one that left the scope.
+    elsewhere = reader.ids(since, base=naming)
     reader.read(f"(&{reader.query.filter}{since})")
     return reader.changes(
         complete=False,
         deleted=tombstones(reader, naming, since),
-        changed_elsewhere=reader.ids(since, base=naming),
+        changed_elsewhere=elsewhere,
         watermark=mark,
         mode=f"changes since USN {previous} of DC {invocation}",
     )
