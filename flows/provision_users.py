@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.sync_group_memberships import open_store, run_group_sync
+from flows.sync_group_memberships import member_dns, open_store, run_group_sync
 from tasks.batching import as_is, batches
 from tasks.changes import UserChanges, as_extraction, extract_changes, fingerprint, start_of
 from tasks.config import Config, TargetConfig, load_config
@@ -202,6 +202,10 @@ def run_sync(
         start = start_of(config.source.change_detection, marks, prints, full=full)  # type: ignore[arg-type]
         changes = extract_changes(config.source, attributes, start)
         extraction = as_extraction(changes)
+        groups = config.source.groups
+        with_groups = groups is not None and groups.sync_with_users
+        # before the load: users deleted from the store by it are still known by their DN
+        dns = member_dns(changes, store, targets) if with_groups else []
         reports = []
         for t in targets:
             report = sync_target(
@@ -213,10 +217,10 @@ def run_sync(
                 changes=None if changes.complete else changes,
             )
             reports.append(report)
-        groups = config.source.groups
-        with_groups = groups is not None and groups.sync_with_users
         group_reports = (
-            run_group_sync(config, targets, store, full=full, users=changes) if with_groups else []
+            run_group_sync(config, targets, store, full=full, users=changes, users_dns=dns)
+            if with_groups
+            else []
         )
         # The user watermark waits for the groups too: the groups of the users changed in this
         # cycle are re-read only in this cycle.

@@ -39,6 +39,7 @@ from tasks.groups import (
     resolve_groups,
 )
 from tasks.load_groups import GroupLoader, load_groups, max_members
+from tasks.plan import by_status
 from tasks.report import GroupReport, LoadProgress, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.state import GroupRecord, StateRecord, StateStore
@@ -81,7 +82,7 @@ def sync_groups_target(
     query = config.source.groups
     assert query is not None
     records = store.records(target.name)
-    known = {r.dn: r.source_id for r in records.values() if r.dn}  # normalized DNs
+    known = {r.dn: r.source_id for r in by_status(records.values()) if r.dn}  # normalized
     extraction = GroupExtraction(groups.entries, groups.invalid)
     desired, warnings = resolve_groups(extraction, users, query, known)
     state = store.groups(target.name)
@@ -142,7 +143,10 @@ def member_dns(
     dns = {u.dn for u in users.entries}
     for target in targets:
         records = store.records(target.name)
-        dns.update(r.dn for sid in users.gone(records) or () if (r := records[sid]).dn)
+        for sid in users.gone(records) or ():
+            record = records.get(sid)
+            if record is not None and record.dn:
+                dns.add(record.dn)
     return sorted(dns)
 
 
@@ -153,9 +157,12 @@ def run_group_sync(
     *,
     full: bool = False,
     users: UserChanges | None = None,
+    users_dns: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
-    target that takes groups; ``users``: the user cycle this follows, if any."""
+    target that takes groups; ``users``: the user cycle this follows, if any, and
+    ``users_dns`` the DNs of the users it changed or found gone (:func:`member_dns`, taken
+    before the user load forgot deleted users)."""
     wanted = [t for t in targets if t.sync_groups]
     query = config.source.groups
     if query is None or not wanted:
@@ -164,11 +171,19 @@ def run_group_sync(
     method = source.change_detection if incremental_groups(query) else "full"
     prints = {t.name: group_fingerprint(source, t) for t in wanted}
     marks = {t.name: store.watermark(t.name, "groups") for t in wanted}
+    # a full user pass says nothing of which users changed: their groups are all read again
+    full = full or (users is not None and users.complete)
     start = start_of(method, marks, prints, full=full)  # type: ignore[arg-type]
-    groups = extract_group_changes(source, start, member_dns(users, store, wanted))
+    dns = users_dns if users_dns is not None else member_dns(users, store, wanted)
+    groups = extract_group_changes(source, start, dns)
     read: list[SourceUser] = users.entries if users is not None else []
-    if query.members_from == "user_member_of" and (users is None or not users.complete):
-        read = extract_users(source, []).users  # memberOf of every user is needed
+    unknown_dns = any(r.dn is None for t in wanted for r in store.records(t.name).values())
+    if (users is None or not users.complete) and (
+        query.members_from == "user_member_of" or unknown_dns
+    ):
+        # memberOf of every user is needed, or the state store does not know every
+        # provisioned user's DN yet (a store from before DNs were kept)
+        read = extract_users(source, []).users
     reports = []
     for t in wanted:
         report = sync_groups_target(config, t, read, groups, store)

@@ -104,10 +104,10 @@ class Changes(Generic[E]):
         if self.complete:
             return None
         seen = {e.source_id for e in self.entries}
-        out = set(self.deleted)
+        out: set[str] = set()
         for ident in provisioned:
             absent = self.present is not None and ident not in self.present
-            if absent or ident in self.changed_elsewhere:
+            if absent or ident in self.deleted or ident in self.changed_elsewhere:
                 out.add(ident)
         return out - seen
 
@@ -277,9 +277,13 @@ class Reader(Generic[E]):
         """Read the objects matching ``filter_`` in scope; return the ``extra`` attributes'
         values (popped from the entries) by attribute."""
         popped: dict[str, list[str]] = {name: [] for name in extra}
+        mapped = {w.lower() for w in self.wanted}
         for dn, raw in self.search(filter_, [*self.wanted, *extra]):
             for name in popped:
-                popped[name] += [v.decode() for v in _pop(raw, name)]
+                values = _pop(raw, name)
+                popped[name] += [v.decode() for v in values]
+                if name.lower() in mapped:  # the mappings read it too: keep it
+                    raw[name] = values
             self.add(dn, raw)
         return popped
 

@@ -217,6 +217,13 @@ class LdapSource(_Model):
             object.__setattr__(self, "change_detection", "ad_usn" if ad else "timestamp")
         if self.change_detection == "ad_usn" and not ad:
             raise ValueError("change_detection ad_usn needs type: active_directory")
+        if self.change_detection == "syncrepl":
+            ids = [self.users.id_attribute, *([self.groups.id_attribute] if self.groups else [])]
+            if any((i or "entryUUID").lower() != "entryuuid" for i in ids):
+                raise ValueError(
+                    "change_detection syncrepl names deleted entries by entryUUID: the users' "
+                    "and groups' id_attribute must be entryUUID"
+                )
         if self.account_status.method is None:
             status = self.account_status.model_copy(
                 update={"method": "user_account_control" if ad else "none"}

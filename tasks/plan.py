@@ -108,6 +108,12 @@ def _deprovision(plan: Plan, target: TargetConfig, record: StateRecord, why: str
     )
 
 
+def by_status(records: Iterable[StateRecord]) -> list[StateRecord]:
+    """Records with the active ones last: a DN kept by a deprovisioned account and taken by a
+    new entry resolves to the active account (the later one wins in a dict)."""
+    return sorted(records, key=lambda r: r.status == "active")
+
+
 def resolve_references(
     payload: dict[str, Any], scim_id_of: Callable[[str], str | None]
 ) -> tuple[dict[str, Any], int]:
@@ -138,14 +144,19 @@ def resolve_references(
 
 
 def without_duplicate_names(
-    desired: Iterable[DesiredUser], state: dict[str, StateRecord], *, partial: bool = False
+    desired: Iterable[DesiredUser],
+    state: dict[str, StateRecord],
+    *,
+    partial: bool = False,
+    gone: set[str] | None = None,
 ) -> tuple[list[DesiredUser], list[Rejection]]:
     """Set aside users whose userName another directory entry has too (case-insensitive).
 
     When exactly one of them is already provisioned it keeps its account; the others (all of
     them otherwise) are rejected with the DNs involved, so nobody takes over another's account.
     ``partial``: ``desired`` holds only the changed users, so a changed user taking the
-    userName of another provisioned user (not in this cycle) is rejected too.
+    userName of another provisioned user (not in this cycle, and not ``gone`` in it) is
+    rejected too.
     """
     users = list(desired)
     groups: dict[str, list[DesiredUser]] = {}
@@ -153,7 +164,7 @@ def without_duplicate_names(
         groups.setdefault(user.user_name.casefold(), []).append(user)
     rejected: list[Rejection] = []
     if partial:
-        ids = {u.source_id for u in users}
+        ids = {u.source_id for u in users} | (gone or set())
         owner = {r.user_name.casefold(): r for r in state.values() if r.source_id not in ids}
         for name, group in list(groups.items()):
             other = owner.get(name)
@@ -203,7 +214,9 @@ def plan_users(
     A rejected entry is still in the directory: its target user is left alone, never
     deprovisioned because of that.
     """
-    desired, duplicates = without_duplicate_names(desired, state, partial=gone is not None)
+    desired, duplicates = without_duplicate_names(
+        desired, state, partial=gone is not None, gone=gone
+    )
     plan = Plan(target=target.name, rejected=[*rejected, *duplicates])
     keep = {r.source_id for r in plan.rejected}
     seen: set[str] = set()
@@ -211,7 +224,7 @@ def plan_users(
 
     def scim_id_of(dn: str) -> str | None:
         if not by_dn:  # built on the first reference only: normalizing every DN costs
-            by_dn.update((r.dn, r.source_id) for r in state.values() if r.dn)
+            by_dn.update((r.dn, r.source_id) for r in by_status(state.values()) if r.dn)
             by_dn.update((normalize_dn(user.dn), user.source_id) for user in desired)
         record = state.get(by_dn.get(dn, ""))
         return record.scim_id if record is not None else None

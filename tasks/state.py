@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 Status = Literal["active", "disabled"]
@@ -375,23 +376,37 @@ class StateStore:
 
     def set_watermark(self, target: str, stream: str, mark: Watermark | None) -> None:
         """Store (or, with ``None``, forget) the watermark of ``target``'s ``stream``; call only
-        when every write of the cycle it ends was confirmed."""
+        when every write of the cycle it ends was confirmed. An upsert: two runs ending at once
+        (a group flow and a user flow syncing groups) do not collide."""
         self._check_writable()
         t = watermarks
+        key = (t.c.target == target) & (t.c.stream == stream)
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(t).where((t.c.target == target) & (t.c.stream == stream)))
-            if mark is not None:
-                conn.execute(
-                    sa.insert(t),
-                    {
-                        "target": target,
-                        "stream": stream,
-                        "method": mark.method,
-                        "value": mark.value,
-                        "server": mark.server,
-                        "updated_at": datetime.now(UTC),
+            if mark is None:
+                conn.execute(sa.delete(t).where(key))
+                return
+            values = {
+                "target": target,
+                "stream": stream,
+                "method": mark.method,
+                "value": mark.value,
+                "server": mark.server,
+                "updated_at": datetime.now(UTC),
+            }
+            name = conn.dialect.name
+            if name not in ("postgresql", "sqlite"):
+                conn.execute(sa.delete(t).where(key))
+                conn.execute(sa.insert(t), values)
+                return
+            insert = (postgresql.insert if name == "postgresql" else sqlite.insert)(t)
+            conn.execute(
+                insert.values(**values).on_conflict_do_update(
+                    index_elements=[t.c.target, t.c.stream],
+                    set_={
+                        c: insert.excluded[c] for c in ("method", "value", "server", "updated_at")
                     },
                 )
+            )
 
     def groups(self, target: str) -> dict[str, GroupRecord]:
         """Every group provisioned to ``target``, by source id."""

@@ -228,3 +228,44 @@ def test_a_moved_user_needing_no_write_has_its_dn_updated() -> None:
     old = StateRecord("1", "scim-1", "ada", ada.content_hash, ada.payload, "active", dn="uid=old")
     plan = plan_users(target(), [ada], [], {"1": old}, gone=set())
     assert not plan.actions and plan.moved == {"1": "uid=ada"}
+
+
+def test_gone_names_only_provisioned_users() -> None:
+    """Deleted ids the store does not know (a computer's tombstone) are nobody's business."""
+    told = Changes([], [], complete=False, deleted=frozenset({"d", "computer"}))
+    assert told.gone(["a", "d"]) == {"d"}
+
+
+def test_a_name_freed_in_the_same_cycle_can_be_taken() -> None:
+    """jdoe's account is gone in this cycle and a new entry takes userName jdoe: created."""
+    old = desired("1", "jdoe")
+    plan = plan_users(target(), [desired("2", "jdoe")], [], {"1": record(old)}, gone={"1"})
+    assert sorted((a.kind, a.source_id) for a in plan.actions) == [
+        ("create", "2"),
+        ("disable", "1"),
+    ]
+    assert not plan.rejected
+
+
+def test_a_dn_taken_again_resolves_to_the_active_account() -> None:
+    gone = StateRecord("1", "scim-old", "old", "h", {}, "active", dn="uid=boss")
+    gone.status = "disabled"
+    new = StateRecord("2", "scim-new", "boss", "h", {}, "active", dn="uid=boss")
+    worker = desired("3", "worker")
+    worker.payload["manager"] = {"$dn-reference": "uid=boss"}
+    for state in ({"2": new, "1": gone}, {"1": gone, "2": new}):
+        [create] = plan_users(target(), [worker], [], state, gone=set()).actions
+        assert create.payload is not None and create.payload["manager"] == "scim-new"
+
+
+def test_syncrepl_needs_entryuuid_ids() -> None:
+    from tasks.errors import ConfigError
+
+    source = {"url": "ldap://x", "change_detection": "syncrepl"}
+    with pytest.raises(ConfigError, match="entryUUID"):
+        parse_config(
+            {
+                "source": {**source, "users": {"base_dn": "dc=x", "id_attribute": "uid"}},
+                "targets": [{"name": "t", "url": "http://t/v2"}],
+            }
+        )
