@@ -289,6 +289,7 @@ class StateStore:
         self.run_id = run_id
         self.engine = make_engine(url)
         self.read_only = read_only
+        self._present: set[tuple[str, str]] | None = None
         if not read_only:
             self._create_or_upgrade()
 
@@ -312,8 +313,8 @@ class StateStore:
             t.c.content_hash,
             t.c.payload,
             t.c.status,
-            t.c.version,
-            t.c.dn,
+            self._optional(t.c.version),
+            self._optional(t.c.dn),
         ).where(t.c.target == target)
         with self.engine.connect() as conn:
             return {
@@ -567,6 +568,22 @@ class StateStore:
                         conn.execute(
                             sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
                         )
+
+    def _optional(self, column: sa.Column[Any]) -> Any:
+        """A column added by a later version: NULL when a read-only store (which is never
+        upgraded, e.g. for ``plan`` or ``audit``) does not have it yet."""
+        if not self.read_only:
+            return column
+        if self._present is None:
+            inspector = sa.inspect(self.engine)
+            self._present = {
+                (table, c["name"])
+                for table in inspector.get_table_names()
+                for c in inspector.get_columns(table)
+            }
+        if (column.table.name, column.name) in self._present:
+            return column
+        return sa.null().label(column.name)
 
     def _has_table(self, table: sa.Table) -> bool:
         """Whether the store exists, without creating an SQLite file as a side effect."""

@@ -269,3 +269,35 @@ def test_syncrepl_needs_entryuuid_ids() -> None:
                 "targets": [{"name": "t", "url": "http://t/v2"}],
             }
         )
+
+
+def test_a_read_only_store_from_an_earlier_version_is_read(tmp_path: Any) -> None:
+    """``plan`` and ``audit`` open the store read-only (never upgraded): a store written before
+    the DN and ETag columns existed still gives its records."""
+    import sqlalchemy as sa
+
+    from tasks.state import StateStore
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "create table provisioned_users (target text, source_id text, scim_id text, "
+                "user_name text, content_hash text, payload text, status text, updated_at "
+                "timestamp, primary key (target, source_id))"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "insert into provisioned_users values "
+                "('t', 's1', 'scim-1', 'ada', 'h', :payload, 'active', '2026-01-01 00:00:00')"
+            ),
+            {"payload": '{"userName": "ada"}'},
+        )
+    engine.dispose()
+    store = StateStore(url, read_only=True)
+    [record] = store.records("t").values()
+    store.close()
+    assert (record.user_name, record.dn, record.version) == ("ada", None, None)
+    assert record.payload == {"userName": "ada"}
