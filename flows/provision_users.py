@@ -124,18 +124,20 @@ def sync_target(
     approval_timeout: int = 0,
     changes: UserChanges | None = None,
     transformed: tuple[list[DesiredUser], list[Rejection]] | None = None,
+    state: dict[str, StateRecord] | None = None,
 ) -> TargetReport:
     """Plan and load one target; return its report.
 
     ``extraction`` holds every user in scope, or, with ``changes`` of an incremental cycle,
     the changed users (``changes`` then says which provisioned users are gone);
-    ``transformed``: the extraction already transformed for this target (not done again).
+    ``transformed``: the extraction already transformed for this target (not done again);
+    ``state``: the target's records, when the caller has just read them.
     References to users created in this run (a manager) cannot be resolved in the first plan;
     when there are such references, a second, small plan after the creates fills them in.
     """
     started = time.monotonic()
     desired, rejected = transformed or desired_users(extraction, target)
-    state = store.records(target.name)
+    state = state if state is not None else store.records(target.name)
     gone = changes.gone(state) if changes is not None else None
     plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state), as_is(gone))
     plan, held_back = apply_guard(
@@ -204,10 +206,12 @@ def run_sync(
         extraction = as_extraction(changes)
         groups = config.source.groups
         with_groups = groups is not None and groups.sync_with_users
-        # before the load: users deleted from the store by it are still known by their DN
-        dns = member_dns(changes, store, targets) if with_groups else []
+        dns: set[str] = set()
         reports = []
         for t in targets:
+            state = store.records(t.name)
+            if with_groups:  # before the load, which forgets deleted users
+                dns |= member_dns(changes, state)
             report = sync_target(
                 t,
                 extraction,
@@ -215,6 +219,7 @@ def run_sync(
                 allow_mass_deprovisioning=allow_mass_deprovisioning,
                 approval_timeout=approval_timeout,
                 changes=None if changes.complete else changes,
+                state=state,
             )
             reports.append(report)
         group_reports = (

@@ -13,6 +13,7 @@ when ``source.groups.sync_with_users`` is on (the default), so one sync brings b
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -133,21 +134,15 @@ def open_store(config: Config) -> StateStore:
     return StateStore.for_run(config.state.url, run_id, config.state.audit_retention_days)
 
 
-def member_dns(
-    users: UserChanges | None, store: StateStore, targets: list[TargetConfig]
-) -> list[str]:
-    """DNs of the users an incremental user cycle changed or found gone: the groups listing
-    them are read again (a user's membership on the target follows its status)."""
-    if users is None or users.complete:
-        return []
+def member_dns(users: UserChanges, records: dict[str, StateRecord]) -> set[str]:
+    """DNs of the users an incremental user cycle changed, or found gone among one target's
+    ``records``: the groups listing them are read again (a user's membership on the target
+    follows its status). Take them before the user load forgets deleted users."""
+    if users.complete:
+        return set()
     dns = {u.dn for u in users.entries}
-    for target in targets:
-        records = store.records(target.name)
-        for sid in users.gone(records) or ():
-            record = records.get(sid)
-            if record is not None and record.dn:
-                dns.add(record.dn)
-    return sorted(dns)
+    dns.update(d for sid in users.gone(records) or () if (d := records[sid].dn))
+    return dns
 
 
 def run_group_sync(
@@ -157,7 +152,7 @@ def run_group_sync(
     *,
     full: bool = False,
     users: UserChanges | None = None,
-    users_dns: list[str] | None = None,
+    users_dns: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
     target that takes groups; ``users``: the user cycle this follows, if any, and
@@ -174,12 +169,10 @@ def run_group_sync(
     # a full user pass says nothing of which users changed: their groups are all read again
     full = full or (users is not None and users.complete)
     start = start_of(method, marks, prints, full=full)  # type: ignore[arg-type]
-    dns = users_dns if users_dns is not None else member_dns(users, store, wanted)
-    groups = extract_group_changes(source, start, dns)
+    groups = extract_group_changes(source, start, sorted(users_dns))
     read: list[SourceUser] = users.entries if users is not None else []
-    unknown_dns = any(r.dn is None for t in wanted for r in store.records(t.name).values())
     if (users is None or not users.complete) and (
-        query.members_from == "user_member_of" or unknown_dns
+        query.members_from == "user_member_of" or any(store.lacks_dns(t.name) for t in wanted)
     ):
         # memberOf of every user is needed, or the state store does not know every
         # provisioned user's DN yet (a store from before DNs were kept)

@@ -344,6 +344,14 @@ class StateStore:
         rows = [_user_row(r) for r in saves]
         self._replace(provisioned_users, target, rows, removals, audit or [])
 
+    def lacks_dns(self, target: str) -> bool:
+        """Whether some user of ``target`` has no DN recorded (written by a version that did
+        not keep them)."""
+        t = provisioned_users
+        query = sa.select(t.c.source_id).where((t.c.target == target) & t.c.dn.is_(None)).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def update_dns(self, target: str, dns: dict[str, str]) -> None:
         """Record the new DN of users moved in the directory whose target user needed no
         write (``dns``: source id → DN)."""
