@@ -26,37 +26,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from deployments.local_servers import ScimServer, Slapd
-from tests.bench.bench_users import PEOPLE, directory, run_flow
+from tests.bench.bench_users import PEOPLE, directory, run_flow, write_config
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def config_file(path: Path, slapd: Slapd, scim: ScimServer, method: str, bulk: bool) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "source": {
-                    "url": slapd.ldaps_url,
-                    "ca_file": str(slapd.tls.ca_cert),
-                    "bind_dn": slapd.admin_dn,
-                    "bind_password": {"env": "BENCH_LDAP_PASSWORD"},
-                    "users": {"base_dn": PEOPLE},
-                    "change_detection": method,
-                    # cycles follow each other within seconds here; see the README
-                    "timestamp_overlap_seconds": 1,
-                    "page_size": 2000,
-                },
-                "state": {"url": f"sqlite:///{path.parent / 'state.db'}"},
-                "targets": [
-                    {"name": "bench", "url": scim.base_url, "use_bulk": "auto" if bulk else "never"}
-                ],
-            }
-        )
-    )
-    return path
+    # cycles follow each other within seconds here; see the README
+    source = {"change_detection": method, "timestamp_overlap_seconds": 1, "page_size": 2000}
+    bulk_setting = "auto" if bulk else "never"
+    state = path.parent / "state.db"
+    return write_config(path, slapd, scim, source=source, state=state, use_bulk=bulk_setting)
 
 
 def change_titles(slapd: Slapd, first: int, count: int, title: str) -> float:

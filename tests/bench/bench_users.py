@@ -108,7 +108,17 @@ def run_flow(config: Path) -> tuple[float, dict[str, Any]]:
     return seconds, summary
 
 
-def write_config(path: Path, slapd: Slapd, scim: ScimServer, **target: Any) -> Path:
+def write_config(
+    path: Path,
+    slapd: Slapd,
+    scim: ScimServer,
+    *,
+    source: dict[str, Any] | None = None,
+    state: Path | None = None,
+    **target: Any,
+) -> Path:
+    """A config file: the users of ``PEOPLE``, one target ``bench``, the state store ``state``
+    (default: next to the file); ``source`` adds or overrides source keys."""
     path.write_text(
         yaml.safe_dump(
             {
@@ -118,8 +128,9 @@ def write_config(path: Path, slapd: Slapd, scim: ScimServer, **target: Any) -> P
                     "bind_dn": slapd.admin_dn,
                     "bind_password": {"env": "BENCH_LDAP_PASSWORD"},
                     "users": {"base_dn": PEOPLE},
+                    **(source or {}),
                 },
-                "state": {"url": f"sqlite:///{path.with_suffix('.db')}"},
+                "state": {"url": f"sqlite:///{state or path.with_suffix('.db')}"},
                 "targets": [{"name": "bench", "url": scim.base_url, **target}],
             }
         )

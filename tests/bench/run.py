@@ -45,6 +45,7 @@ import requests
 import yaml
 
 from deployments.local_servers import ScimServer, Slapd, ou_ldif
+from tests.bench import bench_users
 from tests.bench.bench_incremental import change_titles
 from tests.bench.bench_incremental import config_file as incremental_config
 from tests.bench.bench_incremental import cycle as incremental_cycle
@@ -104,25 +105,9 @@ def write_config(
     **target: Any,
 ) -> Path:
     """A config file: the users of ``PEOPLE``, one target ``bench``, the state store ``state``."""
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "source": {
-                    "url": slapd.ldaps_url,
-                    "ca_file": str(slapd.tls.ca_cert),
-                    "bind_dn": slapd.admin_dn,
-                    "bind_password": {"env": "BENCH_LDAP_PASSWORD"},
-                    "users": {"base_dn": PEOPLE},
-                    # cycles follow each other within seconds here
-                    "timestamp_overlap_seconds": 1,
-                    **(source or {}),
-                },
-                "state": {"url": f"sqlite:///{state}"},
-                "targets": [{"name": "bench", "url": scim.base_url, **target}],
-            }
-        )
-    )
-    return path
+    # cycles follow each other within seconds here
+    overlap = {"timestamp_overlap_seconds": 1, **(source or {})}
+    return bench_users.write_config(path, slapd, scim, source=overlap, state=state, **target)
 
 
 def copy_state(source: Path, destination: Path) -> Path:
