@@ -1,19 +1,25 @@
 """The ``reconcile`` flow: compare the directory, the state store and the target; repair.
 
-extract users (and groups) → list the target's users and groups (paged, cursors when offered;
-kept compact: ids, matching values, a fingerprint of what we manage) → classify every object
-(pandas joins, :mod:`tasks.reconcile`) → read the few objects that differ → report (Prefect
-artifacts and a CSV of every difference) → unless ``dry_run``: rebuild the state store from the
-truth and run the normal plan → guard → load path of ``provision_users`` and
-``sync_group_memberships``, which then repairs exactly the differences.
+list each target's users and groups (paged, cursors when offered; one compact row per user:
+ids, matching values, a fingerprint of what we manage) and read its state records (without
+payloads) → stream the directory in batches past them, transforming and classifying each batch
+at once; only users that may differ are kept whole (:class:`tasks.reconcile.UserReconciler`;
+pandas joins link them) → read the few target users that differ → report (Prefect artifacts
+and a CSV of every difference) → unless ``dry_run``: correct the state records that differ from
+the truth and run the plan → guard → load path of ``provision_users`` on the differing users
+only (and ``sync_group_memberships``), which repairs exactly the differences.
+
+Memory grows by a few hundred bytes per user in step (see README, "Performance"); a user that
+differs is held whole (a few kilobytes).
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +30,37 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.provision_users import desired_users, sync_target
+from flows.provision_users import TRANSFORM_BATCH, sync_target
 from flows.sync_group_memberships import open_store, sync_groups_target
 from tasks.batching import as_is
-from tasks.changes import Changes
+from tasks.changes import Changes, UserChanges
 from tasks.config import Config, TargetConfig, load_config
-from tasks.extract import Extraction, extract_users, mapped_attributes
+from tasks.errors import SourceUnavailable, retry_on
+from tasks.extract import Extraction, SourceUser, connect, mapped_attributes, stream_users
 from tasks.groups import DesiredGroup, GroupExtraction, extract_groups, plan_groups, resolve_groups
 from tasks.load import LIST_PAGE_SIZE
 from tasks.plan import plan_users
 from tasks.reconcile import (
     Difference,
     GroupReconciliation,
+    StateTable,
     TargetGroup,
-    TargetUser,
+    TargetTable,
+    UserReconciler,
     UserReconciliation,
     listing_attributes,
     managed_shape,
     reconcile_groups,
-    reconcile_users,
     target_user,
 )
 from tasks.report import final_state, headline, publish
 from tasks.scim.client import ScimClient
-from tasks.scim.dialect import Capabilities
-from tasks.state import StateStore
+from tasks.scim.dialect import Capabilities, dialect_for
+from tasks.state import StateRecord, StateStore
 from tasks.target import discover
+from tasks.transform import Rejection, transform_batch
 
+PROGRESS_EVERY = 100_000
 SAMPLE_ROWS = 20
 
 
@@ -65,7 +75,7 @@ def _page_size(capabilities: Capabilities) -> int:
 
 
 @task(name="list-target-users", cache_policy=NO_CACHE)
-def list_target_users(client: ScimClient, capabilities: Capabilities) -> list[TargetUser]:
+def list_target_users(client: ScimClient, capabilities: Capabilities) -> TargetTable:
     """Every user of the target, paged, kept as a compact row each."""
     target = client.target
     shape = managed_shape(target.mapping)
@@ -73,9 +83,20 @@ def list_target_users(client: ScimClient, capabilities: Capabilities) -> list[Ta
     pages = client.list_all(
         client.dialect.users_path, attributes, _page_size(capabilities), cursor=capabilities.cursor
     )
-    listed = [target_user(r, shape, target.user_match_attribute, client.dialect) for r in pages]
-    get_run_logger().info("listed %d users of %s", len(listed), target.name)
-    return listed
+    table = TargetTable()
+    for resource in pages:
+        table.add(target_user(resource, shape, target.user_match_attribute, client.dialect))
+    table.seal()
+    get_run_logger().info("listed %d users of %s", len(table), target.name)
+    return table
+
+
+@task(name="read-state", cache_policy=NO_CACHE)
+def read_state(store: StateStore, target: str) -> StateTable:
+    """The target's state records without their payloads, compact."""
+    table = StateTable(store.user_rows(target))
+    get_run_logger().info("read %d state records of %s", len(table), target)
+    return table
 
 
 @task(name="list-target-groups", cache_policy=NO_CACHE)
@@ -97,6 +118,111 @@ def list_target_groups(client: ScimClient, capabilities: Capabilities) -> list[T
         )
         for g in pages
     ]
+
+
+@dataclass(slots=True)
+class Side:
+    """What one target holds, listed before the directory streams past."""
+
+    target: TargetConfig
+    client: ScimClient
+    capabilities: Capabilities
+    listed: TargetTable
+    state: StateTable
+
+
+@dataclass(slots=True)
+class Streamed:
+    """What the directory stream left: per target a reconciler, and the rejections."""
+
+    reconcilers: dict[str, UserReconciler]
+    rejected: dict[str, list[Rejection]]
+    members: list[SourceUser]
+    """Every user with only its DN and group membership (when groups are reconciled)."""
+    entries: int = 0
+
+
+def _slim(user: SourceUser, member_of: str | None) -> SourceUser:
+    kept = {member_of: user.attributes.get(member_of, [])} if member_of else {}
+    return SourceUser(user.source_id, user.dn, kept, user.disabled)
+
+
+@task(
+    name="extract-and-classify-users",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    retry_condition_fn=retry_on(SourceUnavailable),
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
+def classify_users(
+    config: Config, sides: list[Side], store: StateStore, attributes: list[str]
+) -> Streamed:
+    """Stream the directory in batches: transform each batch for every target and classify it
+    at once (:class:`tasks.reconcile.UserReconciler`), keeping whole only the users that may
+    differ. A retry (the directory went away) starts the stream again from the beginning."""
+    log = get_run_logger()
+    source = config.source
+    groups = source.groups
+    keep_members = groups is not None and any(s.target.sync_groups for s in sides)
+    member_of = (
+        groups.member_of_attribute.lower()
+        if groups is not None and groups.members_from == "user_member_of"
+        else None
+    )
+    dialects = {s.target.name: dialect_for(s.target.scim_version, s.target.dialect) for s in sides}
+    streamed = Streamed(
+        {
+            s.target.name: UserReconciler(
+                s.target,
+                dialects[s.target.name],
+                s.listed,
+                s.state,
+                partial(store.records_of, s.target.name),
+            )
+            for s in sides
+        },
+        {s.target.name: [] for s in sides},
+        [],
+    )
+    warned = 0
+    conn = connect(source)
+    try:
+        for batch in stream_users(conn, source, attributes, TRANSFORM_BATCH):
+            streamed.entries += len(batch.users) + len(batch.invalid)
+            invalid = [Rejection("", dn, reason) for dn, reason in batch.invalid]
+            for side in sides:
+                name = side.target.name
+                desired, bad = transform_batch(batch.users, side.target.mapping, dialects[name])
+                streamed.reconcilers[name].add(desired, bad)
+                streamed.rejected[name] += invalid + bad
+            if keep_members:
+                streamed.members += [_slim(u, member_of) for u in batch.users]
+            for user in batch.users:
+                if user.warnings and warned < 20:
+                    warned += 1
+                    log.warning("%s: %s", user.dn, "; ".join(user.warnings))
+            if streamed.entries // PROGRESS_EVERY != (streamed.entries - len(batch.users)) // (
+                PROGRESS_EVERY
+            ):
+                log.info("read and classified %d directory entries", streamed.entries)
+        again = {name: r.link() for name, r in streamed.reconcilers.items()}
+        wanted = set().union(*again.values())
+        if wanted:  # rare: in-step users whose manager was re-linked or moved
+            log.info("reading %d users again: their references changed", len(wanted))
+            for batch in stream_users(conn, source, attributes, TRANSFORM_BATCH):
+                chosen = [u for u in batch.users if u.source_id in wanted]
+                for side in sides:
+                    name = side.target.name
+                    if chosen:
+                        desired, _ = transform_batch(chosen, side.target.mapping, dialects[name])
+                        streamed.reconcilers[name].recheck(
+                            u for u in desired if u.source_id in again[name]
+                        )
+    finally:
+        conn.unbind()
+    log.info("read and classified %d directory entries", streamed.entries)
+    return streamed
 
 
 @task(name="read-differing-users", cache_policy=NO_CACHE)
@@ -141,8 +267,8 @@ def report_markdown(target: str, dry_run: bool, counts: dict[str, Any], frame: p
 
 def reconcile_target(
     config: Config,
-    target: TargetConfig,
-    extraction: Extraction,
+    side: Side,
+    streamed: Streamed,
     groups: GroupExtraction | None,
     store: StateStore,
     *,
@@ -151,32 +277,30 @@ def reconcile_target(
     allow_mass_deprovisioning: bool,
     approval_timeout: int,
 ) -> dict[str, Any]:
-    """Classify, report, and (unless a dry run) rebuild the state and repair one target."""
+    """Classify, report, and (unless a dry run) correct the state and repair one target."""
     started = time.monotonic()
     log = get_run_logger()
-    desired, rejected = desired_users(extraction, target)
-    state = store.records(target.name)
-    client = ScimClient(target)
-    try:
-        capabilities = discover(target)
-        listed = list_target_users(client, capabilities)
-        users = reconcile_users(target, client.dialect, desired, state, listed)
-        read_differing(client, as_is(users))
-        with_groups = groups is not None and target.sync_groups
-        group_result: GroupReconciliation | None = None
-        wanted: list[DesiredGroup] = []
-        if with_groups:
-            assert groups is not None and config.source.groups is not None
-            wanted, _ = resolve_groups(groups, extraction.users, config.source.groups)
-            group_result = reconcile_groups(
-                target,
-                wanted,
-                users.truth,
-                store.groups(target.name),
-                list_target_groups(client, capabilities),
-            )
-    finally:
-        client.close()
+    target, client = side.target, side.client
+    reconciler = streamed.reconcilers[target.name]
+    rejected = streamed.rejected[target.name]
+    users = reconciler.classify()
+    read_differing(client, as_is(users))
+    with_groups = groups is not None and target.sync_groups
+    group_result: GroupReconciliation | None = None
+    wanted: list[DesiredGroup] = []
+    active: dict[str, str] = {}
+    if with_groups:
+        assert groups is not None and config.source.groups is not None
+        wanted, _ = resolve_groups(groups, streamed.members, config.source.groups)
+        members = set().union(*(g.members for g in wanted)) if wanted else set()
+        active = reconciler.active_scim_ids(members, users.truth)
+        group_result = reconcile_groups(
+            target,
+            wanted,
+            active,
+            store.groups(target.name),
+            list_target_groups(client, side.capabilities),
+        )
     counts: dict[str, Any] = {"users": users.counts}
     differences = list(users.differences)
     if group_result is not None:
@@ -209,31 +333,38 @@ def reconcile_target(
         "report_file": str(csv_path),
     }
     if dry_run:
-        plan = plan_users(target, desired, rejected, users.truth)
-        result["would"] = {"users": plan.counts()}
+        plan = plan_users(target, users.desired, rejected, users.truth, users.gone)
+        result["would"] = {"users": {**plan.counts()}}
+        result["would"]["users"]["unchanged"] += users.unchanged
         if group_result is not None:
-            group_plan = plan_groups(target, wanted, users.truth, group_result.truth)
+            members_state = {
+                sid: StateRecord(sid, scim_id, "", "", "{}", "active")
+                for sid, scim_id in active.items()
+            }
+            group_plan = plan_groups(target, wanted, members_state, group_result.truth)
             result["would"]["groups"] = group_plan.counts()
     else:
-        store.rebuild(
-            target.name,
-            list(users.truth.values()),
-            list(group_result.truth.values()) if group_result is not None else None,
+        store.correct(target.name, list(users.truth.values()), users.drop)
+        if group_result is not None:
+            store.rebuild(target.name, None, list(group_result.truth.values()))
+        changes: UserChanges = Changes(
+            [], [], complete=False, deleted=frozenset(users.gone), mode="reconcile"
         )
         report = sync_target(
             target,
-            extraction,
+            Extraction([], []),
             store,
             allow_mass_deprovisioning=allow_mass_deprovisioning,
             approval_timeout=approval_timeout,
-            transformed=(desired, rejected),
+            changes=changes,
+            transformed=(users.desired, rejected),
         )
         result["repair"] = report.as_dict()
         if with_groups:
             assert groups is not None
             everyone = Changes(groups.groups, groups.invalid)  # a full pass
             result["group_repair"] = sync_groups_target(
-                config, target, extraction.users, everyone, store
+                config, target, streamed.members, everyone, store
             ).as_dict()
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
@@ -260,17 +391,25 @@ def run_reconcile(
     allow_mass_deprovisioning: bool = False,
     approval_timeout: int = 0,
 ) -> dict[str, Any]:
+    """List each target and read its state, stream the directory past them, then report and
+    repair target by target."""
     targets = config.target(target)
     attributes = sorted(mapped_attributes(t.mapping for t in targets))
-    extraction = extract_users(config.source, attributes)
     groups = extract_groups(config.source) if config.source.groups is not None else None
     store = StateStore(config.state.url, read_only=True) if dry_run else open_store(config)
+    sides: list[Side] = []
     try:
+        for t in targets:
+            client = ScimClient(t)
+            sides.append(Side(t, client, discover(t), TargetTable(), StateTable(())))
+            sides[-1].listed = list_target_users(client, sides[-1].capabilities)
+            sides[-1].state = read_state(store, t.name)
+        streamed = classify_users(config, as_is(sides), store, attributes)
         results = [
             reconcile_target(
                 config,
-                t,
-                extraction,
+                side,
+                streamed,
                 groups,
                 store,
                 dry_run=dry_run,
@@ -278,13 +417,15 @@ def run_reconcile(
                 allow_mass_deprovisioning=allow_mass_deprovisioning,
                 approval_timeout=approval_timeout,
             )
-            for t in targets
+            for side in sides
         ]
     finally:
+        for side in sides:
+            side.client.close()
         store.close()
     summary: dict[str, Any] = {
         "dry_run": dry_run,
-        "source_entries": len(extraction.users) + len(extraction.invalid),
+        "source_entries": streamed.entries,
         "reconciliation": results,
         "targets": [r["repair"] for r in results if "repair" in r],
     }

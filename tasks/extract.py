@@ -349,8 +349,11 @@ def user_attributes(source: LdapSource, mapped: Iterable[str]) -> set[str]:
     return wanted
 
 
-def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[str]) -> Extraction:
-    """Every user in scope, with the entries that cannot be tracked set aside."""
+def stream_users(
+    conn: ldap3.Connection, source: LdapSource, attributes: Iterable[str], size: int
+) -> Iterator[Extraction]:
+    """Every user in scope, ``size`` at a time (entries that cannot be tracked set aside): a
+    caller keeping what it needs of each batch never holds the whole directory."""
     users: list[SourceUser] = []
     invalid: list[tuple[str, str]] = []
     query = source.users
@@ -361,6 +364,20 @@ def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[
             users.append(result)
         else:
             invalid.append(result)
+        if len(users) + len(invalid) >= size:
+            yield Extraction(users, invalid)
+            users, invalid = [], []
+    if users or invalid:
+        yield Extraction(users, invalid)
+
+
+def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[str]) -> Extraction:
+    """Every user in scope, with the entries that cannot be tracked set aside."""
+    users: list[SourceUser] = []
+    invalid: list[tuple[str, str]] = []
+    for batch in stream_users(conn, source, attributes, 10_000):
+        users += batch.users
+        invalid += batch.invalid
     return Extraction(users, invalid)
 
 

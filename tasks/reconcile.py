@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from array import array
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 
+from tasks.compact import Index, Strings, as_numpy, column, h64
 from tasks.config import MultiValuedRule, TargetConfig
 from tasks.extract import normalize_dn
 from tasks.groups import DesiredGroup, display_name
 from tasks.load import _lookup_value
 from tasks.plan import resolve_references
 from tasks.scim.dialect import Scim20
-from tasks.state import GroupRecord, StateRecord, Status
-from tasks.transform import DesiredUser, content_hash
+from tasks.state import GroupRecord, StateRecord, Status, UserRow
+from tasks.transform import DesiredUser, Rejection, content_hash
 
 Shape = dict[str, Any]
 """The attributes we manage: key → ``None`` (a simple value), a sub-shape (a complex
@@ -197,6 +200,14 @@ class UserReconciliation(Findings):
     be deprovisioned): the truth records of these get their payload from that read."""
     drifted: dict[str, tuple[dict[str, Any], Difference]] = field(default_factory=dict)
     """SCIM id → (desired payload, report row) of the users whose attributes drifted."""
+    desired: list[DesiredUser] = field(default_factory=list)
+    """The directory users that differ (the others are in step: nothing to do for them)."""
+    gone: set[str] = field(default_factory=set)
+    """Source ids (and ``unmanaged:`` keys) of target users to deprovision."""
+    drop: list[str] = field(default_factory=list)
+    """Source ids whose state record points at nothing on the target: deleted."""
+    unchanged: int = 0
+    """Users in step whose state record is right: not in ``truth``, left alone."""
 
     def read(self, actual: dict[str, Any], shape: Shape) -> None:
         """Put a user read from the target into the truth, and name what drifted."""
@@ -226,92 +237,449 @@ def _frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame.from_records(list(rows), columns=columns)
 
 
-def link_users(
-    target: TargetConfig,
-    dialect: Scim20,
-    desired: list[DesiredUser],
-    state: dict[str, StateRecord],
-    listed: list[TargetUser],
-) -> tuple[dict[str, str], dict[str, str], list[TargetUser], list[tuple[TargetUser, str]]]:
-    """Decide which target user belongs to which source id.
-
-    Returns (links: source id → SCIM id, how: source id → "state" / "externalId" / "match",
-    unmanaged target users, duplicates: (target user, the source id it duplicates)).
-    A link from the state store counts when its SCIM id still exists; the others are found
-    by the externalId we set, then by the matching attribute, never twice for one object.
-    """
-    match_attribute = target.user_match_attribute
-    sources = _frame(
-        (
-            {
-                "source_id": u.source_id,
-                "external_id": u.payload.get("externalId"),
-                "match_value": _match_value(u.payload, match_attribute, dialect),
-            }
-            for u in desired
-        ),
-        ["source_id", "external_id", "match_value"],
-    )
-    known = set(sources["source_id"])
-    leavers = _frame(
-        (
-            {
-                "source_id": r.source_id,
-                "external_id": r.payload.get("externalId"),
-                "match_value": None,
-            }
-            for r in state.values()
-            if r.source_id not in known
-        ),
-        ["source_id", "external_id", "match_value"],
-    )
-    sources = pd.concat([sources, leavers], ignore_index=True) if len(leavers) else sources
-    targets = _frame(
-        (
-            {"scim_id": t.scim_id, "external_id": t.external_id, "match_value": t.match_value}
-            for t in listed
-        ),
-        ["scim_id", "external_id", "match_value"],
-    )
-    stored = _frame(
-        ({"source_id": r.source_id, "scim_id": r.scim_id} for r in state.values()),
-        ["source_id", "scim_id"],
-    )
-    live = stored.merge(targets[["scim_id"]], on="scim_id", how="inner")
-    links = dict(zip(live["source_id"], live["scim_id"], strict=True))
-    how = dict.fromkeys(links, "state")
-
-    free = targets[~targets["scim_id"].isin(set(links.values()))]
-    duplicates: list[tuple[TargetUser, str]] = []
-    by_id = {t.scim_id: t for t in listed}
-    for column in ("external_id", "match_value"):
-        unlinked = sources[~sources["source_id"].isin(set(links))].dropna(subset=[column])
-        unlinked = unlinked.drop_duplicates(subset=[column], keep=False)
-        candidates = free.dropna(subset=[column])
-        pairs = candidates.merge(unlinked[["source_id", column]], on=column, how="inner")
-        ambiguous = pairs[pairs.duplicated(subset=["source_id"], keep=False)]
-        for scim_id, source_id in zip(ambiguous["scim_id"], ambiguous["source_id"], strict=True):
-            duplicates.append((by_id[scim_id], source_id))
-        pairs = pairs.drop_duplicates(subset=["source_id"], keep=False)
-        for scim_id, source_id in zip(pairs["scim_id"], pairs["source_id"], strict=True):
-            links[source_id] = scim_id
-            how[source_id] = "externalId" if column == "external_id" else "match"
-        free = free[~free["scim_id"].isin(set(pairs["scim_id"]) | set(ambiguous["scim_id"]))]
-    # a free user carrying the externalId of a source linked elsewhere is a duplicate
-    ours = sources[sources["source_id"].isin(set(links))].dropna(subset=["external_id"])
-    copies = free.dropna(subset=["external_id"]).merge(
-        ours[["source_id", "external_id"]], on="external_id", how="inner"
-    )
-    for scim_id, source_id in zip(copies["scim_id"], copies["source_id"], strict=True):
-        duplicates.append((by_id[scim_id], source_id))
-    free = free[~free["scim_id"].isin(set(copies["scim_id"]))]
-    unmanaged = [by_id[s] for s in free["scim_id"]]
-    return links, how, unmanaged, duplicates
-
-
 def _match_value(payload: dict[str, Any], attribute: str, dialect: Scim20) -> str | None:
     value = _lookup_value(payload, attribute)
     return dialect.match_key(attribute, value) if value else None
+
+
+class TargetTable:
+    """The target's users, listed once, one compact row each (about 150 bytes a user).
+
+    Rows are added while the listing pages in, then :meth:`seal` indexes them; a user listed
+    twice (a page boundary moving under a paged listing) keeps its first row.
+    """
+
+    def __init__(self, users: Iterable[TargetUser] = ()) -> None:
+        self.scim_ids = Strings()
+        self.names = Strings()
+        self.external_ids = Strings()
+        self.match_values = Strings()
+        self._scim_h = column()
+        self._active = bytearray()
+        self._fingerprints = bytearray()
+        self.index = Index(np.zeros(0, np.uint64))
+        self.scim_h = np.zeros(0, np.uint64)
+        self.first = np.zeros(0, np.bool_)
+        """Per row: whether it is the first row of its SCIM id (repeats are ignored)."""
+        for user in users:
+            self.add(user)
+        if users:
+            self.seal()
+
+    def add(self, user: TargetUser) -> None:
+        self.scim_ids.append(user.scim_id)
+        self.names.append(user.user_name)
+        self.external_ids.append(user.external_id or "")
+        self.match_values.append(user.match_value or "")
+        self._scim_h.append(h64(user.scim_id))
+        self._active.append(user.active)
+        self._fingerprints += user.fingerprint
+
+    def seal(self) -> None:
+        self.scim_h = as_numpy(self._scim_h)
+        self.index = Index(self.scim_h)
+        self.first = np.zeros(len(self.scim_h), np.bool_)
+        self.first[np.unique(self.scim_h, return_index=True)[1]] = True
+
+    def __len__(self) -> int:
+        return len(self.scim_ids)
+
+    def find(self, scim_id: str) -> int:
+        """The row of a SCIM id, or -1."""
+        row = self.index.find(h64(scim_id))
+        return row if row >= 0 and self.scim_ids[row] == scim_id else -1
+
+    def active(self, row: int) -> bool:
+        return bool(self._active[row])
+
+    def fingerprint(self, row: int) -> bytes:
+        return bytes(self._fingerprints[16 * row : 16 * row + 16])
+
+    def user(self, row: int) -> TargetUser:
+        return TargetUser(
+            self.scim_ids[row],
+            self.external_ids[row] or None,
+            self.match_values[row] or None,
+            self.names[row],
+            self.active(row),
+            self.fingerprint(row),
+        )
+
+
+class StateTable:
+    """The state store's users for one target without payloads (about 150 bytes a user)."""
+
+    def __init__(self, rows: Iterable[UserRow]) -> None:
+        self.source_ids = Strings()
+        self.scim_ids = Strings()
+        sid_h, scim_h, dn_h, hash_h = column(), column(), column(), column()
+        active = bytearray()
+        for row in rows:
+            self.source_ids.append(row.source_id)
+            self.scim_ids.append(row.scim_id)
+            sid_h.append(h64(row.source_id))
+            scim_h.append(h64(row.scim_id))
+            dn_h.append(h64(row.dn))
+            hash_h.append(h64(row.content_hash))
+            active.append(row.status == "active")
+        self.sid_h, self.scim_h = as_numpy(sid_h), as_numpy(scim_h)
+        self.dn_h, self.hash_h = as_numpy(dn_h), as_numpy(hash_h)
+        self.active = np.frombuffer(bytes(active), dtype=np.bool_)
+        self.by_source = Index(self.sid_h)
+        self.by_dn = Index(self.dn_h, prefer=self.active)  # a DN kept by a disabled account
+        # and taken by a new entry resolves to the active one, as in the plan
+
+    def __len__(self) -> int:
+        return len(self.source_ids)
+
+    def find(self, source_id: str) -> int:
+        """The row of a source id, or -1."""
+        row = self.by_source.find(h64(source_id))
+        return row if row >= 0 and self.source_ids[row] == source_id else -1
+
+
+class UserReconciler:
+    """Classifies one target's users while the directory streams past, keeping a compact row
+    per user and the whole user only where it may differ.
+
+    1. :meth:`add` each transformed batch. A user whose state record links to a target user
+       with the same managed fingerprint, and whose record holds this very payload, status and
+       DN, is in step: only its ids are kept. The others are *candidates*, kept whole.
+       References (a manager) are resolved provisionally through the state store's DNs.
+    2. :meth:`link`: candidates and leavers (state records no longer in the directory) are
+       linked to target users (state link, then externalId, then the matching attribute).
+       Returns the in-step users whose references resolve differently once every link is
+       known (rare: a manager re-linked or moved); the caller reads those again and passes
+       them to :meth:`recheck`.
+    3. :meth:`classify` builds the :class:`UserReconciliation`: report rows, the truth records
+       of the users that differ, what to read from the target, what to drop from the store.
+    """
+
+    def __init__(
+        self,
+        target: TargetConfig,
+        dialect: Scim20,
+        listed: TargetTable,
+        state: StateTable,
+        records_of: Callable[[list[str]], dict[str, StateRecord]],
+    ) -> None:
+        self.target = target
+        self.dialect = dialect
+        self.listed = listed
+        self.state = state
+        self.records_of = records_of
+        self.shape = managed_shape(target.mapping)
+        self.source_ids = Strings()
+        self._sid_h, self._ext_h, self._dn_h = column(), column(), column()
+        self._link = array("q")
+        """Per user: the target row it is in step with, or -1 (a candidate)."""
+        self.candidates: dict[str, DesiredUser] = {}
+        self.rejected: set[str] = set()
+        self._ref_user, self._ref_row, self._ref_dn = array("q"), array("q"), column()
+        self._final: dict[str, int] = {}
+        self._how: dict[str, str] = {}
+        self._leavers: list[str] = []
+        self._copies: list[tuple[int, str]] = []
+        self._ambiguous: list[tuple[int, str]] = []
+        self._unmanaged: list[int] = []
+        self._by_dn = Index(np.zeros(0, np.uint64))
+        self._by_source = Index(np.zeros(0, np.uint64))
+
+    def add(self, desired: Iterable[DesiredUser], rejected: Iterable[Rejection] = ()) -> None:
+        """Take one transformed batch."""
+        for user in desired:
+            at = len(self._link)
+            dn = normalize_dn(user.dn)
+            external = user.payload.get("externalId")
+            self.source_ids.append(user.source_id)
+            self._sid_h.append(h64(user.source_id))
+            self._dn_h.append(h64(dn))
+            self._ext_h.append(h64(str(external)) if external else 0)
+            row = self._in_step_row(at, user, dn)
+            self._link.append(row)
+            if row < 0:
+                self.candidates[user.source_id] = user
+        self.rejected.update(r.source_id for r in rejected if r.source_id)
+
+    def _in_step_row(self, at: int, user: DesiredUser, dn: str) -> int:
+        """The target row this user is in step with (and its state record right), or -1."""
+        state, listed = self.state, self.listed
+        record = state.find(user.source_id)
+        row = listed.find(state.scim_ids[record]) if record >= 0 else -1
+        if row < 0:
+            return -1
+        references: list[tuple[int, int]] = []
+
+        def provisional(ref: str) -> str | None:
+            key = h64(ref)
+            holder = state.by_dn.find(key)
+            found = listed.find(state.scim_ids[holder]) if holder >= 0 else -1
+            references.append((key, found))
+            return listed.scim_ids[found] if found >= 0 else None
+
+        payload, _ = resolve_references(user.payload, provisional)
+        if (
+            listed.fingerprint(row) != managed_hash(payload, self.shape)
+            or int(state.hash_h[record]) != h64(content_hash(payload))
+            or bool(state.active[record]) != listed.active(row)
+            or int(state.dn_h[record]) != h64(dn)
+        ):
+            return -1
+        for key, found in references:
+            self._ref_user.append(at)
+            self._ref_dn.append(key)
+            self._ref_row.append(found)
+        return row
+
+    @property
+    def in_step(self) -> int:
+        return int(np.count_nonzero(np.frombuffer(self._link, dtype=np.int64) >= 0))
+
+    def link(self) -> set[str]:
+        """Link candidates and leavers to target users; return the source ids of in-step users
+        whose references must be resolved again (see :meth:`recheck`)."""
+        state, listed = self.state, self.listed
+        sid_h = as_numpy(self._sid_h)
+        self._by_source = Index(sid_h)
+        self._by_dn = Index(as_numpy(self._dn_h))
+        present = self._by_source.find_many(state.sid_h)
+        self._leavers = [
+            state.source_ids[r]
+            for r in np.flatnonzero(present < 0)
+            if state.source_ids[r] not in self.rejected
+        ]
+        leaver_records = self.records_of(self._leavers)
+        unlinked: list[dict[str, Any]] = []
+        for source_id in [*self.candidates, *self._leavers]:
+            record = state.find(source_id)
+            row = listed.find(state.scim_ids[record]) if record >= 0 else -1
+            if row >= 0:
+                self._final[source_id], self._how[source_id] = row, "state"
+            elif source_id in self.candidates:
+                payload = self.candidates[source_id].payload
+                match = _match_value(payload, self.target.user_match_attribute, self.dialect)
+                external = payload.get("externalId")
+                unlinked.append(
+                    {
+                        "source_id": source_id,
+                        "external_id": str(external) if external else None,
+                        "match_value": match,
+                    }
+                )
+            elif source_id in leaver_records:
+                external = leaver_records[source_id].payload.get("externalId")
+                unlinked.append(
+                    {
+                        "source_id": source_id,
+                        "external_id": str(external) if external else None,
+                        "match_value": None,
+                    }
+                )
+        # target users no state record points at: the only ones a link may still take
+        free_rows = np.flatnonzero(~np.isin(listed.scim_h, state.scim_h) & listed.first)
+        free = _frame(
+            (
+                {
+                    "row": int(r),
+                    "external_id": listed.external_ids[r] or None,
+                    "match_value": listed.match_values[r] or None,
+                }
+                for r in free_rows
+            ),
+            ["row", "external_id", "match_value"],
+        )
+        sources = _frame(unlinked, ["source_id", "external_id", "match_value"])
+        for column_name in ("external_id", "match_value"):
+            waiting = sources[~sources["source_id"].isin(set(self._final))].dropna(
+                subset=[column_name]
+            )
+            waiting = waiting.drop_duplicates(subset=[column_name], keep=False)
+            pairs = free.dropna(subset=[column_name]).merge(
+                waiting[["source_id", column_name]], on=column_name, how="inner"
+            )
+            ambiguous = pairs[pairs.duplicated(subset=["source_id"], keep=False)]
+            self._ambiguous += zip(ambiguous["row"], ambiguous["source_id"], strict=True)
+            pairs = pairs.drop_duplicates(subset=["source_id"], keep=False)
+            via = "externalId" if column_name == "external_id" else "match"
+            for row, source_id in zip(pairs["row"], pairs["source_id"], strict=True):
+                self._final[source_id], self._how[source_id] = int(row), via
+            free = free[~free["row"].isin(set(pairs["row"]) | set(ambiguous["row"]))]
+        # a free user carrying the externalId of a user linked elsewhere is a duplicate
+        by_external = Index(as_numpy(self._ext_h))
+        in_step = np.frombuffer(self._link, dtype=np.int64)
+        ours: dict[str, str] = {}
+        for source_id in self._final:
+            user = self.candidates.get(source_id)
+            if user is not None:
+                external = user.payload.get("externalId")
+            elif source_id in leaver_records:
+                external = leaver_records[source_id].payload.get("externalId")
+            else:
+                external = None
+            if external:
+                ours[str(external)] = source_id
+        for row, external in zip(free["row"], free["external_id"], strict=True):
+            external = external if isinstance(external, str) else None  # NaN: none
+            at = by_external.find(h64(external)) if external else -1
+            if external in ours:
+                self._copies.append((int(row), ours[external]))
+            elif at >= 0 and in_step[at] >= 0:
+                self._copies.append((int(row), self.source_ids[at]))
+            else:
+                self._unmanaged.append(int(row))
+        return self._stale_references()
+
+    def _final_row(self, at: int) -> int:
+        """The target row user number ``at`` is linked to in the end, or -1."""
+        if at < 0:
+            return -1
+        if self._link[at] >= 0:
+            return int(self._link[at])
+        return self._final.get(self.source_ids[at], -1)
+
+    def _stale_references(self) -> set[str]:
+        users = np.frombuffer(self._ref_user, dtype=np.int64)
+        if not len(users):
+            return set()
+        holders = self._by_dn.find_many(as_numpy(self._ref_dn))
+        rows = np.frombuffer(self._ref_row, dtype=np.int64)
+        stale = set()
+        for user, holder, row in zip(users, holders, rows, strict=True):
+            if self._final_row(int(holder)) != row:
+                stale.add(self.source_ids[int(user)])
+        return stale
+
+    def recheck(self, users: Iterable[DesiredUser]) -> None:
+        """Users :meth:`link` named, read again: classified in full, as candidates."""
+        for user in users:
+            at = self._by_source.find(h64(user.source_id))
+            if at < 0 or self._link[at] < 0:
+                continue
+            self._final[user.source_id], self._how[user.source_id] = int(self._link[at]), "state"
+            self._link[at] = -1
+            self.candidates[user.source_id] = user
+
+    def scim_id_of(self, dn: str) -> str | None:
+        """The SCIM id of the user at this (normalized) DN, once every link is known."""
+        row = self._final_row(self._by_dn.find(h64(dn)))
+        return self.listed.scim_ids[row] if row >= 0 else None
+
+    def classify(self) -> UserReconciliation:
+        target, listed = self.target, self.listed
+        result = UserReconciliation()
+        result.counts["in step"] = self.in_step
+        result.unchanged = self.in_step
+        for user in self.candidates.values():
+            result.desired.append(user)
+            payload, _ = resolve_references(user.payload, self.scim_id_of)
+            row = self._final.get(user.source_id, -1)
+            record = self.state.find(user.source_id)
+            name = user.user_name
+            if row < 0:
+                if record >= 0:
+                    result.note(
+                        "stale state",
+                        name,
+                        user.source_id,
+                        self.state.scim_ids[record],
+                        "the SCIM id no longer exists on the target",
+                    )
+                    result.drop.append(user.source_id)
+                elif not (user.disabled and not target.provision_disabled_users):
+                    result.note("missing on the target", name, user.source_id)
+                continue
+            actual = listed.user(row)
+            how = self._how[user.source_id]
+            if how != "state":
+                detail = f"found by {how}" + (
+                    f"; the state store had {self.state.scim_ids[record]}" if record >= 0 else ""
+                )
+                result.note("re-linked", name, user.source_id, actual.scim_id, detail)
+            if actual.fingerprint == managed_hash(payload, self.shape):
+                result.truth[user.source_id] = StateRecord(
+                    user.source_id,
+                    actual.scim_id,
+                    name,
+                    content_hash(payload),
+                    payload,
+                    _status(actual.active),
+                    dn=normalize_dn(user.dn),
+                )
+                if how == "state":
+                    result.note("in step", name, user.source_id, actual.scim_id)
+                continue
+            if user.disabled and not target.provision_disabled_users and not actual.active:
+                # disabled on both sides: nothing to do, nothing to read
+                result.note("in step", name, user.source_id, actual.scim_id)
+                if not (
+                    record >= 0
+                    and self.state.scim_ids[record] == actual.scim_id
+                    and not self.state.active[record]
+                ):
+                    result.truth[user.source_id] = _to_be_read(user.source_id, actual, name)
+                continue
+            result.truth[user.source_id] = _to_be_read(user.source_id, actual, name)
+            row_note = result.note("attributes drifted", name, user.source_id, actual.scim_id)
+            result.drifted[actual.scim_id] = (payload, row_note)
+            result.to_read[actual.scim_id] = user.source_id
+        for source_id in self._leavers:
+            row = self._final.get(source_id, -1)
+            if row < 0:
+                result.drop.append(source_id)  # gone from both sides
+                continue
+            actual = listed.user(row)  # a leaver still on the target: deprovisioned
+            if self._how[source_id] != "state":
+                result.note(
+                    "re-linked",
+                    actual.user_name,
+                    source_id,
+                    actual.scim_id,
+                    f"found by {self._how[source_id]}",
+                )
+            result.to_read[actual.scim_id] = source_id
+            result.truth[source_id] = _to_be_read(source_id, actual)
+            result.gone.add(source_id)
+        for row, source_id in [*self._ambiguous, *self._copies]:
+            result.note(
+                "duplicate on the target",
+                listed.names[row],
+                source_id,
+                listed.scim_ids[row],
+                "carries the externalId or matching value of a user linked elsewhere; left alone",
+            )
+        for row in self._unmanaged:
+            other = listed.user(row)
+            detail = "not ours; left alone"
+            if target.deprovision_unmanaged:
+                detail = f"not ours; {target.remove_action} (deprovision_unmanaged is on)"
+                key = f"unmanaged:{other.scim_id}"
+                result.to_read[other.scim_id] = key
+                result.truth[key] = _to_be_read(key, other)
+                result.gone.add(key)
+            result.note("unmanaged", other.user_name, "", other.scim_id, detail)
+        return result
+
+    def active_scim_ids(
+        self, source_ids: Iterable[str], truth: dict[str, StateRecord]
+    ) -> dict[str, str]:
+        """Source id → SCIM id of the users among ``source_ids`` active on the target (the
+        truth for the users that differ, the listing for those in step): group members."""
+        out: dict[str, str] = {}
+        for source_id in source_ids:
+            record = truth.get(source_id)
+            if record is not None:
+                if record.status == "active":
+                    out[source_id] = record.scim_id
+                continue
+            if source_id in self.candidates:
+                continue
+            at = self._by_source.find(h64(source_id))
+            if at < 0 or self.source_ids[at] != source_id:
+                continue
+            row = int(self._link[at])
+            if row >= 0 and self.listed.active(row):
+                out[source_id] = self.listed.scim_ids[row]
+        return out
 
 
 def reconcile_users(
@@ -321,92 +689,21 @@ def reconcile_users(
     state: dict[str, StateRecord],
     listed: list[TargetUser],
 ) -> UserReconciliation:
-    """Classify every user and build the truth (state records of what the target holds).
-
-    Truth records of users in step carry the desired payload and hash (the plan leaves them
-    alone); those that drifted or must be deprovisioned are listed in ``to_read``: the flow
-    reads them and calls :func:`with_actual` so the plan diffs against the target's values.
-    """
-    shape = managed_shape(target.mapping)
-    links, how, unmanaged, duplicates = link_users(target, dialect, desired, state, listed)
-    by_id = {t.scim_id: t for t in listed}
-    result = UserReconciliation()
-    by_dn = {normalize_dn(u.dn): u.source_id for u in desired}
-
-    def scim_id_of(dn: str) -> str | None:
-        return links.get(by_dn.get(dn, ""))
-
-    seen: set[str] = set()
-    for user in desired:
-        seen.add(user.source_id)
-        payload, _ = resolve_references(user.payload, scim_id_of)
-        scim_id = links.get(user.source_id)
-        record = state.get(user.source_id)
-        name = user.user_name
-        if scim_id is None:
-            if record is not None:
-                result.note(
-                    "stale state",
-                    name,
-                    user.source_id,
-                    record.scim_id,
-                    "the SCIM id no longer exists on the target",
-                )
-            elif not (user.disabled and not target.provision_disabled_users):
-                result.note("missing on the target", name, user.source_id)
-            continue
-        actual = by_id[scim_id]
-        if how[user.source_id] != "state":
-            detail = f"found by {how[user.source_id]}" + (
-                f"; the state store had {record.scim_id}" if record is not None else ""
-            )
-            result.note("re-linked", name, user.source_id, scim_id, detail)
-        if actual.fingerprint == managed_hash(payload, shape):
-            result.truth[user.source_id] = StateRecord(
-                user.source_id,
-                scim_id,
-                name,
-                content_hash(payload),
-                payload,
-                _status(actual.active),
-                dn=normalize_dn(user.dn),
-            )
-            if how[user.source_id] == "state":
-                result.note("in step", name, user.source_id, scim_id)
-            continue
-        result.truth[user.source_id] = _to_be_read(user.source_id, actual, name)
-        if user.disabled and not target.provision_disabled_users and not actual.active:
-            continue  # disabled on both sides: nothing to do, nothing to read
-        row = result.note("attributes drifted", name, user.source_id, scim_id)
-        result.drifted[scim_id] = (payload, row)
-        result.to_read[scim_id] = user.source_id
-    for source_id, scim_id in links.items():
-        if source_id in seen:
-            continue
-        actual = by_id[scim_id]  # a leaver still on the target: the plan deprovisions it
-        if how[source_id] != "state":
-            result.note(
-                "re-linked", actual.user_name, source_id, scim_id, f"found by {how[source_id]}"
-            )
-        result.to_read[scim_id] = source_id
-        result.truth[source_id] = _to_be_read(source_id, actual)
-    for copy, source_id in duplicates:
-        result.note(
-            "duplicate on the target",
-            copy.user_name,
-            source_id,
-            copy.scim_id,
-            "carries the externalId or matching value of a user linked elsewhere; left alone",
-        )
-    for other in unmanaged:
-        detail = "not ours; left alone"
-        if target.deprovision_unmanaged:
-            detail = f"not ours; {target.remove_action} (deprovision_unmanaged is on)"
-            key = f"unmanaged:{other.scim_id}"
-            result.to_read[other.scim_id] = key
-            result.truth[key] = _to_be_read(key, other)
-        result.note("unmanaged", other.user_name, "", other.scim_id, detail)
-    return result
+    """Classify every user of one target from lists in memory (what the flow does batch by
+    batch with :class:`UserReconciler`); in-step users whose state record is right get no
+    truth record: nothing about them changes."""
+    rows = (UserRow(r.source_id, r.scim_id, r.content_hash, r.status, r.dn) for r in state.values())
+    reconciler = UserReconciler(
+        target,
+        dialect,
+        TargetTable(listed),
+        StateTable(rows),
+        lambda ids: {i: state[i] for i in ids if i in state},
+    )
+    reconciler.add(desired)
+    again = reconciler.link()
+    reconciler.recheck(u for u in desired if u.source_id in again)
+    return reconciler.classify()
 
 
 def with_actual(record: StateRecord, actual: dict[str, Any], shape: Shape) -> StateRecord:
@@ -448,12 +745,14 @@ class GroupReconciliation(Findings):
 def reconcile_groups(
     target: TargetConfig,
     desired: list[DesiredGroup],
-    users: dict[str, StateRecord],
+    active: dict[str, str],
     state: dict[str, GroupRecord],
     listed: list[TargetGroup],
 ) -> GroupReconciliation:
     """Classify every group against the target and build the truth records (actual members
-    and names), from which the normal group plan repairs the differences."""
+    and names), from which the normal group plan repairs the differences.
+
+    ``active``: source id → SCIM id of the member users active on the target."""
     result = GroupReconciliation()
     by_id = {g.scim_id: g for g in listed}
     free = {g.scim_id: g for g in listed}
@@ -465,7 +764,6 @@ def reconcile_groups(
         if candidate.external_id:
             by_external.setdefault(candidate.external_id, []).append(candidate)
         by_name.setdefault(candidate.display_name, []).append(candidate)
-    active = {sid: r.scim_id for sid, r in users.items() if r.status == "active"}
     for group in desired:
         name = display_name(group, target)
         record = state.get(group.source_id)

@@ -13,10 +13,11 @@ any SQLAlchemy URL works, and PostgreSQL is tested (``postgresql+psycopg://...``
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -242,6 +243,16 @@ class StateRecord:
         return cast(dict[str, Any], json.loads(self.body))
 
 
+class UserRow(NamedTuple):
+    """A state record without its payload: what a reconciliation joins on."""
+
+    source_id: str
+    scim_id: str
+    content_hash: str
+    status: str
+    dn: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class GroupRecord:
     """A group provisioned to a target and the members we know it has.
@@ -330,6 +341,58 @@ class StateStore:
                 )
                 for row in conn.execute(query)
             }
+
+    def user_rows(self, target: str) -> Iterator[UserRow]:
+        """Every user provisioned to ``target`` without its payload, streamed (a million rows
+        are never held at once, neither here nor in the database driver)."""
+        t = provisioned_users
+        if self.read_only and not self._has_table(t):
+            return
+        query = sa.select(
+            t.c.source_id, t.c.scim_id, t.c.content_hash, t.c.status, self._optional(t.c.dn)
+        ).where(t.c.target == target)
+        with self.engine.connect() as conn:
+            for row in conn.execution_options(yield_per=5000).execute(query):
+                yield UserRow(row.source_id, row.scim_id, row.content_hash, row.status, row.dn)
+
+    def records_of(self, target: str, source_ids: Iterable[str]) -> dict[str, StateRecord]:
+        """The records of these source ids (those the store has), read in chunks."""
+        t = provisioned_users
+        wanted = sorted(set(source_ids))
+        out: dict[str, StateRecord] = {}
+        if not wanted or (self.read_only and not self._has_table(t)):
+            return out
+        columns = (
+            t.c.source_id,
+            t.c.scim_id,
+            t.c.user_name,
+            t.c.content_hash,
+            t.c.payload,
+            t.c.status,
+            self._optional(t.c.version),
+            self._optional(t.c.dn),
+        )
+        with self.engine.connect() as conn:
+            for at in range(0, len(wanted), 500):
+                chunk = wanted[at : at + 500]
+                query = sa.select(*columns).where((t.c.target == target) & t.c.source_id.in_(chunk))
+                for row in conn.execute(query):
+                    out[row.source_id] = StateRecord(
+                        row.source_id,
+                        row.scim_id,
+                        row.user_name,
+                        row.content_hash,
+                        row.payload,
+                        row.status,
+                        row.version,
+                        row.dn,
+                    )
+        return out
+
+    def correct(self, target: str, records: list[StateRecord], removals: list[str]) -> None:
+        """Replace the records of these users and delete those of ``removals``, in one
+        transaction (a reconciliation correcting only the rows that differ from the truth)."""
+        self._replace(provisioned_users, target, [_user_row(r) for r in records], removals, [])
 
     def apply(
         self,
@@ -449,14 +512,16 @@ class StateStore:
         self._replace(provisioned_groups, target, rows, removals, audit or [])
 
     def rebuild(
-        self, target: str, users: list[StateRecord], groups: list[GroupRecord] | None
+        self, target: str, users: list[StateRecord] | None, groups: list[GroupRecord] | None
     ) -> None:
-        """Replace everything the store holds for ``target`` (users, and groups unless
-        ``None``) by records rebuilt from the target's truth, in one transaction."""
+        """Replace everything the store holds for ``target`` (users unless ``None``, groups
+        unless ``None``) by records rebuilt from the target's truth, in one transaction."""
         self._check_writable()
         stamp = {"target": target, "updated_at": datetime.now(UTC)}
         with self.engine.begin() as conn:
-            tables = [(provisioned_users, [_user_row(r) for r in users])]
+            tables = []
+            if users is not None:
+                tables.append((provisioned_users, [_user_row(r) for r in users]))
             if groups is not None:
                 tables.append((provisioned_groups, [_group_row(g) for g in groups]))
             for table, rows in tables:

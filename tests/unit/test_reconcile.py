@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from tasks.compact import CHUNK, Index, Strings, h64
 from tasks.config import TargetConfig
 from tasks.reconcile import (
     TargetUser,
@@ -15,7 +18,7 @@ from tasks.reconcile import (
 )
 from tasks.scim.dialect import Scim20
 from tasks.state import StateRecord
-from tasks.transform import DesiredUser, content_hash
+from tasks.transform import REFERENCE, DesiredUser, content_hash
 
 MAPPING = {
     "userName": "uid",
@@ -128,3 +131,89 @@ def test_unmanaged_users_become_deprovisionable_only_when_configured() -> None:
     strict = TARGET.model_copy(update={"deprovision_unmanaged": True})
     result = reconcile_users(strict, DIALECT, [], {}, listed)
     assert list(result.truth) == ["unmanaged:6"] and result.to_read == {"6": "unmanaged:6"}
+
+
+def placed(uid: str, scim_id: str, payload: dict[str, Any], dn: str | None = None) -> StateRecord:
+    """A state record holding exactly this payload, with the user's DN."""
+    return StateRecord(
+        f"id-{uid}",
+        scim_id,
+        uid,
+        content_hash(payload),
+        payload,
+        "active",
+        dn=dn or f"uid={uid},ou=people",
+    )
+
+
+def test_users_in_step_with_a_right_state_record_get_no_truth_record() -> None:
+    users = [desired("ada"), desired("bob")]
+    state = {"id-ada": placed("ada", "1", users[0].payload)}
+    state["id-bob"] = StateRecord(
+        "id-bob", "2", "bob", "an older hash", users[1].payload, "active", dn="uid=bob,ou=people"
+    )
+    result = reconcile_users(
+        TARGET, DIALECT, users, state, [on_target("1", "ada"), on_target("2", "bob")]
+    )
+    assert result.counts["in step"] == 2 and result.differences == []
+    assert result.unchanged == 1  # ada: nothing about her is held or written
+    assert list(result.truth) == ["id-bob"]  # bob's record is corrected, nothing sent
+    assert result.truth["id-bob"].content_hash == content_hash(users[1].payload)
+    assert [u.source_id for u in result.desired] == ["id-bob"] and not result.to_read
+
+
+def test_reference_to_a_relinked_user_is_checked_again() -> None:
+    """bob's manager DN belonged to a leaver (scim 1) and now to a new ada (scim 2): bob looked in
+    step through the state store's DNs, and is found drifted once every link is known."""
+    target = TARGET.model_copy(
+        update={"mapping": {"userName": "uid", "externalId": "$id", "manager": "@manager"}}
+    )
+    shape = managed_shape(target.mapping)
+    boss = "uid=ada,ou=people"
+    bob = DesiredUser(
+        "id-bob",
+        "uid=bob,ou=people",
+        {"userName": "bob", "externalId": "id-bob", "active": True, "manager": {REFERENCE: boss}},
+        False,
+    )
+    ada = DesiredUser(
+        "id-ada", boss, {"userName": "ada", "externalId": "id-ada", "active": True}, False
+    )
+    bob_then = {**bob.payload, "manager": "1"}
+    state = {
+        "id-bob": placed("bob", "3", bob_then),
+        "id-old": placed("old", "1", {"userName": "old", "externalId": "id-old"}, dn=boss),
+    }
+
+    def listed(scim_id: str, resource: dict[str, Any]) -> TargetUser:
+        return target_user({"id": scim_id, **resource}, shape, "userName", DIALECT)
+
+    on_it = [
+        listed("1", {"userName": "old", "externalId": "id-old", "active": True}),
+        listed("2", ada.payload),
+        listed("3", bob_then),
+    ]
+    result = reconcile_users(target, DIALECT, [ada, bob], state, on_it)
+    kinds = {(d.kind, d.name) for d in result.differences}
+    assert ("attributes drifted", "bob") in kinds and ("re-linked", "ada") in kinds
+    assert result.drifted["3"][0]["manager"] == "2"
+    assert result.gone == {"id-old"}
+
+
+def test_strings_and_index_hold_many_values_compactly() -> None:
+    values = [f"user-{n}" for n in range(CHUNK * 2 + 5)]
+    strings = Strings(values)
+    assert len(strings) == len(values)
+    assert [strings[i] for i in (0, CHUNK - 1, CHUNK, 2 * CHUNK + 4)] == [
+        values[0],
+        values[CHUNK - 1],
+        values[CHUNK],
+        values[-1],
+    ]
+    keys = np.array([h64(v) for v in ["a", "b", "a", ""]], dtype=np.uint64)
+    assert h64(None) == h64("") == 0 and h64("a") != 0
+    assert Index(keys).find(h64("a")) == 0
+    assert Index(keys, prefer=np.array([False, False, True, False])).find(h64("a")) == 2
+    assert Index(keys).find(h64("zz")) == -1 and Index(keys).find(0) == -1
+    found = Index(keys).find_many(np.array([h64("b"), h64("c"), 0], dtype=np.uint64))
+    assert found.tolist() == [1, -1, -1]
