@@ -82,9 +82,21 @@ def _dn_value(raw: str) -> str:
     return "".join("\\" + c if c in _DN_SPECIAL else c for c in text).lower()
 
 
+_DN_PLAIN_EXCLUDES = frozenset('\\"+<>;#')
+
+
 def normalize_dn(dn: str) -> str:
     """A DN in a form that compares equal for equal DNs: case, spacing and the way special
     characters are escaped (``\\2C`` or ``\\,``) do not matter; multi-valued RDNs keep ``+``."""
+    if _DN_PLAIN_EXCLUDES.isdisjoint(dn):  # no escapes, quotes or multi-valued RDNs: the
+        # common case, split directly (parse_dn costs ~40 µs a DN, a directory has millions)
+        rdns = [rdn.split("=") for rdn in dn.split(",")]
+        if all(len(rdn) == 2 and rdn[0].strip() and rdn[1].strip() for rdn in rdns):
+            return ",".join(f"{a.strip().lower()}={v.strip().lower()}" for a, v in rdns)
+    return _parsed_dn(dn)
+
+
+def _parsed_dn(dn: str) -> str:
     try:
         parts = parse_dn(dn, escape=False, strip=True)
     except LDAPInvalidDnError:

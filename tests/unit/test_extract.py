@@ -161,3 +161,18 @@ def test_a_fractional_receive_timeout_reaches_ldap3_in_whole_seconds(
     with pytest.raises(ldap_exc.LDAPSocketOpenError):
         connect(config)
     assert seen["receive_timeout"] == 3 and isinstance(seen["receive_timeout"], int)
+
+
+def test_plain_dns_take_the_fast_path_to_the_same_form() -> None:
+    from tasks.extract import _parsed_dn, normalize_dn
+
+    for dn in [
+        "uid=user0000001,ou=people,dc=example,dc=org",
+        " UID = Ada ,OU=People, DC=Example,dc=ORG ",
+        "cn=Zoë Müller,ou=Personnes,dc=exemple,dc=fr",
+        "CN=John Smith,OU=Sales Team,DC=corp,DC=local",
+        "cn=a=b,dc=x",
+        "cn=,dc=x",
+        "",
+    ]:
+        assert normalize_dn(dn) == _parsed_dn(dn), dn
