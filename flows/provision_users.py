@@ -137,8 +137,15 @@ def sync_target(
     """
     started = time.monotonic()
     desired, rejected = transformed or desired_users(extraction, target)
-    state = state if state is not None else store.records(target.name)
+    state = state if state is not None else store.records(target.name, lazy=True)
     gone = changes.gone(state) if changes is not None else None
+    # the bodies the plan diffs against (changed users, leavers), in a few queries
+    differing = [
+        record
+        for user in desired
+        if (record := state.get(user.source_id)) and record.content_hash != user.content_hash
+    ]
+    store.load_bodies(target.name, [*differing, *(state[g] for g in gone or () if g in state)])
     plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state), as_is(gone))
     plan, held_back = apply_guard(
         target.name,
@@ -167,7 +174,7 @@ def sync_target(
             index_target(loader, creates, capabilities)
             load_actions(loader, store, plan.actions, report, "batch")
             if plan.deferred and report.done["create"]:
-                state = store.records(target.name)
+                state = store.records(target.name, lazy=True)
                 follow_up = make_plan(
                     target, as_is(desired), as_is(rejected), as_is(state), as_is(gone)
                 )
@@ -209,7 +216,7 @@ def run_sync(
         dns: set[str] = set()
         reports = []
         for t in targets:
-            state = store.records(t.name)
+            state = store.records(t.name, lazy=True)
             if with_groups:  # before the load, which forgets deleted users
                 dns |= member_dns(changes, state)
             report = sync_target(

@@ -82,7 +82,7 @@ def sync_groups_target(
     started = time.monotonic()
     query = config.source.groups
     assert query is not None
-    records = store.records(target.name)
+    records = store.records(target.name, lazy=True)  # no payloads needed
     known = {r.dn: r.source_id for r in by_status(records.values()) if r.dn}  # normalized
     extraction = GroupExtraction(groups.entries, groups.invalid)
     desired, warnings = resolve_groups(extraction, users, query, known)

@@ -13,15 +13,18 @@ any SQLAlchemy URL works, and PostgreSQL is tested (``postgresql+psycopg://...``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
+
+from tasks.errors import ProvisionerError
 
 Status = Literal["active", "disabled"]
 
@@ -194,22 +197,22 @@ def _delete_one(table: sa.Table) -> sa.Delete:
     )
 
 
-@dataclass(slots=True, init=False)
+@dataclass(slots=True, init=False, eq=False)
 class StateRecord:
     """A user provisioned to a target: ids, name, the hash and body of the last payload the
     target accepted, status, ETag and DN.
 
     The body is kept as its JSON text and decoded on each access of :attr:`payload`: a run
     holds every record of a target, and only the few that change need their body (a decoded
-    payload costs several times its text in memory).
+    payload costs several times its text in memory). Records read with
+    ``StateStore.records(target, lazy=True)`` fetch their body from the store on first use.
     """
 
     source_id: str
     scim_id: str
     user_name: str
     content_hash: str
-    body: str
-    """The payload as canonical JSON text."""
+    _body: str | Callable[[], str]
     status: Status
     version: str | None
     """The target's ETag of the user after our last write, when it has ETags."""
@@ -223,7 +226,7 @@ class StateRecord:
         scim_id: str,
         user_name: str,
         content_hash: str,
-        payload: dict[str, Any] | str,
+        payload: dict[str, Any] | str | Callable[[], str],
         status: Status,
         version: str | None = None,
         dn: str | None = None,
@@ -232,15 +235,50 @@ class StateRecord:
         self.scim_id = scim_id
         self.user_name = user_name
         self.content_hash = content_hash
-        self.body = payload if isinstance(payload, str) else json.dumps(payload, sort_keys=True)
+        if isinstance(payload, dict):
+            payload = json.dumps(payload, sort_keys=True)
+        self._body = payload
         self.status = status
         self.version = version
         self.dn = dn
 
     @property
+    def body(self) -> str:
+        """The payload as canonical JSON text."""
+        if not isinstance(self._body, str):
+            self._body = self._body()
+        return self._body
+
+    @body.setter
+    def body(self, text: str) -> None:
+        self._body = text
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the body is in memory (not still to fetch from the store)."""
+        return isinstance(self._body, str)
+
+    @property
     def payload(self) -> dict[str, Any]:
         """The last payload the target accepted (a new dict on each access)."""
         return cast(dict[str, Any], json.loads(self.body))
+
+    def _key(self) -> tuple[Any, ...]:
+        return (
+            self.source_id,
+            self.scim_id,
+            self.user_name,
+            self.content_hash,
+            self.body,
+            self.status,
+            self.version,
+            self.dn,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StateRecord) and self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class UserRow(NamedTuple):
@@ -312,8 +350,10 @@ class StateStore:
         store.prune_audit(datetime.now(UTC) - timedelta(days=audit_retention_days))
         return store
 
-    def records(self, target: str) -> dict[str, StateRecord]:
-        """Every user provisioned to ``target``, by source id."""
+    def records(self, target: str, *, lazy: bool = False) -> dict[str, StateRecord]:
+        """Every user provisioned to ``target``, by source id. ``lazy``: without their bodies,
+        each fetched on first use (a plan needs the bodies of the few users that change; a
+        million bodies cost a gigabyte)."""
         t = provisioned_users
         if self.read_only and not self._has_table(t):
             return {}
@@ -322,7 +362,7 @@ class StateStore:
             t.c.scim_id,
             t.c.user_name,
             t.c.content_hash,
-            t.c.payload,
+            sa.null().label("payload") if lazy else t.c.payload,
             t.c.status,
             self._optional(t.c.version),
             self._optional(t.c.dn),
@@ -334,7 +374,7 @@ class StateStore:
                     row.scim_id,
                     row.user_name,
                     row.content_hash,
-                    row.payload,
+                    partial(self._body, target, row.source_id) if lazy else row.payload,
                     row.status,
                     row.version,
                     row.dn,
@@ -354,6 +394,31 @@ class StateStore:
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=5000).execute(query):
                 yield UserRow(row.source_id, row.scim_id, row.content_hash, row.status, row.dn)
+
+    def load_bodies(self, target: str, records: Iterable[StateRecord]) -> None:
+        """Fetch the bodies of these lazily read records at once (500 a query) rather than
+        one query each on first use."""
+        t = provisioned_users
+        waiting = {r.source_id: r for r in records if not r.loaded}
+        ids = sorted(waiting)
+        with self.engine.connect() as conn:
+            for at in range(0, len(ids), 500):
+                query = sa.select(t.c.source_id, t.c.payload).where(
+                    (t.c.target == target) & t.c.source_id.in_(ids[at : at + 500])
+                )
+                for source_id, body in conn.execute(query):
+                    waiting[source_id].body = body
+
+    def _body(self, target: str, source_id: str) -> str:
+        t = provisioned_users
+        query = sa.select(t.c.payload).where((t.c.target == target) & (t.c.source_id == source_id))
+        with self.engine.connect() as conn:
+            body = conn.execute(query).scalar()
+        if body is None:
+            raise ProvisionerError(
+                f"the state record of {source_id} on {target} was deleted meanwhile"
+            )
+        return str(body)
 
     def records_of(self, target: str, source_ids: Iterable[str]) -> dict[str, StateRecord]:
         """The records of these source ids (those the store has), read in chunks."""

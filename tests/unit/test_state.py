@@ -1,0 +1,26 @@
+"""The state store's lean reads: lazy bodies, payload-free rows, corrections."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.state import StateRecord, StateStore
+
+
+def test_lazy_records_fetch_their_bodies_when_used(tmp_path: Path) -> None:
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    records = [
+        StateRecord(f"id-{n}", f"scim-{n}", f"u{n}", f"h{n}", {"userName": f"u{n}"}, "active")
+        for n in range(3)
+    ]
+    store.correct("t", records, [])
+    lazy = store.records("t", lazy=True)
+    assert not any(r.loaded for r in lazy.values())
+    assert lazy["id-0"].payload == {"userName": "u0"} and lazy["id-0"].loaded
+    store.load_bodies("t", [lazy["id-1"], lazy["id-2"]])
+    assert lazy["id-1"].loaded and lazy["id-2"].body == records[2].body
+    assert lazy == store.records("t")
+    store.correct("t", [], ["id-0"])
+    assert set(store.records("t")) == {"id-1", "id-2"}
+    assert [r.source_id for r in store.user_rows("t")] == ["id-1", "id-2"]
+    assert set(store.records_of("t", ["id-2", "id-9"])) == {"id-2"}
