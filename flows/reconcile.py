@@ -25,7 +25,11 @@ from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
@@ -53,14 +57,14 @@ from tasks.reconcile import (
     reconcile_groups,
     target_user,
 )
-from tasks.report import final_state, headline, publish
+from tasks.report import LoadProgress, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
 from tasks.state import StateRecord, StateStore
 from tasks.target import discover
 from tasks.transform import Rejection, transform_batch
 
-PROGRESS_EVERY = 100_000
+PROGRESS_EVERY = 20_000
 SAMPLE_ROWS = 20
 
 
@@ -186,10 +190,23 @@ def classify_users(
         [],
     )
     warned = 0
+    expected = max([len(s.state) for s in sides] + [len(s.listed) for s in sides] + [1])
+    progress = LoadProgress(
+        expected,
+        "directory entries classified",
+        create_progress_artifact(
+            progress=0.0, description=f"reconcile: reading about {expected} directory entries"
+        ),
+    )
+    unreported = 0
     conn = connect(source)
     try:
         for batch in stream_users(conn, source, attributes, TRANSFORM_BATCH):
             streamed.entries += len(batch.users) + len(batch.invalid)
+            unreported += len(batch.users) + len(batch.invalid)
+            if unreported >= PROGRESS_EVERY:
+                progress.advance(unreported)
+                unreported = 0
             invalid = [Rejection("", dn, reason) for dn, reason in batch.invalid]
             for side in sides:
                 name = side.target.name
@@ -202,10 +219,6 @@ def classify_users(
                 if user.warnings and warned < 20:
                     warned += 1
                     log.warning("%s: %s", user.dn, "; ".join(user.warnings))
-            if streamed.entries // PROGRESS_EVERY != (streamed.entries - len(batch.users)) // (
-                PROGRESS_EVERY
-            ):
-                log.info("read and classified %d directory entries", streamed.entries)
         again = {name: r.link() for name, r in streamed.reconcilers.items()}
         wanted = set().union(*again.values())
         if wanted:  # rare: in-step users whose manager was re-linked or moved
@@ -219,7 +232,9 @@ def classify_users(
                         streamed.reconcilers[name].recheck(
                             u for u in desired if u.source_id in again[name]
                         )
+        progress.advance(unreported)
     finally:
+        progress.close()
         conn.unbind()
     log.info("read and classified %d directory entries", streamed.entries)
     return streamed

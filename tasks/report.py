@@ -348,7 +348,8 @@ class LoadProgress:
         if self.artifact_id is not None:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self.artifact_id, progress=100.0 * self.done / self.total)
+            progress = min(100.0, 100.0 * self.done / self.total)  # a total may be a guess
+            update_progress_artifact(self.artifact_id, progress=progress)
 
     def close(self) -> None:
         if self._bar is not None:
