@@ -739,7 +739,7 @@ class _GunicornServer(_Stoppable):
 class ScimServer(_GunicornServer):
     """A real scim2-server, served by gunicorn from :mod:`deployments.scim_app`.
 
-    Its resources are kept in memory. The ``/_test`` endpoints of its
+    Its resources are kept in memory, or in ``storage_file``. The ``/_test`` endpoints of its
     instrumentation give the request counts and empty the storage.
     """
 
@@ -756,9 +756,13 @@ class ScimServer(_GunicornServer):
         prefix: str = "/v2",
         cursor_pagination: bool = False,
         filter_supported: bool = True,
+        storage_file: Path | None = None,
     ) -> None:
         """:param app: the WSGI application gunicorn serves (e.g. the tests' SCIM 1.1
-        facade, ``tests.scim11_app:create_app()`` with ``prefix="/v1"``)."""
+        facade, ``tests.scim11_app:create_app()`` with ``prefix="/v1"``).
+        :param storage_file: keep the resources in this SQLite file
+            (:class:`deployments.scim_sqlite.SqliteStorage`, e.g. seeded with
+            :func:`deployments.scim_sqlite.seed`) instead of in memory."""
         super().__init__(workdir)
         self.app = app
         self.options_variable = "SCIM_APP_OPTIONS"
@@ -771,6 +775,7 @@ class ScimServer(_GunicornServer):
             "jwt": jwt,
             "cursor_pagination": cursor_pagination,
             "filter_supported": filter_supported,
+            "storage_file": str(Path(storage_file).resolve()) if storage_file is not None else None,
         }
 
     @property

@@ -16,7 +16,10 @@ JSON from the ``SCIM_APP_OPTIONS`` environment variable:
   besides ``startIndex``/``count``;
 - ``jwt``: ``{"jwks_file", "issuer", "audience"}``: accept bearer JWTs signed by a key of
   that JWK set (``deployments/oauth_app.py`` issues them) with that issuer and audience,
-  not expired.
+  not expired;
+- ``storage_file``: keep the resources in that SQLite file
+  (:class:`deployments.scim_sqlite.SqliteStorage`, which lists a million users in linear
+  time) instead of in memory (the default, an empty ``InMemoryStorage``).
 
 Without credentials options, every request is accepted.
 """
@@ -58,12 +61,15 @@ from scim2_server.applications.wsgi import WSGIApplication
 from scim2_server.memory import InMemoryStorage
 from scim2_server.requests import ScimRequest
 from scim2_server.service import ScimService
+from scim2_server.storage import ScimStorage
 from scim2_server.testserver.application import BEARER_TOKEN_SCHEME
 from scim2_server.utils import (
     load_default_resource_types,
     load_default_schemas,
     load_default_service_provider_config,
 )
+
+from deployments.scim_sqlite import SqliteStorage
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -93,6 +99,7 @@ class AppOptions:
     jwt: dict[str, str] | None = None
     cursor_pagination: bool = False
     filter_supported: bool = True
+    storage_file: str | None = None
 
     @classmethod
     def from_environment(cls) -> AppOptions:
@@ -110,6 +117,7 @@ class AppOptions:
             jwt=raw.get("jwt"),
             cursor_pagination=bool(raw.get("cursor_pagination", False)),
             filter_supported=bool(raw.get("filter_supported", True)),
+            storage_file=str(raw["storage_file"]) if raw.get("storage_file") else None,
         )
 
 
@@ -227,7 +235,7 @@ class CredentialsApplication(WSGIApplication):
 
     def __init__(
         self,
-        storage: InMemoryStorage,
+        storage: ScimStorage,
         provider: ScimProvider,
         *,
         bearer_tokens: Iterable[str] = (),
@@ -276,7 +284,7 @@ class RequestStatsMiddleware:
     - ``POST /_test/wipe``: delete every resource of the storage, and reset the counts.
     """
 
-    def __init__(self, application: WSGICallable, storage: InMemoryStorage) -> None:
+    def __init__(self, application: WSGICallable, storage: InMemoryStorage | SqliteStorage) -> None:
         self.application = application
         self.storage = storage
         self.lock = Lock()
@@ -300,8 +308,11 @@ class RequestStatsMiddleware:
 
     def wipe(self) -> dict[str, int]:
         """Delete every user and group, reset the counts, and return them."""
-        with self.storage.lock:
-            self.storage.resources = []
+        if isinstance(self.storage, SqliteStorage):
+            self.storage.wipe()
+        else:
+            with self.storage.lock:
+                self.storage.resources = []
         return self.reset_stats()
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -322,12 +333,16 @@ class RequestStatsMiddleware:
 
 
 def create_app() -> WSGICallable:
-    """Build the instrumented SCIM application of ``SCIM_APP_OPTIONS``, over an empty storage."""
+    """Build the instrumented SCIM application of ``SCIM_APP_OPTIONS``, over an empty storage
+    (in memory), or over the resources of ``storage_file``."""
     options = AppOptions.from_environment()
-    storage = InMemoryStorage()
+    provider = build_provider(options)
+    storage: InMemoryStorage | SqliteStorage = (
+        SqliteStorage(options.storage_file, provider) if options.storage_file else InMemoryStorage()
+    )
     application = CredentialsApplication(
         storage,
-        build_provider(options),
+        provider,
         bearer_tokens=options.bearer_tokens,
         basic=options.basic,
         jwt_verifier=JwtVerifier(**options.jwt) if options.jwt else None,

@@ -14,7 +14,8 @@ same run and on the same machine (see tests/bench/README.md for what each figure
 - ``extraction``: entries/s of the extract step against ``ldapsearch`` on the same query;
 - ``overhead``: Prefect's share of the wall time (the same code run without Prefect);
 - ``reconcile``: wall time and peak RSS of a dry-run ``reconcile`` per size, each in a fresh
-  child process, on a target that holds the users (loaded by the provisioner first).
+  child process, with its own slapd and a scim2-server over SQLite (it lists in linear time)
+  seeded with what an initial load leaves behind (tests/bench/seed.py), 100 users drifted.
 
 Prints one JSON document, then a readable table that flags every figure missing its goal.
 Not part of the test run.
@@ -31,6 +32,7 @@ import os
 import platform
 import resource
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -50,6 +52,7 @@ from tests.bench.bench_incremental import change_titles
 from tests.bench.bench_incremental import config_file as incremental_config
 from tests.bench.bench_incremental import cycle as incremental_cycle
 from tests.bench.bench_users import PEOPLE, directory, raw_capacity, raw_payloads
+from tests.bench.seed import seed_provisioned
 
 GROUPS = "ou=groups,dc=example,dc=org"
 BIG_GROUP = "big"
@@ -521,25 +524,44 @@ class Bench:
         }
         rows = []
         for size in self.args.reconcile_sizes:
-            if size == self.args.users:
-                config = self.loaded()
-                prepared = "the main directory and target (loaded earlier in this run)"
-                rows.append({"users": size, "prepared": prepared, **reconcile_child(config, env)})
-                continue
             with (
                 Slapd(self.work / f"slapd-{size}") as slapd,
-                ScimServer(self.work / f"scim-{size}") as scim,
+                ScimServer(
+                    self.work / f"scim-{size}",
+                    storage_file=self.work / f"scim-{size}.sqlite",
+                    cursor_pagination=True,
+                ) as scim,
             ):
+                step = time.perf_counter()
                 slapd.start(directory(size))
-                scim.start()
+                slapadd = time.perf_counter() - step
                 path = self.work / f"reconcile-{size}.yaml"
                 config = write_config(
                     path, path.with_suffix(".db"), slapd, scim, concurrency=self.args.concurrency
                 )
-                seconds, _, _ = provision(config)
-                prepared = f"own slapd and scim2-server, initial load (Bulk) in {seconds:.1f} s"
-                rows.append({"users": size, "prepared": prepared, **reconcile_child(config, env)})
+                seeded = seed_provisioned(config, self.work / f"scim-{size}.sqlite")
+                drifted = drift(self.work / f"scim-{size}.sqlite", self.args.reconcile_drift)
+                scim.start()
+                prepared = (
+                    f"own slapd (slapadd {slapadd:.0f} s) and scim2-server over SQLite, target"
+                    f" and state store seeded in {seeded['seconds']:.0f} s; {drifted} users"
+                    " changed on the target"
+                )
+                row = {"users": size, "prepared": prepared, **reconcile_child(config, env)}
+                if self.args.reconcile_repair:
+                    row["repair_run"] = reconcile_child(config, env, repair=True)
+                rows.append(row)
         return {"dry_run": True, "sizes": rows, **growth(rows)}
+
+
+def drift(storage_file: Path, count: int) -> int:
+    """Change the title of the first ``count`` users on the target itself (drift to find)."""
+    with contextlib.closing(sqlite3.connect(storage_file)) as db, db:
+        db.execute(
+            "UPDATE resources SET body = json_set(body, '$.title', 'Drifted') WHERE seq <= ?",
+            (count,),
+        )
+    return count
 
 
 def overhead_figures(
@@ -575,11 +597,13 @@ def growth(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def reconcile_child(config: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run the reconcile flow (dry run) in a fresh Python process; return what it measured."""
+def reconcile_child(config: Path, env: dict[str, str], *, repair: bool = False) -> dict[str, Any]:
+    """Run the reconcile flow (a dry run, or with ``repair`` a real one) in a fresh Python
+    process; return what it measured."""
     started = time.perf_counter()
+    flag = ["--reconcile-repair"] if repair else []
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench.run", "--reconcile-child", str(config)],
+        [sys.executable, "-m", "tests.bench.run", "--reconcile-child", str(config), *flag],
         env=env,
         capture_output=True,
         text=True,
@@ -600,13 +624,15 @@ def vm(field: str) -> float:
     return math.nan
 
 
-def reconcile_child_main(config: str) -> None:
+def reconcile_child_main(config: str, repair: bool) -> None:
     from flows.reconcile import reconcile
 
     before = vm("VmRSS")
     with tempfile.TemporaryDirectory() as reports:
         started = time.perf_counter()
-        state = reconcile(config_path=config, dry_run=True, report_dir=reports, return_state=True)
+        state = reconcile(
+            config_path=config, dry_run=not repair, report_dir=reports, return_state=True
+        )
         seconds = time.perf_counter() - started
     summary = cast(dict[str, Any], state.result(raise_on_failure=False))
     if not state.is_completed():
@@ -622,6 +648,7 @@ def reconcile_child_main(config: str) -> None:
                 "source_entries": summary["source_entries"],
                 "differences": result["differences"],
                 "counts": result["counts"],
+                **({"repair": result["repair"]["succeeded"]} if repair else {}),
             }
         )
     )
@@ -778,7 +805,16 @@ def table(result: dict[str, Any]) -> str:
                 f"reconcile (dry run) {s['users']:,}",
                 f"{s['flow_seconds']} s, peak RSS {s['peak_rss_mb']:.0f} MB "
                 f"(before the flow {s['rss_before_flow_mb']:.0f} MB)",
+                "1M in 2 GB" if s["users"] >= 1_000_000 else "",
+                s["peak_rss_mb"] <= 2048 if s["users"] >= 1_000_000 else None,
             )
+            if "repair_run" in s:
+                fixed = s["repair_run"]
+                row(
+                    f"reconcile (repair) {s['users']:,}",
+                    f"{fixed['flow_seconds']} s, peak RSS {fixed['peak_rss_mb']:.0f} MB, "
+                    f"writes {fixed.get('repair')}",
+                )
         if "peak_rss_mb_per_100k_users" in r:
             row(
                 "  growth",
@@ -804,7 +840,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--changes", type=numbers, help="k per incremental cycle (1,100,10000)")
     parser.add_argument("--methods", default="syncrepl,timestamp")
     parser.add_argument("--group-members", type=int, default=20_000)
-    parser.add_argument("--reconcile-sizes", type=numbers, help="10000,100000")
+    parser.add_argument("--reconcile-sizes", type=numbers, help="10000,100000,1000000")
+    parser.add_argument(
+        "--reconcile-drift",
+        type=int,
+        default=100,
+        help="users changed on the target before each reconcile (default 100)",
+    )
     parser.add_argument("--raw-sample", type=int, default=5000, help="POSTs for the raw figures")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
@@ -812,6 +854,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="5,000 users, k=1,10, reconcile 2k,5k")
     parser.add_argument("--output", type=Path, help="also write the JSON document here")
+    parser.add_argument(
+        "--reconcile-repair",
+        action="store_true",
+        help="after each dry run, a real reconcile repairing the drifted users (time, peak RSS)",
+    )
     parser.add_argument("--reconcile-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = args.quick
@@ -833,7 +880,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     if args.reconcile_child:
-        reconcile_child_main(args.reconcile_child)
+        reconcile_child_main(args.reconcile_child, args.reconcile_repair)
         return
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
