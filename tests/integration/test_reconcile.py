@@ -47,6 +47,17 @@ def state_rows(tmp_path: Path) -> list[Any]:
     return list(rows)
 
 
+def written_at(tmp_path: Path, user_name: str) -> Any:
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    with engine.connect() as conn:
+        moment = conn.execute(
+            sa.text("select updated_at from provisioned_users where user_name = :n"),
+            {"n": user_name},
+        ).scalar_one()
+    engine.dispose()
+    return moment
+
+
 @pytest.fixture
 def scim(scim_servers: ScimServers) -> ScimServer:
     return scim_servers.get("open")
@@ -84,8 +95,10 @@ def test_drift_is_reported_by_a_dry_run_then_repaired(
     assert "1 members missing" in rows[("group", "membership drifted", "engineers")]["detail"]
     assert result["would"]["users"]["create"] == 1 and result["would"]["users"]["update"] == 1
 
+    ada_written = written_at(tmp_path, "ada")
     code, summary = reconcile(config, capsys)
     assert code == 0, summary
+    assert written_at(tmp_path, "ada") == ada_written  # in step: her state record untouched
     users = target_users(scim)
     assert users["bob"]["title"] == "Engineer" and "dee" in users and "mallory" in users
     assert users["mallory"].get("active", True) is True  # not ours: left alone
