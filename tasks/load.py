@@ -343,7 +343,10 @@ class Loader:
                 except Exception as exc:  # re-raised below, after recording the others
                     fatal = fatal or exc
                     continue
-                confirmed(done)
+                try:
+                    confirmed(done)
+                except Exception as exc:  # the store failed: still try to record the others
+                    fatal = fatal or exc
                 outcomes += done
                 rest += left
         if fatal is not None:

@@ -261,6 +261,40 @@ def test_bulk_results_are_mapped_back_and_conflicts_retried_one_by_one(serve) ->
     assert adopted.ok and adopted.adopted and adopted.scim_id == "id-dup"
 
 
+def test_a_bulk_answer_the_store_fails_to_record_does_not_skip_the_others(serve: Any) -> None:
+    """Three Bulk requests answered; recording the first fails (the state store went away):
+    the other two are still recorded, then the error stops the batch."""
+    from tasks.load import Loader
+    from tasks.plan import Action
+    from tasks.scim.dialect import Capabilities
+
+    def script(request: BaseHTTPRequestHandler, n: int):
+        op = request.body["Operations"][0]  # type: ignore[attr-defined]
+        name = op["data"]["userName"]
+        answer = {"bulkId": op["bulkId"], "method": "POST", "status": "201"}
+        return 200, {}, {"Operations": [{**answer, "location": f"{fake.url}/Users/id-{name}"}]}
+
+    fake = serve(script)
+    caps = Capabilities(bulk=True, bulk_max_operations=1, bulk_max_payload=100_000)
+    loader = Loader(client_for(fake, []), use_patch=True, bulk=caps)
+    loader.index, loader.index_attribute = {}, "userName"
+    actions = [
+        Action("create", f"s-{name}", name, "new", {"userName": name})
+        for name in ("ann", "ben", "cid")
+    ]
+    recorded: list[str] = []
+
+    def record(outcomes: list[Any]) -> None:
+        if not recorded:
+            recorded.append("failed")
+            raise OSError("database is locked")
+        recorded.extend(o.action.user_name for o in outcomes)
+
+    with pytest.raises(OSError, match="locked"):
+        loader.run_bulk(actions, record)
+    assert recorded == ["failed", "ben", "cid"]
+
+
 def test_bulk_chunks_respect_operations_and_payload_limits() -> None:
     from tasks.load import bulk_chunks
     from tasks.scim.dialect import Capabilities
