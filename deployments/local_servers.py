@@ -487,7 +487,7 @@ olcDatabase: {{1}}mdb
 olcDbDirectory: {data_directory}/accesslog
 olcSuffix: cn=accesslog
 olcRootDN: {admin_dn}
-olcDbMaxSize: 1073741824
+olcDbMaxSize: 17179869184
 olcDbNoSync: TRUE
 olcDbIndex: default eq
 olcDbIndex: entryCSN,objectClass,reqEnd,reqResult,reqStart,reqDN
@@ -508,7 +508,7 @@ olcDbDirectory: {data_directory}/main
 olcSuffix: {suffix}
 olcRootDN: {admin_dn}
 olcRootPW: {_ssha(admin_password)}
-olcDbMaxSize: 1073741824
+olcDbMaxSize: 17179869184
 olcDbNoSync: TRUE
 {indexes}olcAccess: {{0}}to * by anonymous auth by users read
 

@@ -145,7 +145,12 @@ def sync_target(
         for user in desired
         if (record := state.get(user.source_id)) and record.content_hash != user.content_hash
     ]
-    store.load_bodies(target.name, [*differing, *(state[g] for g in gone or () if g in state)])
+    if gone is None:  # a full pass: whoever is not in it is deprovisioned
+        seen = {u.source_id for u in desired} | {r.source_id for r in rejected}
+        leaving = [r for source_id, r in state.items() if source_id not in seen]
+    else:
+        leaving = [state[g] for g in gone if g in state]
+    store.load_bodies(target.name, [*differing, *leaving])
     plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state), as_is(gone))
     plan, held_back = apply_guard(
         target.name,

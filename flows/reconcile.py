@@ -347,8 +347,12 @@ def reconcile_target(
         "counts": counts,
         "report_file": str(csv_path),
     }
-    if dry_run:
-        plan = plan_users(target, users.desired, rejected, users.truth, users.gone)
+    if dry_run:  # the plan sees the truth records only: tell it what the others settle
+        desired = [reconciler.partly_resolved(u) for u in users.desired]
+        taken = reconciler.names_taken(desired, users)
+        refused = {r.source_id for r in taken}
+        desired = [u for u in desired if u.source_id not in refused]
+        plan = plan_users(target, desired, [*rejected, *taken], users.truth, users.gone)
         result["would"] = {"users": {**plan.counts()}}
         result["would"]["users"]["unchanged"] += users.unchanged
         if group_result is not None:

@@ -16,7 +16,7 @@ import hashlib
 import json
 from array import array
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +30,7 @@ from tasks.load import _lookup_value
 from tasks.plan import resolve_references
 from tasks.scim.dialect import Scim20
 from tasks.state import GroupRecord, StateRecord, Status, UserRow
-from tasks.transform import DesiredUser, Rejection, content_hash
+from tasks.transform import REFERENCE, DesiredUser, Rejection, content_hash
 
 Shape = dict[str, Any]
 """The attributes we manage: key → ``None`` (a simple value), a sub-shape (a complex
@@ -312,7 +312,7 @@ class StateTable:
     def __init__(self, rows: Iterable[UserRow]) -> None:
         self.source_ids = Strings()
         self.scim_ids = Strings()
-        sid_h, scim_h, dn_h, hash_h = column(), column(), column(), column()
+        sid_h, scim_h, dn_h, hash_h, name_h = column(), column(), column(), column(), column()
         active = bytearray()
         for row in rows:
             self.source_ids.append(row.source_id)
@@ -321,11 +321,13 @@ class StateTable:
             scim_h.append(h64(row.scim_id))
             dn_h.append(h64(row.dn))
             hash_h.append(h64(row.content_hash))
+            name_h.append(h64(row.user_name.casefold()))
             active.append(row.status == "active")
         self.sid_h, self.scim_h = as_numpy(sid_h), as_numpy(scim_h)
         self.dn_h, self.hash_h = as_numpy(dn_h), as_numpy(hash_h)
         self.active = np.frombuffer(bytes(active), dtype=np.bool_)
         self.by_source = Index(self.sid_h)
+        self.by_name = Index(as_numpy(name_h))
         self.by_dn = Index(self.dn_h, prefer=self.active)  # a DN kept by a disabled account
         # and taken by a new entry resolves to the active one, as in the plan
 
@@ -336,6 +338,12 @@ class StateTable:
         """The row of a source id, or -1."""
         row = self.by_source.find(h64(source_id))
         return row if row >= 0 and self.source_ids[row] == source_id else -1
+
+    def name_holder(self, user_name: str) -> str | None:
+        """The source id of a record with this userName (case-insensitive), if any (by hash:
+        the caller confirms with the record itself)."""
+        row = self.by_name.find(h64(user_name.casefold()))
+        return self.source_ids[row] if row >= 0 else None
 
 
 class UserReconciler:
@@ -370,6 +378,7 @@ class UserReconciler:
         self.records_of = records_of
         self.shape = managed_shape(target.mapping)
         self.source_ids = Strings()
+        self.dns = Strings()
         self._sid_h, self._ext_h, self._dn_h = column(), column(), column()
         self._link = array("q")
         """Per user: the target row it is in step with, or -1 (a candidate)."""
@@ -379,6 +388,8 @@ class UserReconciler:
         self._final: dict[str, int] = {}
         self._how: dict[str, str] = {}
         self._leavers: list[str] = []
+        self._kept: list[str] = []
+        """Rejected users' state records: linked, never deprovisioned for the rejection."""
         self._copies: list[tuple[int, str]] = []
         self._ambiguous: list[tuple[int, str]] = []
         self._unmanaged: list[int] = []
@@ -392,14 +403,25 @@ class UserReconciler:
             dn = normalize_dn(user.dn)
             external = user.payload.get("externalId")
             self.source_ids.append(user.source_id)
+            self.dns.append(dn)
             self._sid_h.append(h64(user.source_id))
             self._dn_h.append(h64(dn))
             self._ext_h.append(h64(str(external)) if external else 0)
             row = self._in_step_row(at, user, dn)
             self._link.append(row)
             if row < 0:
-                self.candidates[user.source_id] = user
+                self.candidates[user.source_id] = self._kept_part(user)
         self.rejected.update(r.source_id for r in rejected if r.source_id)
+
+    def _kept_part(self, user: DesiredUser) -> DesiredUser:
+        """What a candidate needs kept: a user disabled in the directory and not provisioned
+        as such is only ever found and deprovisioned, so its ids are enough (there are often
+        many of them)."""
+        if not user.disabled or self.target.provision_disabled_users:
+            return user
+        match = self.target.user_match_attribute.split(".")[0]
+        keep = {"schemas", "userName", "externalId", "active", match}
+        return replace(user, payload={k: v for k, v in user.payload.items() if k in keep})
 
     def _in_step_row(self, at: int, user: DesiredUser, dn: str) -> int:
         """The target row this user is in step with (and its state record right), or -1."""
@@ -422,7 +444,7 @@ class UserReconciler:
             listed.fingerprint(row) != managed_hash(payload, self.shape)
             or int(state.hash_h[record]) != h64(content_hash(payload))
             or bool(state.active[record]) != listed.active(row)
-            or int(state.dn_h[record]) != h64(dn)
+            or int(state.dn_h[record]) not in (0, h64(dn))  # 0: a store without DNs yet
         ):
             return -1
         for key, found in references:
@@ -443,14 +465,12 @@ class UserReconciler:
         self._by_source = Index(sid_h)
         self._by_dn = Index(as_numpy(self._dn_h))
         present = self._by_source.find_many(state.sid_h)
-        self._leavers = [
-            state.source_ids[r]
-            for r in np.flatnonzero(present < 0)
-            if state.source_ids[r] not in self.rejected
-        ]
-        leaver_records = self.records_of(self._leavers)
+        absent = [state.source_ids[r] for r in np.flatnonzero(present < 0)]
+        self._leavers = [sid for sid in absent if sid not in self.rejected]
+        self._kept = [sid for sid in absent if sid in self.rejected]
+        external_of = self._external_ids([*self._leavers, *self._kept])
         unlinked: list[dict[str, Any]] = []
-        for source_id in [*self.candidates, *self._leavers]:
+        for source_id in [*self.candidates, *self._leavers, *self._kept]:
             record = state.find(source_id)
             row = listed.find(state.scim_ids[record]) if record >= 0 else -1
             if row >= 0:
@@ -466,12 +486,11 @@ class UserReconciler:
                         "match_value": match,
                     }
                 )
-            elif source_id in leaver_records:
-                external = leaver_records[source_id].payload.get("externalId")
+            else:
                 unlinked.append(
                     {
                         "source_id": source_id,
-                        "external_id": str(external) if external else None,
+                        "external_id": external_of.get(source_id),
                         "match_value": None,
                     }
                 )
@@ -510,12 +529,9 @@ class UserReconciler:
         ours: dict[str, str] = {}
         for source_id in self._final:
             user = self.candidates.get(source_id)
-            if user is not None:
-                external = user.payload.get("externalId")
-            elif source_id in leaver_records:
-                external = leaver_records[source_id].payload.get("externalId")
-            else:
-                external = None
+            external = (
+                user.payload.get("externalId") if user is not None else external_of.get(source_id)
+            )
             if external:
                 ours[str(external)] = source_id
         for row, external in zip(free["row"], free["external_id"], strict=True):
@@ -529,6 +545,17 @@ class UserReconciler:
                 self._unmanaged.append(int(row))
         return self._stale_references()
 
+    def _external_ids(self, source_ids: list[str]) -> dict[str, str]:
+        """The externalId in the state record of each of these users, read 1,000 at a time
+        (a mass leaving must not hold every record)."""
+        out: dict[str, str] = {}
+        for at in range(0, len(source_ids), 1000):
+            for source_id, record in self.records_of(source_ids[at : at + 1000]).items():
+                external = record.payload.get("externalId")
+                if external:
+                    out[source_id] = str(external)
+        return out
+
     def _final_row(self, at: int) -> int:
         """The target row user number ``at`` is linked to in the end, or -1."""
         if at < 0:
@@ -537,15 +564,23 @@ class UserReconciler:
             return int(self._link[at])
         return self._final.get(self.source_ids[at], -1)
 
+    def _resolved_row(self, dn_h: int, dn: str | None = None) -> int:
+        """The target row a reference to this DN resolves to once every link is known: the
+        directory user at that DN, else (a rejected user, a leaver) the state record holding
+        it, as the plan resolves it. ``dn`` given: the directory user's DN is compared too."""
+        at = self._by_dn.find(dn_h)
+        if at >= 0 and (dn is None or self.dns[at] == dn):
+            return self._final_row(at)
+        holder = self.state.by_dn.find(dn_h)
+        return self.listed.find(self.state.scim_ids[holder]) if holder >= 0 else -1
+
     def _stale_references(self) -> set[str]:
         users = np.frombuffer(self._ref_user, dtype=np.int64)
-        if not len(users):
-            return set()
-        holders = self._by_dn.find_many(as_numpy(self._ref_dn))
+        dns = as_numpy(self._ref_dn)
         rows = np.frombuffer(self._ref_row, dtype=np.int64)
         stale = set()
-        for user, holder, row in zip(users, holders, rows, strict=True):
-            if self._final_row(int(holder)) != row:
+        for user, dn_h, row in zip(users, dns, rows, strict=True):
+            if self._resolved_row(int(dn_h)) != row:
                 stale.add(self.source_ids[int(user)])
         return stale
 
@@ -553,7 +588,7 @@ class UserReconciler:
         """Users :meth:`link` named, read again: classified in full, as candidates."""
         for user in users:
             at = self._by_source.find(h64(user.source_id))
-            if at < 0 or self._link[at] < 0:
+            if at < 0 or self._link[at] < 0 or self.source_ids[at] != user.source_id:
                 continue
             self._final[user.source_id], self._how[user.source_id] = int(self._link[at]), "state"
             self._link[at] = -1
@@ -561,7 +596,7 @@ class UserReconciler:
 
     def scim_id_of(self, dn: str) -> str | None:
         """The SCIM id of the user at this (normalized) DN, once every link is known."""
-        row = self._final_row(self._by_dn.find(h64(dn)))
+        row = self._resolved_row(h64(dn), dn)
         return self.listed.scim_ids[row] if row >= 0 else None
 
     def classify(self) -> UserReconciliation:
@@ -570,7 +605,6 @@ class UserReconciler:
         result.counts["in step"] = self.in_step
         result.unchanged = self.in_step
         for user in self.candidates.values():
-            result.desired.append(user)
             payload, _ = resolve_references(user.payload, self.scim_id_of)
             row = self._final.get(user.source_id, -1)
             record = self.state.find(user.source_id)
@@ -587,6 +621,7 @@ class UserReconciler:
                     result.drop.append(user.source_id)
                 elif not (user.disabled and not target.provision_disabled_users):
                     result.note("missing on the target", name, user.source_id)
+                result.desired.append(user)
                 continue
             actual = listed.user(row)
             how = self._how[user.source_id]
@@ -607,18 +642,23 @@ class UserReconciler:
                 )
                 if how == "state":
                     result.note("in step", name, user.source_id, actual.scim_id)
+                result.desired.append(user)
                 continue
             if user.disabled and not target.provision_disabled_users and not actual.active:
                 # disabled on both sides: nothing to do, nothing to read
                 result.note("in step", name, user.source_id, actual.scim_id)
-                if not (
+                if (
                     record >= 0
                     and self.state.scim_ids[record] == actual.scim_id
                     and not self.state.active[record]
                 ):
+                    result.unchanged += 1  # and its record is right: nothing to do
+                else:
                     result.truth[user.source_id] = _to_be_read(user.source_id, actual, name)
+                    result.desired.append(user)
                 continue
             result.truth[user.source_id] = _to_be_read(user.source_id, actual, name)
+            result.desired.append(user)
             row_note = result.note("attributes drifted", name, user.source_id, actual.scim_id)
             result.drifted[actual.scim_id] = (payload, row_note)
             result.to_read[actual.scim_id] = user.source_id
@@ -639,6 +679,21 @@ class UserReconciler:
             result.to_read[actual.scim_id] = source_id
             result.truth[source_id] = _to_be_read(source_id, actual)
             result.gone.add(source_id)
+        for source_id in self._kept:  # rejected: their account is left as it is
+            row = self._final.get(source_id, -1)
+            if row < 0:
+                result.drop.append(source_id)  # its SCIM id is gone: nothing to keep
+            elif self._how[source_id] != "state":
+                actual = listed.user(row)
+                result.note(
+                    "re-linked",
+                    actual.user_name,
+                    source_id,
+                    actual.scim_id,
+                    f"found by {self._how[source_id]}",
+                )
+                result.to_read[actual.scim_id] = source_id
+                result.truth[source_id] = _to_be_read(source_id, actual)
         for row, source_id in [*self._ambiguous, *self._copies]:
             result.note(
                 "duplicate on the target",
@@ -674,12 +729,53 @@ class UserReconciler:
             if source_id in self.candidates:
                 continue
             at = self._by_source.find(h64(source_id))
-            if at < 0 or self.source_ids[at] != source_id:
-                continue
-            row = int(self._link[at])
+            if at >= 0 and self.source_ids[at] == source_id:
+                row = int(self._link[at])
+            else:  # not classified here (a rejected user): as the state store links it
+                held = self.state.find(source_id)
+                row = self.listed.find(self.state.scim_ids[held]) if held >= 0 else -1
             if row >= 0 and self.listed.active(row):
                 out[source_id] = self.listed.scim_ids[row]
         return out
+
+    def names_taken(
+        self, desired: Iterable[DesiredUser], result: UserReconciliation
+    ) -> list[Rejection]:
+        """Users to be created whose userName a provisioned user in step already holds: the
+        real run's plan (which sees every record) rejects them; the dry run's (which sees the
+        truth records only) is told so."""
+        taken = []
+        for user in desired:
+            holder = self.state.name_holder(user.user_name)
+            if (
+                holder is None
+                or holder == user.source_id
+                or holder in result.truth
+                or holder in result.gone
+                or self.state.find(user.source_id) >= 0
+            ):
+                continue
+            record = self.records_of([holder]).get(holder)
+            if record is not None and record.user_name.casefold() == user.user_name.casefold():
+                taken.append(
+                    Rejection(
+                        user.source_id,
+                        user.dn,
+                        f"duplicate userName {user.user_name!r}: provisioned for "
+                        f"{record.dn or record.source_id}",
+                    )
+                )
+        return taken
+
+    def partly_resolved(self, user: DesiredUser) -> DesiredUser:
+        """The user with the references resolvable now resolved (the others left for the
+        plan): what the dry run's plan sees, as the real run's plan would."""
+
+        def resolve(dn: str) -> Any:
+            return self.scim_id_of(dn) or {REFERENCE: dn}
+
+        payload, _ = resolve_references(user.payload, resolve)
+        return user if payload is user.payload else replace(user, payload=payload)
 
 
 def reconcile_users(
@@ -688,11 +784,15 @@ def reconcile_users(
     desired: list[DesiredUser],
     state: dict[str, StateRecord],
     listed: list[TargetUser],
+    rejected: Iterable[Rejection] = (),
 ) -> UserReconciliation:
     """Classify every user of one target from lists in memory (what the flow does batch by
     batch with :class:`UserReconciler`); in-step users whose state record is right get no
     truth record: nothing about them changes."""
-    rows = (UserRow(r.source_id, r.scim_id, r.content_hash, r.status, r.dn) for r in state.values())
+    rows = (
+        UserRow(r.source_id, r.scim_id, r.user_name, r.content_hash, r.status, r.dn)
+        for r in state.values()
+    )
     reconciler = UserReconciler(
         target,
         dialect,
@@ -700,7 +800,7 @@ def reconcile_users(
         StateTable(rows),
         lambda ids: {i: state[i] for i in ids if i in state},
     )
-    reconciler.add(desired)
+    reconciler.add(desired, rejected)
     again = reconciler.link()
     reconciler.recheck(u for u in desired if u.source_id in again)
     return reconciler.classify()

@@ -286,6 +286,7 @@ class UserRow(NamedTuple):
 
     source_id: str
     scim_id: str
+    user_name: str
     content_hash: str
     status: str
     dn: str | None
@@ -389,11 +390,18 @@ class StateStore:
         if self.read_only and not self._has_table(t):
             return
         query = sa.select(
-            t.c.source_id, t.c.scim_id, t.c.content_hash, t.c.status, self._optional(t.c.dn)
+            t.c.source_id,
+            t.c.scim_id,
+            t.c.user_name,
+            t.c.content_hash,
+            t.c.status,
+            self._optional(t.c.dn),
         ).where(t.c.target == target)
         with self.engine.connect() as conn:
             for row in conn.execution_options(yield_per=5000).execute(query):
-                yield UserRow(row.source_id, row.scim_id, row.content_hash, row.status, row.dn)
+                yield UserRow(
+                    row.source_id, row.scim_id, row.user_name, row.content_hash, row.status, row.dn
+                )
 
     def load_bodies(self, target: str, records: Iterable[StateRecord]) -> None:
         """Fetch the bodies of these lazily read records at once (500 a query) rather than

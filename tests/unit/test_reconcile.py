@@ -18,7 +18,7 @@ from tasks.reconcile import (
 )
 from tasks.scim.dialect import Scim20
 from tasks.state import StateRecord
-from tasks.transform import REFERENCE, DesiredUser, content_hash
+from tasks.transform import REFERENCE, DesiredUser, Rejection, content_hash
 
 MAPPING = {
     "userName": "uid",
@@ -94,9 +94,9 @@ def test_each_user_class() -> None:
     }
     assert result.counts["in step"] == 1
     assert result.to_read == {"2": "id-drift"}
-    assert set(result.truth) == {"id-inStep", "id-drift", "id-relinked"}
+    assert set(result.truth) == {"id-drift", "id-relinked"}  # inStep: nothing to change
     assert result.truth["id-relinked"].scim_id == "5"
-    assert result.truth["id-inStep"].content_hash == content_hash(users[0].payload)
+    assert result.truth["id-relinked"].content_hash == content_hash(users[4].payload)
 
     actual = {"id": "2", "userName": "drift", "externalId": "id-drift", "title": "CEO"}
     result.read({**actual, "active": True}, SHAPE)
@@ -217,3 +217,36 @@ def test_strings_and_index_hold_many_values_compactly() -> None:
     assert Index(keys).find(h64("zz")) == -1 and Index(keys).find(0) == -1
     found = Index(keys).find_many(np.array([h64("b"), h64("c"), 0], dtype=np.uint64))
     assert found.tolist() == [1, -1, -1]
+
+
+def test_a_rejected_users_account_is_kept_never_taken_for_unmanaged() -> None:
+    """rj is rejected by the transform this time; its state record points at a SCIM id gone
+    from the target, and its account is there under a new id: re-linked and left alone, not
+    deprovisioned as unmanaged (deprovision_unmanaged is on); a copy of kept's live account
+    is a duplicate."""
+    strict = TARGET.model_copy(update={"deprovision_unmanaged": True})
+    state = {
+        "id-rj": record("rj", "old-scim"),
+        "id-kept": record("kept", "4"),
+    }
+    listed = [
+        on_target("9", "rj"),
+        on_target("4", "kept"),
+        on_target("8", "kept2", externalId="id-kept"),
+    ]
+    rejected = [Rejection("id-rj", "uid=rj", "bad mail"), Rejection("id-kept", "uid=kept", "x")]
+    result = reconcile_users(strict, DIALECT, [], state, listed, rejected)
+    kinds = {(d.kind, d.scim_id) for d in result.differences}
+    assert kinds == {("re-linked", "9"), ("duplicate on the target", "8")}
+    assert result.gone == set() and result.truth["id-rj"].scim_id == "9"
+    assert result.to_read == {"9": "id-rj"}
+
+
+def test_disabled_users_never_provisioned_are_kept_small() -> None:
+    user = desired("off", title="Engineer")
+    off = DesiredUser(user.source_id, user.dn, {**user.payload, "active": False}, True)
+    result = reconcile_users(TARGET, DIALECT, [off], {}, [])
+    assert result.differences == [] and result.truth == {}
+    assert [u.payload for u in result.desired] == [
+        {"userName": "off", "externalId": "id-off", "active": False}
+    ]
