@@ -663,7 +663,9 @@ class Slapd(_Stoppable):
         data_ldif = self.workdir / "data.ldif"
         data_ldif.write_text(f"{_suffix_ldif(self.suffix)}{ldif}")
         options = {"-F": self._config_directory, "-l": data_ldif}
-        _run(_command(_tool("slapadd"), "-q", "-b", self.suffix, options=options))
+        # ~100 s per million entries here: allow a minute per 3 MB of LDIF, at least 2 min
+        timeout = max(120.0, len(ldif) / 50_000)
+        _run(_command(_tool("slapadd"), "-q", "-b", self.suffix, options=options), timeout=timeout)
 
     def _launch(self) -> None:
         """Start slapd in the foreground and wait until it answers."""

@@ -551,6 +551,7 @@ class Bench:
                 if self.args.reconcile_repair:
                     row["repair_run"] = reconcile_child(config, env, repair=True)
                 rows.append(row)
+                print(f"bench: reconcile {json.dumps(row)}", file=sys.stderr, flush=True)
         return {"dry_run": True, "sizes": rows, **growth(rows)}
 
 
