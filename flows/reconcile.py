@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -133,6 +133,8 @@ class Side:
     capabilities: Capabilities
     listed: TargetTable
     state: StateTable
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time of this target's steps (listing, state), for the summary."""
 
 
 @dataclass(slots=True)
@@ -386,6 +388,7 @@ def reconcile_target(
                 config, target, streamed.members, everyone, store
             ).as_dict()
     result["seconds"] = round(time.monotonic() - started, 3)
+    result["steps_seconds"] = {**side.seconds, "report_and_repair": result["seconds"]}
     return result
 
 
@@ -420,10 +423,18 @@ def run_reconcile(
     try:
         for t in targets:
             client = ScimClient(t)
-            sides.append(Side(t, client, discover(t), TargetTable(), StateTable(())))
-            sides[-1].listed = list_target_users(client, sides[-1].capabilities)
-            sides[-1].state = read_state(store, t.name)
+            side = Side(t, client, discover(t), TargetTable(), StateTable(()))
+            sides.append(side)
+            started = time.monotonic()
+            side.listed = list_target_users(client, side.capabilities)
+            side.seconds["list_target_users"] = round(time.monotonic() - started, 1)
+            started = time.monotonic()
+            side.state = read_state(store, t.name)
+            side.seconds["read_state"] = round(time.monotonic() - started, 1)
+        started = time.monotonic()
         streamed = classify_users(config, as_is(sides), store, attributes)
+        for side in sides:
+            side.seconds["read_and_classify_directory"] = round(time.monotonic() - started, 1)
         results = [
             reconcile_target(
                 config,

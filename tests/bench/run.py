@@ -649,6 +649,7 @@ def reconcile_child_main(config: str, repair: bool) -> None:
                 "source_entries": summary["source_entries"],
                 "differences": result["differences"],
                 "counts": result["counts"],
+                "steps_seconds": result.get("steps_seconds"),
                 **({"repair": result["repair"]["succeeded"]} if repair else {}),
             }
         )
