@@ -662,13 +662,17 @@ class UserReconciler:
             row_note = result.note("attributes drifted", name, user.source_id, actual.scim_id)
             result.drifted[actual.scim_id] = (payload, row_note)
             result.to_read[actual.scim_id] = user.source_id
-        for source_id in self._leavers:
+        for source_id in [*self._leavers, *self._kept]:
+            leaving = source_id not in self.rejected  # rejected ones keep their account
             row = self._final.get(source_id, -1)
             if row < 0:
-                result.drop.append(source_id)  # gone from both sides
+                result.drop.append(source_id)  # its SCIM id is gone from the target
                 continue
-            actual = listed.user(row)  # a leaver still on the target: deprovisioned
-            if self._how[source_id] != "state":
+            relinked = self._how[source_id] != "state"
+            if not (leaving or relinked):
+                continue  # rejected, linked as the store says: left as it is
+            actual = listed.user(row)  # a leaver still on the target is deprovisioned
+            if relinked:
                 result.note(
                     "re-linked",
                     actual.user_name,
@@ -678,22 +682,8 @@ class UserReconciler:
                 )
             result.to_read[actual.scim_id] = source_id
             result.truth[source_id] = _to_be_read(source_id, actual)
-            result.gone.add(source_id)
-        for source_id in self._kept:  # rejected: their account is left as it is
-            row = self._final.get(source_id, -1)
-            if row < 0:
-                result.drop.append(source_id)  # its SCIM id is gone: nothing to keep
-            elif self._how[source_id] != "state":
-                actual = listed.user(row)
-                result.note(
-                    "re-linked",
-                    actual.user_name,
-                    source_id,
-                    actual.scim_id,
-                    f"found by {self._how[source_id]}",
-                )
-                result.to_read[actual.scim_id] = source_id
-                result.truth[source_id] = _to_be_read(source_id, actual)
+            if leaving:
+                result.gone.add(source_id)
         for row, source_id in [*self._ambiguous, *self._copies]:
             result.note(
                 "duplicate on the target",
