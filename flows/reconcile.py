@@ -367,7 +367,7 @@ def reconcile_target(
     else:
         store.correct(target.name, list(users.truth.values()), users.drop)
         if group_result is not None:
-            store.rebuild(target.name, None, list(group_result.truth.values()))
+            store.rebuild_groups(target.name, list(group_result.truth.values()))
         changes: UserChanges = Changes(
             [], [], complete=False, deleted=frozenset(users.gone), mode="reconcile"
         )

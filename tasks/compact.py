@@ -107,6 +107,3 @@ class Index:
         at = np.minimum(at, len(self._sorted) - 1)
         found = (self._sorted[at] == keys) & (keys != 0)
         return np.where(found, self._order[at], -1).astype(np.int64)
-
-    def __contains__(self, key: int) -> bool:
-        return self.find(key) >= 0

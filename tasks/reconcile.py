@@ -423,11 +423,16 @@ class UserReconciler:
         keep = {"schemas", "userName", "externalId", "active", match}
         return replace(user, payload={k: v for k, v in user.payload.items() if k in keep})
 
+    def _target_row(self, record: int) -> int:
+        """The target row of the SCIM id a state record (row number, -1: none) holds, or -1
+        when that SCIM id is not on the target."""
+        return self.listed.find(self.state.scim_ids[record]) if record >= 0 else -1
+
     def _in_step_row(self, at: int, user: DesiredUser, dn: str) -> int:
         """The target row this user is in step with (and its state record right), or -1."""
         state, listed = self.state, self.listed
         record = state.find(user.source_id)
-        row = listed.find(state.scim_ids[record]) if record >= 0 else -1
+        row = self._target_row(record)
         if row < 0:
             return -1
         references: list[tuple[int, int]] = []
@@ -435,7 +440,7 @@ class UserReconciler:
         def provisional(ref: str) -> str | None:
             key = h64(ref)
             holder = state.by_dn.find(key)
-            found = listed.find(state.scim_ids[holder]) if holder >= 0 else -1
+            found = self._target_row(holder)
             references.append((key, found))
             return listed.scim_ids[found] if found >= 0 else None
 
@@ -471,8 +476,7 @@ class UserReconciler:
         external_of = self._external_ids([*self._leavers, *self._kept])
         unlinked: list[dict[str, Any]] = []
         for source_id in [*self.candidates, *self._leavers, *self._kept]:
-            record = state.find(source_id)
-            row = listed.find(state.scim_ids[record]) if record >= 0 else -1
+            row = self._target_row(state.find(source_id))
             if row >= 0:
                 self._final[source_id], self._how[source_id] = row, "state"
             elif source_id in self.candidates:
@@ -572,7 +576,7 @@ class UserReconciler:
         if at >= 0 and (dn is None or self.dns[at] == dn):
             return self._final_row(at)
         holder = self.state.by_dn.find(dn_h)
-        return self.listed.find(self.state.scim_ids[holder]) if holder >= 0 else -1
+        return self._target_row(holder)
 
     def _stale_references(self) -> set[str]:
         users = np.frombuffer(self._ref_user, dtype=np.int64)
@@ -722,8 +726,7 @@ class UserReconciler:
             if at >= 0 and self.source_ids[at] == source_id:
                 row = int(self._link[at])
             else:  # not classified here (a rejected user): as the state store links it
-                held = self.state.find(source_id)
-                row = self.listed.find(self.state.scim_ids[held]) if held >= 0 else -1
+                row = self._target_row(self.state.find(source_id))
             if row >= 0 and self.listed.active(row):
                 out[source_id] = self.listed.scim_ids[row]
         return out

@@ -355,10 +355,15 @@ class StateStore:
         """Every user provisioned to ``target``, by source id. ``lazy``: without their bodies,
         each fetched on first use (a plan needs the bodies of the few users that change; a
         million bodies cost a gigabyte)."""
-        t = provisioned_users
-        if self.read_only and not self._has_table(t):
+        if self.read_only and not self._has_table(provisioned_users):
             return {}
-        query = sa.select(
+        with self.engine.connect() as conn:
+            rows = conn.execute(self._records_query(target, lazy=lazy))
+            return {row.source_id: self._record(target, row, lazy=lazy) for row in rows}
+
+    def _records_query(self, target: str, *, lazy: bool = False) -> sa.Select[Any]:
+        t = provisioned_users
+        return sa.select(
             t.c.source_id,
             t.c.scim_id,
             t.c.user_name,
@@ -368,20 +373,18 @@ class StateStore:
             self._optional(t.c.version),
             self._optional(t.c.dn),
         ).where(t.c.target == target)
-        with self.engine.connect() as conn:
-            return {
-                row.source_id: StateRecord(
-                    row.source_id,
-                    row.scim_id,
-                    row.user_name,
-                    row.content_hash,
-                    partial(self._body, target, row.source_id) if lazy else row.payload,
-                    row.status,
-                    row.version,
-                    row.dn,
-                )
-                for row in conn.execute(query)
-            }
+
+    def _record(self, target: str, row: Any, *, lazy: bool = False) -> StateRecord:
+        return StateRecord(
+            row.source_id,
+            row.scim_id,
+            row.user_name,
+            row.content_hash,
+            partial(self._body, target, row.source_id) if lazy else row.payload,
+            row.status,
+            row.version,
+            row.dn,
+        )
 
     def user_rows(self, target: str) -> Iterator[UserRow]:
         """Every user provisioned to ``target`` without its payload, streamed (a million rows
@@ -435,31 +438,11 @@ class StateStore:
         out: dict[str, StateRecord] = {}
         if not wanted or (self.read_only and not self._has_table(t)):
             return out
-        columns = (
-            t.c.source_id,
-            t.c.scim_id,
-            t.c.user_name,
-            t.c.content_hash,
-            t.c.payload,
-            t.c.status,
-            self._optional(t.c.version),
-            self._optional(t.c.dn),
-        )
         with self.engine.connect() as conn:
             for at in range(0, len(wanted), 500):
-                chunk = wanted[at : at + 500]
-                query = sa.select(*columns).where((t.c.target == target) & t.c.source_id.in_(chunk))
+                query = self._records_query(target).where(t.c.source_id.in_(wanted[at : at + 500]))
                 for row in conn.execute(query):
-                    out[row.source_id] = StateRecord(
-                        row.source_id,
-                        row.scim_id,
-                        row.user_name,
-                        row.content_hash,
-                        row.payload,
-                        row.status,
-                        row.version,
-                        row.dn,
-                    )
+                    out[row.source_id] = self._record(target, row)
         return out
 
     def correct(self, target: str, records: list[StateRecord], removals: list[str]) -> None:
@@ -584,23 +567,16 @@ class StateStore:
         rows = [_group_row(g) for g in saves]
         self._replace(provisioned_groups, target, rows, removals, audit or [])
 
-    def rebuild(
-        self, target: str, users: list[StateRecord] | None, groups: list[GroupRecord] | None
-    ) -> None:
-        """Replace everything the store holds for ``target`` (users unless ``None``, groups
-        unless ``None``) by records rebuilt from the target's truth, in one transaction."""
+    def rebuild_groups(self, target: str, groups: list[GroupRecord]) -> None:
+        """Replace every group the store holds for ``target`` by records rebuilt from the
+        target's truth, in one transaction (users are corrected row by row: :meth:`correct`)."""
         self._check_writable()
         stamp = {"target": target, "updated_at": datetime.now(UTC)}
+        t = provisioned_groups
         with self.engine.begin() as conn:
-            tables = []
-            if users is not None:
-                tables.append((provisioned_users, [_user_row(r) for r in users]))
-            if groups is not None:
-                tables.append((provisioned_groups, [_group_row(g) for g in groups]))
-            for table, rows in tables:
-                conn.execute(sa.delete(table).where(table.c.target == target))
-                if rows:
-                    conn.execute(sa.insert(table), [{**row, **stamp} for row in rows])
+            conn.execute(sa.delete(t).where(t.c.target == target))
+            if groups:
+                conn.execute(sa.insert(t), [{**_group_row(g), **stamp} for g in groups])
 
     def audit(self, target: str, entries: list[AuditEntry]) -> None:
         """Append to the audit log (for attempts that changed no state: failures)."""
