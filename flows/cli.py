@@ -27,7 +27,7 @@ from tasks.errors import ConfigError, ProvisionerError
 from tasks.extract import connect, mapped_attributes, read_users
 from tasks.groups import GroupAction, GroupPlan, plan_groups, read_groups, resolve_groups
 from tasks.plan import Plan, plan_users
-from tasks.report import print_summary, problems
+from tasks.report import print_summary, problems, unreached
 from tasks.scim.dialect import dialect_for
 from tasks.state import AuditQuery, AuditRow, StateRecord, StateStore, Status
 from tasks.transform import Rejection, transform_batch
@@ -71,11 +71,12 @@ def _parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="read every user and group instead of the changes since the last cycle",
             )
-        if name in ("sync", "reconcile"):
+        if name in ("sync", "groups", "reconcile"):
             sub.add_argument(
                 "--allow-mass-deprovisioning",
                 action="store_true",
-                help="let disables/deletes above the guard's limit through (unattended runs)",
+                help="let disables/deletes of users and deletes of groups above the guard's "
+                "limit through (unattended runs)",
             )
         if name == "audit":
             sub.add_argument(
@@ -291,7 +292,11 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         from flows.sync_group_memberships import sync_group_memberships
 
         state = sync_group_memberships(
-            config_path=args.config, target=args.target, full=args.full, return_state=True
+            config_path=args.config,
+            target=args.target,
+            full=args.full,
+            allow_mass_deprovisioning=args.allow_mass_deprovisioning,
+            return_state=True,
         )
     else:
         from flows.provision_users import provision_users
@@ -363,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         print_reconciliation(summary, console)
     else:
         print_summary(summary, console)
+    missed = unreached(summary)
+    for reason in missed:  # the other targets were served; the run still could not finish
+        print(f"scim-provisioner: {args.command}: {reason}", file=sys.stderr)
+    if missed:
+        return EXIT_ERROR
     return EXIT_FAILURES if problems(summary) else EXIT_OK
 
 

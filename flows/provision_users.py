@@ -27,6 +27,7 @@ from flows.sync_group_memberships import member_dns, open_store, run_group_sync
 from tasks.batching import as_is, batches
 from tasks.changes import UserChanges, as_extraction, extract_changes, fingerprint, start_of
 from tasks.config import Config, TargetConfig, load_config
+from tasks.errors import TargetUnreachable
 from tasks.extract import Extraction, mapped_attributes
 from tasks.guard import apply_guard
 from tasks.load import Loader, load_batch
@@ -35,7 +36,7 @@ from tasks.report import LoadProgress, TargetReport, final_state, headline, publ
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities
 from tasks.state import StateRecord, StateStore
-from tasks.target import discover, uses_bulk, uses_patch
+from tasks.target import discover, reach, uses_bulk, uses_patch
 from tasks.transform import DesiredUser, Rejection, transform_users
 
 TRANSFORM_BATCH = 2000
@@ -136,6 +137,36 @@ def sync_target(
     when there are such references, a second, small plan after the creates fills them in.
     """
     started = time.monotonic()
+    client = reach(target)  # nothing is said about a target this run did not reach
+    try:
+        return _sync_target(
+            client,
+            extraction,
+            store,
+            started,
+            allow_mass_deprovisioning=allow_mass_deprovisioning,
+            approval_timeout=approval_timeout,
+            changes=changes,
+            transformed=transformed,
+            state=state,
+        )
+    finally:
+        client.close()
+
+
+def _sync_target(
+    client: ScimClient,
+    extraction: Extraction,
+    store: StateStore,
+    started: float,
+    *,
+    allow_mass_deprovisioning: bool,
+    approval_timeout: int,
+    changes: UserChanges | None,
+    transformed: tuple[list[DesiredUser], list[Rejection]] | None,
+    state: dict[str, StateRecord] | None,
+) -> TargetReport:
+    target = client.target
     desired, rejected = transformed or desired_users(extraction, target)
     state = state if state is not None else store.records(target.name, lazy=True)
     gone = changes.gone(state) if changes is not None else None
@@ -164,31 +195,27 @@ def sync_target(
     report.held_back = held_back
     store.update_dns(target.name, plan.moved)
     if plan.actions:
-        client = ScimClient(target)
-        try:
-            capabilities = discover(target)
-            loader = Loader(
-                client,
-                use_patch=uses_patch(target, capabilities),
-                managed_ids=(r.scim_id for r in state.values()),
-                bulk=capabilities if uses_bulk(target, capabilities) else None,
-                etag=capabilities.etag,
-                filtering=capabilities.filter,
+        capabilities = discover(target)
+        loader = Loader(
+            client,
+            use_patch=uses_patch(target, capabilities),
+            managed_ids=(r.scim_id for r in state.values()),
+            bulk=capabilities if uses_bulk(target, capabilities) else None,
+            etag=capabilities.etag,
+            filtering=capabilities.filter,
+        )
+        creates = sum(1 for a in plan.actions if a.kind == "create")
+        index_target(loader, creates, capabilities)
+        load_actions(loader, store, plan.actions, report, "batch")
+        if plan.deferred and report.done["create"]:
+            state = store.records(target.name, lazy=True)
+            follow_up = make_plan(
+                target, as_is(desired), as_is(rejected), as_is(state), as_is(gone)
             )
-            creates = sum(1 for a in plan.actions if a.kind == "create")
-            index_target(loader, creates, capabilities)
-            load_actions(loader, store, plan.actions, report, "batch")
-            if plan.deferred and report.done["create"]:
-                state = store.records(target.name, lazy=True)
-                follow_up = make_plan(
-                    target, as_is(desired), as_is(rejected), as_is(state), as_is(gone)
-                )
-                updates = [a for a in follow_up.actions if a.kind == "update"]
-                report.planned["update"] += len(updates)
-                if updates:
-                    load_actions(loader, store, updates, report, "references")
-        finally:
-            client.close()
+            updates = [a for a in follow_up.actions if a.kind == "update"]
+            report.planned["update"] += len(updates)
+            if updates:
+                load_actions(loader, store, updates, report, "references")
     report.seconds = time.monotonic() - started
     return report
 
@@ -224,26 +251,43 @@ def run_sync(
             state = store.records(t.name, lazy=True)
             if with_groups:  # before the load, which forgets deleted users
                 dns |= member_dns(changes, state)
-            report = sync_target(
-                t,
-                extraction,
-                store,
-                allow_mass_deprovisioning=allow_mass_deprovisioning,
-                approval_timeout=approval_timeout,
-                changes=None if changes.complete else changes,
-                state=state,
-            )
+            try:
+                report = sync_target(
+                    t,
+                    extraction,
+                    store,
+                    allow_mass_deprovisioning=allow_mass_deprovisioning,
+                    approval_timeout=approval_timeout,
+                    changes=None if changes.complete else changes,
+                    state=state,
+                )
+            except TargetUnreachable as exc:  # the other targets go on; the run exits 2
+                get_run_logger().error("%s", exc)
+                report = TargetReport.not_reached(t.name, str(exc))
             reports.append(report)
         group_reports = (
-            run_group_sync(config, targets, store, full=full, users=changes, users_dns=dns)
+            run_group_sync(
+                config,
+                [t for t, r in zip(targets, reports, strict=True) if not r.unreachable],
+                store,
+                full=full,
+                users=changes,
+                users_dns=dns,
+                allow_mass_deprovisioning=allow_mass_deprovisioning,
+                approval_timeout=approval_timeout,
+            )
             if with_groups
             else []
         )
         # The user watermark waits for the groups too: the groups of the users changed in this
         # cycle are re-read only in this cycle.
-        groups_failed = {g["target"] for g in group_reports if sum(g["failed"].values())}
+        groups_failed = {
+            g["target"]
+            for g in group_reports
+            if sum(g["failed"].values()) or g["held_back"] or g["unreachable"]
+        }
         for t, report in zip(targets, reports, strict=True):
-            if changes.watermark is None or t.name in groups_failed:
+            if changes.watermark is None or t.name in groups_failed or report.unreachable:
                 continue
             if cycle_succeeded(report):
                 store.set_watermark(

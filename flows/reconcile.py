@@ -385,7 +385,13 @@ def reconcile_target(
             assert groups is not None
             everyone = Changes(groups.groups, groups.invalid)  # a full pass
             result["group_repair"] = sync_groups_target(
-                config, target, streamed.members, everyone, store
+                config,
+                target,
+                streamed.members,
+                everyone,
+                store,
+                allow_mass_deprovisioning=allow_mass_deprovisioning,
+                approval_timeout=approval_timeout,
             ).as_dict()
     result["seconds"] = round(time.monotonic() - started, 3)
     result["steps_seconds"] = {**side.seconds, "report_and_repair": result["seconds"]}

@@ -26,7 +26,7 @@ from prefect.states import State
 from tasks.batching import as_is, batches
 from tasks.changes import Changes, UserChanges, start_of
 from tasks.config import Config, TargetConfig, load_config
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, TargetUnreachable
 from tasks.extract import SourceUser, extract_users
 from tasks.groups import (
     DesiredGroup,
@@ -39,12 +39,13 @@ from tasks.groups import (
     plan_groups,
     resolve_groups,
 )
+from tasks.guard import apply_group_guard
 from tasks.load_groups import GroupLoader, load_groups, max_members
 from tasks.plan import by_status
 from tasks.report import GroupReport, LoadProgress, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.state import GroupRecord, StateRecord, StateStore
-from tasks.target import discover, uses_patch
+from tasks.target import discover, reach, uses_patch
 
 
 def _run_name() -> str:
@@ -74,12 +75,45 @@ def sync_groups_target(
     users: list[SourceUser],
     groups: Changes[SourceGroup],
     store: StateStore,
+    *,
+    allow_mass_deprovisioning: bool = False,
+    approval_timeout: int = 0,
 ) -> GroupReport:
     """Plan and load one target's groups; return the report.
 
     ``users``: the users read in this run; the other members are found among the users the
-    state store knows (by their DN)."""
+    state store knows (by their DN). Group deletions go through the mass-deprovisioning guard.
+    """
     started = time.monotonic()
+    client = reach(target)  # nothing is said about a target this run did not reach
+    try:
+        return _sync_groups_target(
+            config,
+            client,
+            users,
+            groups,
+            store,
+            started,
+            allow_mass_deprovisioning=allow_mass_deprovisioning,
+            approval_timeout=approval_timeout,
+        )
+    finally:
+        client.close()
+
+
+def _sync_groups_target(
+    config: Config,
+    client: ScimClient,
+    users: list[SourceUser],
+    groups: Changes[SourceGroup],
+    store: StateStore,
+    started: float,
+    *,
+    allow_mass_deprovisioning: bool,
+    approval_timeout: int,
+) -> GroupReport:
+    target = client.target
+    before = dict(client.stats)  # the report counts the group step's requests, not the probe
     query = config.source.groups
     assert query is not None
     records = store.records(target.name, lazy=True)  # no payloads needed
@@ -95,9 +129,16 @@ def sync_groups_target(
         warnings,
         as_is(groups.gone(state)),
     )
-    report = GroupReport(target.name, plan)
+    plan, held_back = apply_group_guard(
+        target.name,
+        plan,
+        len(state),
+        target.deprovision_guard,
+        allow=allow_mass_deprovisioning,
+        approval_timeout=approval_timeout,
+    )
+    report = GroupReport(target.name, plan, held_back=held_back)
     if plan.actions:
-        client = ScimClient(target)
         try:
             capabilities = discover(target)
             loader = GroupLoader(
@@ -122,8 +163,7 @@ def sync_groups_target(
             finally:
                 progress.close()
         finally:
-            report.requests.update(client.stats)
-            client.close()
+            report.requests.update({k: n - before.get(k, 0) for k, n in client.stats.items()})
     report.seconds = time.monotonic() - started
     return report
 
@@ -153,6 +193,8 @@ def run_group_sync(
     full: bool = False,
     users: UserChanges | None = None,
     users_dns: Iterable[str] = (),
+    allow_mass_deprovisioning: bool = False,
+    approval_timeout: int = 0,
 ) -> list[dict[str, Any]]:
     """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
     target that takes groups; ``users``: the user cycle this follows, if any, and
@@ -179,16 +221,33 @@ def run_group_sync(
         read = extract_users(source, []).users
     reports = []
     for t in wanted:
-        report = sync_groups_target(config, t, read, groups, store)
+        try:
+            report = sync_groups_target(
+                config,
+                t,
+                read,
+                groups,
+                store,
+                allow_mass_deprovisioning=allow_mass_deprovisioning,
+                approval_timeout=approval_timeout,
+            )
+        except TargetUnreachable as exc:  # the other targets go on; the run exits 2
+            get_run_logger().error("%s", exc)
+            report = GroupReport.not_reached(t.name, str(exc))
         reports.append(report.as_dict())
-        if groups.watermark is not None and not sum(report.failed.values()):
+        done = not sum(report.failed.values()) and not report.held_back and not report.unreachable
+        if groups.watermark is not None and done:
             store.set_watermark(t.name, "groups", replace(groups.watermark, server=prints[t.name]))
     return reports
 
 
 @flow(name="sync_group_memberships", flow_run_name=_run_name, validate_parameters=True)
 def sync_group_memberships(
-    config_path: str, target: str | None = None, full: bool = False
+    config_path: str,
+    target: str | None = None,
+    full: bool = False,
+    allow_mass_deprovisioning: bool = False,
+    approval_timeout: int = 0,
 ) -> State:
     """Bring the SCIM targets' groups and memberships in step with the directory's groups.
 
@@ -196,6 +255,10 @@ def sync_group_memberships(
         config_path: the YAML config file (see README.md, "Configuration").
         target: the name of one target, or none for all of them.
         full: read every group instead of the changes since the last successful cycle.
+        allow_mass_deprovisioning: let group deletions above the guard's limit through
+            (for unattended runs that were checked otherwise).
+        approval_timeout: seconds to pause for an operator's approval in the Prefect UI
+            when the guard trips; 0 holds the deletions back at once.
     """
     config = load_config(config_path)
     if config.source.groups is None:
@@ -203,7 +266,16 @@ def sync_group_memberships(
     targets = config.target(target)
     store = open_store(config)
     try:
-        summary: dict[str, Any] = {"groups": run_group_sync(config, targets, store, full=full)}
+        summary: dict[str, Any] = {
+            "groups": run_group_sync(
+                config,
+                targets,
+                store,
+                full=full,
+                allow_mass_deprovisioning=allow_mass_deprovisioning,
+                approval_timeout=approval_timeout,
+            )
+        }
     finally:
         store.close()
     summary["headline"] = headline(summary)

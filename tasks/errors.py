@@ -12,7 +12,8 @@ Every failure ends up as one of three outcomes, and this module decides which::
         │   ├── ConflictError        409: look the user up and adopt it
         │   ├── NotFoundError        404: the resource is gone
         │   └── PreconditionFailed   412: changed on the target; re-read and re-plan
-        └── FatalError           stop the run (401/403, unusable target)
+        └── FatalError           stop the run (401/403, unusable target, a redirected write)
+            └── TargetUnreachable    the run's first request to the target failed
 
 Messages never contain secrets: the transport builds them from the status, the target's
 error detail and the request's method and path only.
@@ -94,6 +95,11 @@ class PreconditionFailed(RejectedError):
 
 class FatalError(ScimError):
     """Nothing more can succeed in this run (authentication, authorisation, unusable target)."""
+
+
+class TargetUnreachable(FatalError):
+    """The run could not prove the target reachable and accepting its credentials, so it says
+    nothing about the target (never "in step")."""
 
 
 def error_detail(body: bytes, limit: int = 300) -> tuple[str, str | None]:

@@ -1,14 +1,19 @@
-"""The mass-deprovisioning guard: halt before a run disables or deletes too many users.
+"""The mass-deprovisioning guard: halt before a run disables or deletes too many users, or
+deletes too many groups.
 
 A wrong filter, an emptied OU or a directory outage that looks like mass deletion must not
-deprovision everyone. Above the target's limits the deprovisioning part of a run is held back
-(reported as skipped, the run ends Failed with the reason) unless an operator approves it:
+deprovision everyone, nor delete every group (``groups.base_dn`` pointed at an empty OU).
+Groups are counted against the target's managed groups with the same limits, and a run that
+would delete every managed group (two or more) halts whatever the limits. Above the target's
+limits the deprovisioning part of a run is held back (reported as skipped, the run ends
+Failed with the reason) unless an operator approves it:
 in the Prefect UI, where the paused run shows a form with the counts and a sample, or for
 unattended runs with an explicit override.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from prefect import get_run_logger, pause_flow_run
@@ -16,6 +21,7 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 
 from tasks.config import DeprovisionGuard
+from tasks.groups import GroupPlan, GroupSkip
 from tasks.plan import Plan, Skipped
 
 SAMPLE = 20
@@ -27,25 +33,40 @@ class GuardVerdict:
     count: int
     managed: int
     limit: str
+    what: str = "disable or delete"
+    objects: str = "users"
 
     @property
     def reason(self) -> str:
         share = self.count / self.managed if self.managed else 1.0
         return (
-            f"held back by the mass-deprovisioning guard: this run would disable or delete "
-            f"{self.count} of {self.managed} managed users ({share:.0%}; limit {self.limit})"
+            f"held back by the mass-deprovisioning guard: this run would {self.what} "
+            f"{self.count} of {self.managed} managed {self.objects} ({share:.0%}; "
+            f"limit {self.limit})"
         )
+
+
+def _exceeds(count: int, managed: int, guard: DeprovisionGuard) -> bool:
+    share = count / managed if managed else 1.0
+    return guard.enabled and (
+        count > guard.max_count or (count >= guard.min_count and share > guard.max_share)
+    )
 
 
 def check_deprovisioning(plan: Plan, managed: int, guard: DeprovisionGuard) -> GuardVerdict:
     """Whether the plan deprovisions more users than the guard allows."""
     count = sum(1 for a in plan.actions if a.kind in ("disable", "delete"))
     limit = f"{guard.max_count} users or {guard.max_share:.0%}"
-    share = count / managed if managed else 1.0
-    exceeded = guard.enabled and (
-        count > guard.max_count or (count >= guard.min_count and share > guard.max_share)
-    )
-    return GuardVerdict(exceeded, count, managed, limit)
+    return GuardVerdict(_exceeds(count, managed, guard), count, managed, limit)
+
+
+def check_group_deletions(plan: GroupPlan, managed: int, guard: DeprovisionGuard) -> GuardVerdict:
+    """Whether the plan deletes more groups than the guard allows, or every managed group."""
+    count = sum(1 for a in plan.actions if a.kind == "delete")
+    limit = f"{guard.max_count} groups or {guard.max_share:.0%}, and never all of them"
+    every = guard.enabled and count >= 2 and count >= managed
+    exceeded = _exceeds(count, managed, guard) or every
+    return GuardVerdict(exceeded, count, managed, limit, "delete", "groups")
 
 
 def hold_back(plan: Plan, verdict: GuardVerdict) -> Plan:
@@ -62,22 +83,62 @@ class MassDeprovisioningApproval(RunInput):
     approve: bool = False
 
 
-def approval_request(target: str, plan: Plan, verdict: GuardVerdict) -> str:
-    """The markdown the paused run shows above the approval form."""
-    sample = [a for a in plan.actions if a.kind in ("disable", "delete")][:SAMPLE]
+def approval_request(
+    target: str, verdict: GuardVerdict, sample: Sequence[tuple[str, str, str]]
+) -> str:
+    """The markdown the paused run shows above the approval form; ``sample``: (name, action,
+    why) of some of the held changes."""
+    noun = verdict.objects[:-1]
     lines = [
-        f"### Target `{target}`: approve mass deprovisioning?",
+        f"### Target `{target}`: approve mass deprovisioning of {verdict.objects}?",
         "",
-        f"This run would **disable or delete {verdict.count} of {verdict.managed}** managed "
-        f"users, above the guard's limit ({verdict.limit}). Check the directory and the "
-        "source filter before approving. Rejecting (or letting the pause time out) holds "
-        "the deprovisioning back; everything else in the run goes on.",
+        f"This run would **{verdict.what} {verdict.count} of {verdict.managed}** managed "
+        f"{verdict.objects}, above the guard's limit ({verdict.limit}). Check the directory "
+        "and the source filter or base DN before approving. Rejecting (or letting the pause "
+        "time out) holds these changes back; everything else in the run goes on.",
         "",
-        "| user | action | why |",
+        f"| {noun} | action | why |",
         "|---|---|---|",
-        *(f"| {a.user_name} | {a.kind} | {a.reason} |" for a in sample),
+        *(f"| {name} | {kind} | {why} |" for name, kind, why in sample[:SAMPLE]),
     ]
     return "\n".join(lines)
+
+
+def approved(
+    target: str,
+    verdict: GuardVerdict,
+    sample: Sequence[tuple[str, str, str]],
+    *,
+    allow: bool,
+    approval_timeout: int,
+) -> bool:
+    """Whether the guarded changes may go: under the limit, ``allow`` (the CLI's explicit
+    override), or an operator's approval in the Prefect UI while the flow run pauses for
+    ``approval_timeout`` seconds (0: no pause, held back at once)."""
+    if not verdict.exceeded or allow:
+        return True
+    logger = get_run_logger()
+    if approval_timeout > 0:
+        logger.warning(
+            "%s: waiting up to %ss for approval in the UI", verdict.reason, approval_timeout
+        )
+        form = MassDeprovisioningApproval.with_initial_data(
+            description=approval_request(target, verdict, sample), approve=False
+        )
+        key = f"guard-{target}" if verdict.objects == "users" else f"guard-groups-{target}"
+        try:
+            answer = pause_flow_run(wait_for_input=form, timeout=approval_timeout, key=key)
+        except FlowPauseTimeout:
+            answer = None
+        if answer is not None and answer.approve:
+            logger.warning(
+                "target %s: mass deprovisioning of %s approved by an operator",
+                target,
+                verdict.objects,
+            )
+            return True
+    logger.error("target %s: %s", target, verdict.reason)
+    return False
 
 
 def apply_guard(
@@ -89,31 +150,38 @@ def apply_guard(
     allow: bool,
     approval_timeout: int,
 ) -> tuple[Plan, int]:
-    """The plan to carry out and how many deprovisionings were held back.
-
-    Over the limit: ``allow`` lets it through (the CLI's explicit override); otherwise, with
-    ``approval_timeout`` > 0 the flow run pauses for that long with an approval form in the
-    Prefect UI; without approval the disables and deletes are held back.
-    """
+    """The user plan to carry out and how many deprovisionings were held back."""
     verdict = check_deprovisioning(plan, managed, guard)
-    if not verdict.exceeded or allow:
+    sample = [
+        (a.user_name, a.kind, a.reason) for a in plan.actions if a.kind in ("disable", "delete")
+    ]
+    if approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout):
         return plan, 0
-    logger = get_run_logger()
-    if approval_timeout > 0:
-        logger.warning(
-            "%s: waiting up to %ss for approval in the UI", verdict.reason, approval_timeout
-        )
-        form = MassDeprovisioningApproval.with_initial_data(
-            description=approval_request(target, plan, verdict), approve=False
-        )
-        try:
-            answer = pause_flow_run(
-                wait_for_input=form, timeout=approval_timeout, key=f"guard-{target}"
-            )
-        except FlowPauseTimeout:
-            answer = None
-        if answer is not None and answer.approve:
-            logger.warning("target %s: mass deprovisioning approved by an operator", target)
-            return plan, 0
-    logger.error("target %s: %s", target, verdict.reason)
     return hold_back(plan, verdict), verdict.count
+
+
+def apply_group_guard(
+    target: str,
+    plan: GroupPlan,
+    managed: int,
+    guard: DeprovisionGuard,
+    *,
+    allow: bool,
+    approval_timeout: int,
+) -> tuple[GroupPlan, int]:
+    """The group plan to carry out and how many group deletions were held back."""
+    verdict = check_group_deletions(plan, managed, guard)
+    sample = [
+        (a.display_name, "delete", "no longer in the directory's groups in scope")
+        for a in plan.actions
+        if a.kind == "delete"
+    ]
+    if approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout):
+        return plan, 0
+    kept = [a for a in plan.actions if a.kind != "delete"]
+    held = [
+        GroupSkip(a.display_name, "delete", verdict.reason)
+        for a in plan.actions
+        if a.kind == "delete"
+    ]
+    return replace(plan, actions=kept, skipped=[*plan.skipped, *held]), verdict.count

@@ -131,7 +131,9 @@ class Loader:
         if attribute is None or creates < PREFETCH_MIN_CREATES:
             return False
         page_size = min(LIST_PAGE_SIZE, capabilities.max_page_size or LIST_PAGE_SIZE)
-        total = self.client.count(self.dialect.users_path)
+        total = self.client.users_at_probe  # the run's first request counted them
+        if total is None:
+            total = self.client.count(self.dialect.users_path)
         if total is None or -(-total // page_size) >= creates:
             return False
         self._list(attribute, capabilities)
@@ -337,9 +339,14 @@ class Loader:
         fatal: BaseException | None = None
         with ThreadPoolExecutor(max_workers=min(self.target.concurrency, len(chunks) or 1)) as pool:
             futures = [pool.submit(self._send_bulk, chunk, by_id) for chunk in chunks]
-            for future in futures:  # every answered request is recorded, even after a fatal one
+            for chunk, future in zip(chunks, futures, strict=True):
+                # every answered request is recorded, even after a fatal one
                 try:
                     done, left = future.result()
+                except FatalError as exc:  # the audit log says which writes stopped the run
+                    fatal = fatal or exc
+                    done = [Outcome(by_id[op["bulkId"]], False, str(exc)) for op in chunk]
+                    left = []
                 except Exception as exc:  # re-raised below, after recording the others
                     fatal = fatal or exc
                     continue
@@ -521,7 +528,8 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
     if loader.bulk is not None:
         outcomes, actions = loader.run_bulk(actions, lambda done: record(store, target, done))
     with ThreadPoolExecutor(max_workers=loader.target.concurrency) as pool:
-        pending = {pool.submit(loader.run, action) for action in actions}
+        submitted = {pool.submit(loader.run, action): action for action in actions}
+        pending = set(submitted)
         fatal: BaseException | None = None
         while pending:
             done, pending = wait(pending, timeout=RECORD_EVERY)
@@ -531,7 +539,12 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
                     for future in pending:
                         future.cancel()
             confirmed = [f.result() for f in done if not f.cancelled() and f.exception() is None]
-            record(store, target, confirmed)
+            stopped = [  # the audit log says which write the run stopped on, and why
+                Outcome(submitted[f], False, str(f.exception()))
+                for f in done
+                if not f.cancelled() and isinstance(f.exception(), FatalError)
+            ]
+            record(store, target, [*confirmed, *stopped])
             outcomes += confirmed
         if fatal is not None:
             raise fatal

@@ -42,6 +42,12 @@ class TargetReport:
     seconds: float = 0.0
     held_back: int = 0
     """Deprovisionings held back by the mass-deprovisioning guard."""
+    unreachable: str = ""
+    """Why the run could not reach the target (then nothing else is known of it)."""
+
+    @classmethod
+    def not_reached(cls, target: str, reason: str) -> TargetReport:
+        return cls(target=target, planned=Plan(target).counts(), unreachable=reason)
 
     def add(self, outcome: Outcome) -> None:
         kind = outcome.action.kind
@@ -75,6 +81,7 @@ class TargetReport:
             "writes": sum(self.requests[m] for m in ("POST", "PUT", "PATCH", "DELETE")),
             "seconds": round(self.seconds, 2),
             "held_back": self.held_back,
+            "unreachable": self.unreachable,
         }
 
 
@@ -93,6 +100,14 @@ class GroupReport:
     failures: list[dict[str, str]] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    held_back: int = 0
+    """Group deletions held back by the mass-deprovisioning guard."""
+    unreachable: str = ""
+    """Why the run could not reach the target (then nothing else is known of it)."""
+
+    @classmethod
+    def not_reached(cls, target: str, reason: str) -> GroupReport:
+        return cls(target, GroupPlan(target), unreachable=reason)
 
     def add(self, outcome: GroupOutcome) -> None:
         kind = outcome.action.kind
@@ -132,6 +147,8 @@ class GroupReport:
             "requests": dict(self.requests),
             "writes": sum(self.requests[m] for m in ("POST", "PUT", "PATCH", "DELETE")),
             "seconds": round(self.seconds, 2),
+            "held_back": self.held_back,
+            "unreachable": self.unreachable,
         }
 
 
@@ -139,12 +156,26 @@ GROUP_KINDS = ("create", "update", "delete")
 
 
 def problems(summary: dict[str, Any]) -> int:
-    """Users and groups that did not reach the desired state (failed, or entries rejected)."""
+    """Users and groups that did not reach the desired state (failed, rejected, held back),
+    plus one per target the run could not reach."""
     users = sum(
         sum(t["failed"].values()) + t["planned"].get("rejected", 0) + t.get("held_back", 0)
         for t in summary.get("targets", [])
     )
-    return users + sum(sum(g["failed"].values()) for g in summary.get("groups", []))
+    groups = sum(
+        sum(g["failed"].values()) + g.get("held_back", 0) for g in summary.get("groups", [])
+    )
+    return users + groups + len(unreached(summary))
+
+
+def unreached(summary: dict[str, Any]) -> list[str]:
+    """Why each target this run could not reach was not reached (one line each)."""
+    reasons = [
+        r["unreachable"]
+        for r in (*summary.get("targets", []), *summary.get("groups", []))
+        if r.get("unreachable")
+    ]
+    return list(dict.fromkeys(reasons))
 
 
 def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -238,6 +269,9 @@ def headline(summary: dict[str, Any]) -> str:
     held = sum(t.get("held_back", 0) for t in summary.get("targets", []))
     if held:
         parts.append(f"{held} deprovisionings held back by the guard")
+    held_groups = sum(g.get("held_back", 0) for g in summary.get("groups", []))
+    if held_groups:
+        parts.append(f"{held_groups} group deletions held back by the guard")
     groups: Counter[str] = Counter()
     for g in summary.get("groups", []):
         groups.update(g["succeeded"])
@@ -249,16 +283,17 @@ def headline(summary: dict[str, Any]) -> str:
         parts.append(f"{renamed} renamed")
     parts += [f"{groups[k]} {k}" for k in ("members added", "members removed") if groups[k]]
     done = ", ".join(parts) or "no changes"
-    bad = problems(summary)
-    if not summary.get("groups"):
-        return (
-            f"{done}; every user in step"
-            if not bad
-            else f"{done}; {bad} {_plural(bad, 'user')} with problems"
-        )
+    reports = (*summary.get("targets", []), *summary.get("groups", []))
+    missed = sorted({r["target"] for r in reports if r.get("unreachable")})
+    bad = problems(summary) - len(unreached(summary))
+    one, many = ("user or group", "users or groups") if summary.get("groups") else ("user", "users")
+    trouble = f"{bad} {_plural(bad, one, many)} with problems"
+    if missed:  # never "in step" about a target this run did not reach
+        named = f"{len(missed)} {_plural(len(missed), 'target')} not reached ({', '.join(missed)})"
+        return f"{done}; {named}" + (f", {trouble}" if bad else "")
     if not bad:
-        return f"{done}; every user and group in step"
-    return f"{done}; {bad} {_plural(bad, 'user or group', 'users or groups')} with problems"
+        return f"{done}; every {one.replace(' or ', ' and ')} in step"
+    return f"{done}; {trouble}"
 
 
 def _plural(count: int, one: str, many: str | None = None) -> str:

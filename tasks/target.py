@@ -8,8 +8,8 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.config import TargetConfig
-from tasks.errors import ConfigError, TransientError, retry_on
-from tasks.scim.client import ScimClient
+from tasks.errors import ConfigError, TargetUnreachable, TransientError, retry_on
+from tasks.scim.client import ScimClient, safe_url
 from tasks.scim.dialect import Capabilities, Scim20
 
 
@@ -28,6 +28,26 @@ def unknown_extension_attributes(
         attributes = rule if isinstance(rule, dict) else {}
         unknown += [f"{key}:{name}" for name in attributes if name.lower() not in schemas[urn]]
     return unknown
+
+
+def reach(target: TargetConfig) -> ScimClient:
+    """A client for the target, proven reachable and accepting its credentials by one
+    authenticated request. Every run calls this before it says anything about a target.
+
+    Raises :class:`TargetUnreachable` naming the target and its URL (a missing secret too).
+    """
+    try:
+        client = ScimClient(target)
+    except ConfigError as exc:
+        raise TargetUnreachable(
+            f"target {target.name} ({safe_url(target.url)}) not reached: {exc}"
+        ) from exc
+    try:
+        client.probe()
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 @task(

@@ -10,6 +10,10 @@ after forwarding, as when the balancer gave up on an upstream that did the write
 else is forwarded unchanged. The same seed replays the same faults for the same sequence of
 requests.
 
+:attr:`FaultProxy.redirect` makes it a gateway whose session expired: every write is answered
+with a redirect (``302 Location: /login``, or a ``307`` to another host) instead of being
+forwarded, and ``GET /login`` answers a login page (200, text/html), as in front of real apps.
+
 :meth:`FaultProxy.hold_after` freezes the target as seen from the client: after N more write
 requests every request is still forwarded but its answer never comes (for killing the
 provisioner while writes it never heard of are done).
@@ -38,6 +42,11 @@ BAD_GATEWAY = b"""<html>
 </html>
 """
 GATEWAY_TIMEOUT = BAD_GATEWAY.replace(b"502 Bad Gateway", b"504 Gateway Time-out")
+LOGIN_PAGE = b"""<!doctype html>
+<html><head><title>Sign in</title></head>
+<body><form method="post" action="/login"><input name="user"><input name="password"
+type="password"><button>Sign in</button></form></body></html>
+"""
 
 
 class FaultProxy:
@@ -59,6 +68,9 @@ class FaultProxy:
         self.requests = 0
         self.writes = 0
         self._hold_at: int | None = None
+        self.redirect: tuple[int, str] | None = None
+        """(status, Location) answered to every write under /v2 instead of forwarding it."""
+        self.redirected = 0
         self.holding = threading.Event()
         """Set when the first answer is held back (see :meth:`hold_after`)."""
         self._released = threading.Event()
@@ -158,6 +170,16 @@ class FaultProxy:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if self.path.startswith("/login"):
+                    self._reply(200, {"Content-Type": "text/html; charset=utf-8"}, LOGIN_PAGE)
+                    return
+                redirect = proxy.redirect
+                if redirect and self.command != "GET" and self.path.startswith("/v2"):
+                    with proxy._lock:
+                        proxy.redirected += 1
+                    status, location = redirect
+                    self._reply(status, {"Location": location, "Content-Type": "text/html"}, b"")
+                    return
                 if proxy._must_hold(self.command):
                     response = proxy._forward(self, body)
                     proxy._released.wait()

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -24,6 +25,7 @@ from tasks.errors import (
     FatalError,
     RejectedError,
     ScimError,
+    TargetUnreachable,
     TransientError,
     classify_response,
 )
@@ -33,6 +35,8 @@ from tasks.scim.dialect import Capabilities, Scim20, dialect_for
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 600.0
+MAX_REDIRECTS = 5
+"""Same-origin redirects a read follows; a write follows none."""
 
 
 class RateLimiter:
@@ -121,6 +125,8 @@ class ScimClient:
             else None
         )
         self._lock = threading.Lock()
+        self.users_at_probe: int | None = None
+        """How many users the target held when :meth:`probe` reached it (before any write)."""
         self.failures_in_a_row = 0
         self.sleep = sleep
 
@@ -220,9 +226,7 @@ class ScimClient:
         with self._lock:
             self.stats[method] += 1
         try:
-            response = self.session.request(
-                method, url, json=body, params=params, headers=headers, timeout=self.target.timeout
-            )
+            response = self._request(method, url, what, body, params, headers)
         except requests.Timeout:
             raise TransientError(
                 f"{what} failed: no answer within {self.target.timeout:g}s"
@@ -237,27 +241,121 @@ class ScimClient:
             self.credentials.refused(headers["Authorization"])
         if status >= 400:
             raise classify_response(status, content, dict(response.headers), what)
+        if not 200 <= status < 300:
+            raise FatalError(f"{what} answered HTTP {status}, not a SCIM answer", status=status)
         if not content.strip():
             return status, None, dict(response.headers)
         try:
             parsed = response.json()
         except ValueError:
-            if method in ("PATCH", "PUT", "DELETE"):
-                return status, None, dict(response.headers)  # confirmed; the body is not needed
-            raise TransientError(
-                f"{what} answered HTTP {status} with a body that is not JSON", status=status
+            kind = response.headers.get("Content-Type", "no content type").split(";")[0]
+            if method != "GET" and "json" not in kind:  # a login page, a gateway's answer
+                raise FatalError(
+                    f"{what} answered HTTP {status} with {kind}, not a SCIM answer: the write "
+                    f"is not confirmed (is {self.target.url} the SCIM endpoint, and are the "
+                    "credentials still accepted?)",
+                    status=status,
+                ) from None
+            raise TransientError(  # garbled: whether a write happened is found out again
+                f"{what} answered HTTP {status} with {kind} that does not parse", status=status
             ) from None
         return status, parsed, dict(response.headers)
 
+    def _request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        body: Any,
+        params: dict[str, str] | None,
+        headers: dict[str, str],
+    ) -> requests.Response:
+        """One request, redirects handled here rather than by requests.
+
+        A write is never redirected: its answer must come from the URL that was called (a
+        gateway's ``302 Location: /login`` would otherwise turn into a GET of the login page,
+        and a 307 would send the user's data to another host). A read follows at most
+        :data:`MAX_REDIRECTS` redirects on the same origin (scheme, host and port), so the
+        credentials never go to another host.
+        """
+        response = self.session.request(
+            method,
+            url,
+            json=body,
+            params=params,
+            headers=headers,
+            timeout=self.target.timeout,
+            allow_redirects=False,
+        )
+        for _ in range(MAX_REDIRECTS):
+            if not response.is_redirect:
+                return response
+            location = urljoin(response.url, response.headers.get("Location", ""))
+            if method != "GET":
+                raise FatalError(
+                    f"{what} was redirected (HTTP {response.status_code}) to {safe_url(location)}: "
+                    "a write is not followed to another URL and is not confirmed; check the "
+                    f"URL of target {self.target.name} and that its credentials are accepted",
+                    status=response.status_code,
+                )
+            if _origin(location) != _origin(url):
+                raise FatalError(
+                    f"{what} was redirected (HTTP {response.status_code}) to another host, "
+                    f"{safe_url(location)}: not followed (the credentials stay with "
+                    f"{safe_url(self.target.url)})",
+                    status=response.status_code,
+                )
+            response.close()
+            response = self.session.request(
+                "GET",
+                location,
+                headers=headers,
+                timeout=self.target.timeout,
+                allow_redirects=False,
+            )
+        if response.is_redirect:
+            raise FatalError(f"{what} was redirected more than {MAX_REDIRECTS} times")
+        return response
+
     # -- SCIM operations -------------------------------------------------------------------
 
+    def probe(self) -> None:
+        """One authenticated request proving the target reachable and accepting this run's
+        credentials: ``GET /Users?count=1`` must be answered with a SCIM list.
+
+        Raises :class:`~tasks.errors.TargetUnreachable` naming the target and its URL.
+        """
+        where = f"target {self.target.name} ({safe_url(self.target.url)})"
+        try:
+            _, body, _ = self.send(
+                "GET", self.dialect.users_path, params={"startIndex": "1", "count": "1"}
+            )
+        except ScimError as exc:
+            raise TargetUnreachable(f"{where} not reached: {exc}", status=exc.status) from exc
+        if not isinstance(body, dict) or not (
+            "totalResults" in body or "Resources" in body or "schemas" in body
+        ):
+            raise TargetUnreachable(
+                f"{where} not reached: GET {self.dialect.users_path} did not answer a SCIM list"
+            )
+        total = body.get("totalResults")
+        self.users_at_probe = total if isinstance(total, int) else None
+
     def discover(self) -> Capabilities:
-        """Read ``/ServiceProviderConfig``; on any failure assume no optional feature."""
+        """Read ``/ServiceProviderConfig``; when the target has none (or refuses to show it)
+        assume no optional feature. Credentials refused (401) stop the run."""
         for path in self.dialect.service_provider_config_paths:
             try:
                 _, body, _ = self.send("GET", path)
             except TransientError:
                 raise
+            except FatalError as exc:
+                if exc.status != 403:
+                    raise
+                log.warning(
+                    "discovery at %s refused (%s); assuming no optional features", path, exc
+                )
+                continue
             except ScimError as exc:
                 log.warning("discovery at %s failed (%s); assuming no optional features", path, exc)
                 continue
@@ -371,6 +469,21 @@ def etag_of(resource: Any, headers: dict[str, str]) -> str | None:
     meta = resource.get("meta") if isinstance(resource, dict) else None
     version = meta.get("version") if isinstance(meta, dict) else None
     return str(version) if version else None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port of a URL (the default port made explicit)."""
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def safe_url(url: str) -> str:
+    """A URL fit for a message: without user info, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _reason(exc: Exception) -> str:

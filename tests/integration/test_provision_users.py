@@ -398,8 +398,8 @@ def test_many_creates_match_against_one_listing(
     assert len(target_users(scim)) == 63
     assert summary["targets"][0]["adopted"] == 2
     assert stats["POST"] == 61
-    # discovery (/ServiceProviderConfig, /Schemas), the count, one page of the listing, and
-    # the 2 adopted users
+    # the reachability probe (which counts the users), discovery (/ServiceProviderConfig,
+    # /Schemas), one page of the listing, and the 2 adopted users
     assert stats["GET"] == 6
 
 

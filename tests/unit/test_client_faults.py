@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tasks.config import TargetConfig
-from tasks.errors import FatalError, TransientError
+from tasks.errors import FatalError, TargetUnreachable, TransientError
 from tasks.load import Loader
 from tasks.plan import Action
 from tasks.scim.client import ScimClient
@@ -385,3 +385,79 @@ def test_circuit_breaker_stops_a_batch_when_the_target_keeps_failing(serve, tmp_
     assert len(fake.requests) < 30 * 4  # far fewer than every user with every retry
     assert store.records("t") == {}
     store.close()
+
+
+class TestRedirects:
+    """Redirects: a write is never followed anywhere; a read only on the same origin."""
+
+    @pytest.mark.parametrize("method", ["PATCH", "PUT", "DELETE"])
+    def test_a_redirected_write_fails_naming_the_location(self, serve, method: str) -> None:
+        """A gateway's ``302 Location: /login`` to a write is a failure naming the Location,
+        and the login page is never fetched (requests would follow it as a GET)."""
+        fake = serve(lambda r, n: (302, {"Location": "/login?next=x"}, b"<html>login</html>"))
+        client = client_for(fake, [])
+        with pytest.raises(
+            FatalError, match=r"redirected \(HTTP 302\) to http://127\.0\.0\.1:\d+/login"
+        ):
+            if method == "PATCH":
+                client.patch("/Users", "u1", [{"op": "replace", "path": "active", "value": False}])
+            elif method == "PUT":
+                client.replace("/Users", "u1", {"userName": "ada"})
+            else:
+                client.delete("/Users", "u1")
+        assert fake.requests == [(method, "/v2/Users/u1")]
+
+    def test_a_post_redirected_to_another_host_sends_nothing_there(self, serve) -> None:
+        """A 307 would re-send the user's body (and credentials) to the other host: not done."""
+        elsewhere = serve(lambda r, n: (201, {}, {"id": "made-up", "userName": "ada"}))
+        fake = serve(lambda r, n: (307, {"Location": f"{elsewhere.url}/Users"}, None))
+        with pytest.raises(FatalError, match="redirected"):
+            client_for(fake, [], auth={"type": "none"}).create("/Users", {"userName": "ada"})
+        assert elsewhere.requests == []
+
+    def test_a_write_answered_with_a_login_page_is_not_confirmed(self, serve) -> None:
+        """200 with an HTML page is not a SCIM answer: the write is not taken as done."""
+        fake = serve(lambda r, n: (200, {"Content-Type": "text/html"}, b"<html>Sign in</html>"))
+        with pytest.raises(FatalError, match="text/html, not a SCIM answer"):
+            client_for(fake, []).patch("/Users", "u1", [{"op": "replace", "path": "a", "value": 1}])
+
+    def test_a_read_follows_a_same_origin_redirect(self, serve) -> None:
+        def script(request: BaseHTTPRequestHandler, n: int):
+            if request.path.startswith("/v2/Users"):
+                return 301, {"Location": "/v2/People?filter=x"}, None
+            return 200, {}, listing({"id": "u1", "userName": "ada"})
+
+        fake = serve(script)
+        assert [u["id"] for u in client_for(fake, []).find("/Users", 'userName eq "ada"')] == ["u1"]
+        assert [p for _, p in fake.requests] == [
+            "/v2/Users?filter=userName+eq+%22ada%22&count=2",
+            "/v2/People?filter=x",
+        ]
+
+    def test_a_read_is_not_followed_to_another_host(self, serve) -> None:
+        """The credentials stay with the target: a read redirected elsewhere is refused."""
+        elsewhere = serve(lambda r, n: (200, {}, listing()))
+        fake = serve(lambda r, n: (302, {"Location": f"{elsewhere.url}/Users"}, None))
+        with pytest.raises(FatalError, match="to another host"):
+            client_for(fake, []).find("/Users", 'userName eq "ada"')
+        assert elsewhere.requests == []
+
+
+class TestReachability:
+    def test_discovery_refused_with_401_stops_the_run(self, serve) -> None:
+        """Credentials refused at /ServiceProviderConfig are not "no optional features"."""
+        fake = serve(lambda r, n: (401, {}, {"detail": "token expired", "status": "401"}))
+        with pytest.raises(FatalError, match="token expired"):
+            client_for(fake, []).discover()
+
+    def test_probe_names_the_target_and_its_url(self, serve) -> None:
+        fake = serve(lambda r, n: (401, {}, {"detail": "bad token", "status": "401"}))
+        with pytest.raises(
+            TargetUnreachable, match=rf"target t \({fake.url}\) not reached: .*bad token"
+        ):
+            client_for(fake, []).probe()
+
+    def test_probe_refuses_an_answer_that_is_not_a_scim_list(self, serve) -> None:
+        fake = serve(lambda r, n: (200, {}, {"hello": "world"}))
+        with pytest.raises(TargetUnreachable, match="did not answer a SCIM list"):
+            client_for(fake, []).probe()

@@ -1,0 +1,205 @@
+"""Never report done what the target did not do, never say "in step" about a target the run
+did not reach, never delete every group unasked: real slapd → Prefect → fault proxy → real
+scim2-server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployments.local_servers import ScimServer, Slapd
+from tests.conftest import (
+    BEARER_TOKEN,
+    GROUPS,
+    PEOPLE,
+    ScimServers,
+    sync,
+    target_users,
+    write_config,
+)
+from tests.fault_proxy import FaultProxy
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
+
+LOCK_BOB = (
+    f"dn: uid=bob,{PEOPLE}\nchangetype: modify\nadd: objectClass\n"
+    "objectClass: nsAccountLockable\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n"
+)
+
+
+def config_via(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, proxy: FaultProxy, **options: Any
+) -> Path:
+    """A config whose target is the fault proxy in front of the open scim2-server."""
+    return write_config(tmp_path / "c.yaml", directory, scim, url=f"{proxy.url}/v2", **options)
+
+
+def counts(summary: dict[str, Any], kind: str) -> int:
+    return int(summary["targets"][0]["succeeded"][kind])
+
+
+class TestRedirectedWrites:
+    @pytest.mark.parametrize("remove_action", ["disable", "delete"])
+    def test_a_write_redirected_to_a_login_page_is_not_recorded_and_is_retried(
+        self,
+        remove_action: str,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A gateway answers the deprovisioning write with ``302 Location: /login`` (its login
+        page answers 200 HTML): the run exits 2 naming the Location, bob stays active on the
+        target and in the state store, and the next sync deprovisions him."""
+        config = config_via(tmp_path, directory, scim, proxy, remove_action=remove_action)
+        assert sync(config, capsys)[0] == 0
+        directory.modify(LOCK_BOB)
+        proxy.redirect = (302, "/login?return=%2Fv2")
+        code, err = sync(config, capsys)
+        assert code == 2, err
+        assert f"redirected (HTTP 302) to {proxy.url}/login" in err
+        assert target_users(scim)["bob"]["active"] is True
+        assert proxy.redirected == 1
+        code, audit = sync(config, capsys, "--user", "bob", command="audit")
+        assert [(a["action"], a["outcome"]) for a in audit][:1] == [(remove_action, "failed")]
+        proxy.redirect = None
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert counts(summary, remove_action) == 1
+        users = target_users(scim)
+        assert "bob" not in users if remove_action == "delete" else not users["bob"]["active"]
+
+    def test_a_create_redirected_to_another_host_sends_it_nothing(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A ``307`` to another host is not followed: the other host receives no user, no
+        made-up id is recorded, and the next sync creates every user on the real target."""
+        elsewhere = FaultProxy("http://127.0.0.1:9", rates={})
+        elsewhere.start()
+        try:
+            config = config_via(tmp_path, directory, scim, proxy)
+            proxy.redirect = (307, f"{elsewhere.url}/v2/Users")
+            code, err = sync(config, capsys)
+            assert code == 2, err
+            assert f"to {elsewhere.url}/v2/Users" in err
+            assert elsewhere.requests == 0
+            assert target_users(scim) == {}
+            proxy.redirect = None
+            code, summary = sync(config, capsys)
+            assert code == 0, summary
+            assert counts(summary, "create") == 3
+            assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+        finally:
+            elsewhere.stop()
+
+
+class TestReachability:
+    @pytest.mark.parametrize("full", [False, True])
+    def test_a_target_that_is_down_is_never_said_to_be_in_step(
+        self,
+        full: bool,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Nothing to change, but the target is down: exit 2 naming the target and its URL."""
+        config = config_via(tmp_path, directory, scim, proxy, max_retries=1)
+        assert sync(config, capsys)[0] == 0
+        url = proxy.url
+        proxy.stop()
+        code, err = sync(config, capsys, *(["--full"] if full else []))
+        assert code == 2
+        assert f"target app ({url}/v2) not reached: GET /Users failed: connection error" in err
+        assert "in step" not in err
+
+    def test_refused_credentials_are_found_with_nothing_to_change(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim_servers: ScimServers,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A wrong token, then a token variable that is not set: exit 2 naming the target."""
+        scim = scim_servers.get("bearer")
+        auth = {"type": "bearer", "token": {"env": "APP_TOKEN"}}
+        config = write_config(tmp_path / "c.yaml", directory, scim, auth=auth)
+        monkeypatch.setenv("APP_TOKEN", BEARER_TOKEN)
+        assert sync(config, capsys)[0] == 0
+        monkeypatch.setenv("APP_TOKEN", "expired-token")
+        code, err = sync(config, capsys)
+        assert code == 2
+        assert f"target app ({scim.base_url}) not reached: GET /Users failed: HTTP 401" in err
+        assert BEARER_TOKEN not in err and "expired-token" not in err
+        monkeypatch.delenv("APP_TOKEN")
+        code, err = sync(config, capsys)
+        assert code == 2
+        assert "target app" in err and "environment variable APP_TOKEN" in err
+
+    def test_one_unreachable_target_does_not_stop_the_others(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """The reachable target is provisioned; the run still exits 2 for the other one."""
+        import yaml
+
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        data = yaml.safe_load(config.read_text())
+        down = {**data["targets"][0], "name": "down", "url": "http://127.0.0.1:9/v2"}
+        data["targets"].append({**down, "max_retries": 0})
+        config.write_text(yaml.safe_dump(data))
+        code, err = sync(config, capsys)
+        assert code == 2
+        assert "target down (http://127.0.0.1:9/v2) not reached" in err
+        assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+
+
+class TestGroupDeletionGuard:
+    def test_an_emptied_group_base_is_held_back_until_allowed(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """``groups.base_dn`` pointed at an OU without groups would delete every group: held
+        back by the guard (exit 1, nothing deleted) until ``--allow-mass-deprovisioning``."""
+        config = write_config(
+            tmp_path / "c.yaml", directory, scim, source={"groups": {"base_dn": GROUPS}}
+        )
+        assert sync(config, capsys)[0] == 0
+        before = _groups(scim)
+        assert len(before) == 4
+        write_config(tmp_path / "c.yaml", directory, scim, source={"groups": {"base_dn": PEOPLE}})
+        code, summary = sync(config, capsys, command="groups")
+        assert code == 1
+        report = summary["groups"][0]
+        assert report["held_back"] == 4 and report["succeeded"]["delete"] == 0
+        assert "4 group deletions held back by the guard" in summary["headline"]
+        assert {s["would"] for s in report["skipped"]} == {"delete"}
+        assert _groups(scim) == before
+        code, summary = sync(config, capsys, "--allow-mass-deprovisioning", command="groups")
+        assert code == 0, summary
+        assert summary["groups"][0]["succeeded"]["delete"] == 4
+        assert _groups(scim) == set()
+
+
+def _groups(scim: ScimServer) -> set[str]:
+    import requests
+
+    response = requests.get(f"{scim.base_url}/Groups", params={"count": "100"}, timeout=10)
+    response.raise_for_status()
+    return {g["displayName"] for g in response.json().get("Resources", [])}
