@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,13 +22,14 @@ from typing import Any, cast
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tasks.config import Config, load_config
 from tasks.errors import ConfigError, ProvisionerError
 from tasks.extract import connect, mapped_attributes, read_users
 from tasks.groups import GroupAction, GroupPlan, plan_groups, read_groups, resolve_groups
 from tasks.plan import Plan, plan_users
-from tasks.report import print_summary, problems, unreached
+from tasks.report import labelled, print_summary, problems, text_console, unreached
 from tasks.scim.dialect import dialect_for
 from tasks.state import AuditQuery, AuditRow, StateRecord, StateStore, Status
 from tasks.transform import Rejection, transform_batch
@@ -109,13 +111,13 @@ def since(text: str) -> datetime:
 def print_reconciliation(summary: dict[str, Any], console: Console) -> None:
     """Objects per class and target, where the CSV is, then the repair's summary."""
     for result in summary["reconciliation"]:
-        table = Table(title=f"reconciliation of {result['target']}")
+        table = Table(title=Text(f"reconciliation of {result['target']}"))
         for column in ("object", "class", "count"):
             table.add_column(column, justify="right" if column == "count" else "left")
         for what, by_kind in result["counts"].items():
             for kind, count in by_kind.items():
-                style = "" if kind == "in step" or not count else "[yellow]"
-                table.add_row(what, f"{style}{kind}", str(count))
+                style = "" if kind == "in step" or not count else "yellow"
+                table.add_row(what, Text(kind, style=style), str(count))
         console.print(table)
         console.print(f"every difference: {result['report_file']}")
         for what, counts in result.get("would", {}).items():
@@ -132,7 +134,7 @@ def print_audit(rows: list[AuditRow], console: Console) -> None:
     for column in ("time (UTC)", "target", "action", "who", "SCIM id", "outcome", "cause"):
         table.add_column(column)
     for row in rows:
-        outcome = row.outcome if row.outcome == "ok" else f"[red]{row.outcome}[/red]"
+        outcome = Text(row.outcome, style="" if row.outcome == "ok" else "red")
         table.add_row(
             row.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
             row.target,
@@ -213,7 +215,7 @@ def _group_change(action: GroupAction) -> str:
 def _print_plans(plans: list[TargetPlans], console: Console) -> None:
     for plan in plans:
         users = plan.users
-        table = Table(title=f"plan for target {users.target}")
+        table = Table(title=Text(f"plan for target {users.target}"))
         table.add_column("change")
         table.add_column("user or group")
         table.add_column("why")
@@ -234,7 +236,7 @@ def _print_plans(plans: list[TargetPlans], console: Console) -> None:
         if groups is not None:
             console.print("groups: " + ", ".join(f"{k}: {v}" for k, v in groups.counts().items()))
             for warning in groups.warnings:
-                console.print(f"[yellow]warning[/yellow] {warning}")
+                console.print(labelled("warning", "yellow", warning))
 
 
 def _plan_json(plans: list[TargetPlans]) -> list[dict[str, Any]]:
@@ -316,7 +318,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console()
+    # Prefect's anonymous telemetry: off in the temporary server the CLI may start (these
+    # machines have no internet: every run printed "Failed to send telemetry").
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    console = text_console()
     try:
         config = load_config(args.config)
         config.target(args.target)

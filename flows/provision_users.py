@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.sync_group_memberships import member_dns, open_store, run_group_sync
+from flows.sync_group_memberships import member_dns, name_run, open_store, run_group_sync
 from tasks.batching import as_is, batches
 from tasks.changes import UserChanges, as_extraction, extract_changes, fingerprint, start_of
 from tasks.config import Config, TargetConfig, load_config
@@ -242,6 +242,7 @@ def run_sync(
         marks = {t.name: store.watermark(t.name, "users") for t in targets}
         start = start_of(config.source.change_detection, marks, prints, full=full)  # type: ignore[arg-type]
         changes = extract_changes(config.source, attributes, start)
+        name_run("provision-users", changes.complete)
         extraction = as_extraction(changes)
         groups = config.source.groups
         with_groups = groups is not None and groups.sync_with_users

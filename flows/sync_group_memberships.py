@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact
@@ -168,6 +169,23 @@ def _sync_groups_target(
     return report
 
 
+def name_run(prefix: str, full: bool) -> None:
+    """Name the flow run after the pass it turned out to be: a first cycle, a new filter or a
+    full user pass is a full pass though nobody asked for one (``--full``)."""
+    target = flow_run.parameters.get("target") or "all-targets"
+    name = f"{prefix}-{target}-{'full' if full else 'incremental'}"
+    run_id = flow_run.get_id()
+    if run_id is None or flow_run.get_name() == name:
+        return
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(run_id), name=name)
+    except Exception as exc:  # a name is not worth failing a run for
+        get_run_logger().warning("could not rename the flow run to %s: %s", name, exc)
+
+
 def open_store(config: Config) -> StateStore:
     """The state store of this flow run (its audit entries carry the run's id)."""
     run_id = flow_run.get_id()
@@ -209,9 +227,19 @@ def run_group_sync(
     prints = {t.name: group_fingerprint(source, t) for t in wanted}
     marks = {t.name: store.watermark(t.name, "groups") for t in wanted}
     # a full user pass says nothing of which users changed: their groups are all read again
-    full = full or (users is not None and users.complete)
-    start = start_of(method, marks, prints, full=full)  # type: ignore[arg-type]
+    after_full_users = users is not None and users.complete
+    start = start_of(
+        method,  # type: ignore[arg-type]
+        marks,
+        prints,
+        full=full or after_full_users,
+        full_because=(
+            "a full pass was asked for (--full)" if full else "the user cycle was a full pass"
+        ),
+    )
     groups = extract_group_changes(source, start, sorted(users_dns))
+    if users is None:  # a user cycle names its run itself
+        name_run("sync-group-memberships", groups.complete)
     read: list[SourceUser] = users.entries if users is not None else []
     if (users is None or not users.complete) and (
         query.members_from == "user_member_of" or any(store.lacks_dns(t.name) for t in wanted)

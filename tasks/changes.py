@@ -153,13 +153,15 @@ def start_of(
     fingerprints: dict[str, str],
     *,
     full: bool = False,
+    full_because: str = "a full pass was asked for (--full)",
 ) -> Start:
     """Where a cycle over these targets starts: the oldest of their watermarks, or a full pass
-    when one of them has none, was made for another config or method, or ``full`` is asked."""
+    when one of them has none, was made for another config or method, or ``full`` is asked
+    (``full_because`` says who asked)."""
     if method == "full":
         return Start(None, "change_detection is full")
     if full:
-        return Start(None, "a full pass was asked for (--full)")
+        return Start(None, full_because)
     usable: list[Watermark] = []
     for name, mark in marks.items():
         if mark is None:

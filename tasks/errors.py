@@ -102,29 +102,45 @@ class TargetUnreachable(FatalError):
     nothing about the target (never "in step")."""
 
 
+TARGET_TEXT_LIMIT = 2000
+"""The most of a target's own words (an error detail) kept or shown anywhere: messages, the
+audit log, the summary. A 20 MB ``detail`` must not fill the state store or the terminal."""
+
+
 def error_detail(body: bytes, limit: int = 300) -> tuple[str, str | None]:
     """Return the human-readable detail and the ``scimType`` of an error body.
 
     Understands SCIM 2.0 (``detail``/``scimType``) and SCIM 1.1 (``Errors[].description``)
-    bodies; anything else (an HTML error page, garbage) is shortened to ``limit`` characters.
+    bodies, whose detail is cut at :data:`TARGET_TEXT_LIMIT` characters; anything else (an
+    HTML error page, garbage) is shortened to ``limit`` characters.
     """
     text = body.decode("utf-8", errors="replace").strip()
     try:
         doc = json.loads(text)
     except ValueError:
-        return (_shorten(text, limit) or "(empty body)"), None
+        return (shorten(text, limit) or "(empty body)"), None
     if isinstance(doc, dict):
         if "detail" in doc or "scimType" in doc:
-            return str(doc.get("detail", "")), doc.get("scimType")
+            scim_type = doc.get("scimType")
+            kind = None if scim_type is None else shorten(str(scim_type), 100)
+            return shorten(str(doc.get("detail", ""))), kind
         errors = doc.get("Errors")
         if isinstance(errors, list) and errors and isinstance(errors[0], dict):
-            return str(errors[0].get("description", "")), None
-    return _shorten(text, limit), None
+            return shorten(str(errors[0].get("description", ""))), None
+    return shorten(text, limit), None
 
 
-def _shorten(text: str, limit: int) -> str:
+def shorten(text: str, limit: int = TARGET_TEXT_LIMIT) -> str:
+    """``text`` on one line, cut at ``limit`` characters (an ellipsis and the full length)."""
+    if len(text) > 4 * limit:  # never split or join megabytes to show a few kilobytes
+        text = text[: 4 * limit]
+        cut = True
+    else:
+        cut = False
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if len(text) <= limit and not cut:
+        return text
+    return text[: limit - 1] + "…"
 
 
 def parse_retry_after(value: str | None) -> float | None:

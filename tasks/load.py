@@ -33,6 +33,7 @@ from tasks.errors import (
     RejectedError,
     ScimError,
     TransientError,
+    shorten,
 )
 from tasks.plan import Action
 from tasks.scim.client import ScimClient, etag_of
@@ -411,7 +412,7 @@ class Loader:
             return Outcome(action, True, "already gone from the target", None)
         if status in (404, 409, 412, 429) or status >= 500:
             return None
-        detail = str(response.get("detail") or response.get("Errors") or "")
+        detail = shorten(str(response.get("detail") or response.get("Errors") or ""))
         return Outcome(
             action, False, f"{what} failed: HTTP {status}" + (f": {detail}" if detail else "")
         )

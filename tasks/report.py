@@ -15,6 +15,7 @@ from prefect.states import State
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from tasks.groups import GroupPlan
 from tasks.load import Outcome
@@ -300,38 +301,46 @@ def _plural(count: int, one: str, many: str | None = None) -> str:
     return one if count == 1 else (many or f"{one}s")
 
 
+def text_console(**options: Any) -> Console:
+    """A console that prints data as text: directory values like ``[/bold]`` or ``:smile:``
+    are never read as rich markup or emoji (styles come from :class:`Text` labels only)."""
+    return Console(markup=False, emoji=False, highlight=False, **options)
+
+
+def labelled(label: str, style: str, text: str) -> Text:
+    """``label`` in ``style``, then ``text`` as it is."""
+    return Text.assemble((label, style), " ", text)
+
+
 def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """A table per run for the terminal."""
-    console = console or Console(stderr=False)
-    table = Table(title=summary["headline"])
+    console = console or text_console()
+    table = Table(title=Text(summary["headline"]))
     for column in ("target", "action", "planned", "succeeded", "failed"):
         table.add_column(column, justify="left" if column in ("target", "action") else "right")
     for row in summary_rows(summary):
         if row["planned"] or row["succeeded"] or row["action"] in KINDS:
             table.add_row(
-                *(str(row[c]) for c in ("target", "action", "planned", "succeeded", "failed"))
+                *(Text(str(row[c])) for c in ("target", "action", "planned", "succeeded", "failed"))
             )
     console.print(table)
     for t in summary.get("targets", []):
         for f in t["failures"][:10]:
-            console.print(
-                f"[red]failed[/red] {t['target']}: {f['action']} {f['user']}: {f['error']}"
-            )
+            line = f"{t['target']}: {f['action']} {f['user']}: {f['error']}"
+            console.print(labelled("failed", "red", line))
         for r in t["rejected"][:10]:
-            console.print(f"[yellow]rejected[/yellow] {r['entry']}: {r['reason']}")
+            console.print(labelled("rejected", "yellow", f"{r['entry']}: {r['reason']}"))
         for s in t["skipped"][:10]:
-            console.print(f"[yellow]skipped[/yellow] {s['would']} {s['user']}: {s['reason']}")
+            console.print(labelled("skipped", "yellow", f"{s['would']} {s['user']}: {s['reason']}"))
     for g in summary.get("groups", []):
         for f in g["failures"][:10]:
-            console.print(
-                f"[red]failed[/red] {g['target']}: {f['action']} group {f['group']}: {f['error']}"
-            )
+            line = f"{g['target']}: {f['action']} group {f['group']}: {f['error']}"
+            console.print(labelled("failed", "red", line))
         for s in g["skipped"][:10]:
-            console.print(
-                f"[yellow]skipped[/yellow] {s['would']} group {s['group']}: {s['reason']}"
-            )
+            line = f"{s['would']} group {s['group']}: {s['reason']}"
+            console.print(labelled("skipped", "yellow", line))
         for w in g["warnings"][:10]:
-            console.print(f"[yellow]warning[/yellow] {g['target']}: {w}")
+            console.print(labelled("warning", "yellow", f"{g['target']}: {w}"))
 
 
 def publish(summary: dict[str, Any], key: str) -> None:

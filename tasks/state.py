@@ -13,6 +13,7 @@ any SQLAlchemy URL works, and PostgreSQL is tested (``postgresql+psycopg://...``
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -320,6 +321,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create a SQLite state file readable by its owner only (0600): it holds personal data.
+    SQLite gives its -wal and -shm files the database file's permissions."""
+    parsed = sa.engine.make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if not os.path.exists(path):
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def make_engine(url: str) -> Engine:
     """An engine for the store's URL (``postgresql://`` means the psycopg 3 driver)."""
     if url.startswith("postgresql://"):
@@ -337,6 +349,8 @@ class StateStore:
         """:param run_id: the flow run whose writes this store records (in the audit log)."""
         self.url = url
         self.run_id = run_id
+        if not read_only:
+            _private_sqlite_file(url)
         self.engine = make_engine(url)
         self.read_only = read_only
         self._present: set[tuple[str, str]] | None = None

@@ -203,3 +203,23 @@ def _groups(scim: ScimServer) -> set[str]:
     response = requests.get(f"{scim.base_url}/Groups", params={"count": "100"}, timeout=10)
     response.raise_for_status()
     return {g["displayName"] for g in response.json().get("Resources", [])}
+
+
+class TestHonestNames:
+    def test_a_run_is_named_after_the_pass_it_made(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """The first cycle has no watermark: it is a full pass, and its run says so although
+        nobody asked for --full; the next one is incremental."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        assert sync(config, capsys)[0] == 0
+        assert sync(config, capsys)[0] == 0
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=2)
+        assert [r.name for r in runs] == [
+            "provision-users-all-targets-incremental",
+            "provision-users-all-targets-full",
+        ]

@@ -301,3 +301,10 @@ def test_a_read_only_store_from_an_earlier_version_is_read(tmp_path: Any) -> Non
     store.close()
     assert (record.user_name, record.dn, record.version) == ("ada", None, None)
     assert record.payload == {"userName": "ada"}
+
+
+def test_a_full_pass_says_who_asked_for_it() -> None:
+    """A group pass after a full user pass does not claim that --full was given."""
+    start = start_of("timestamp", {}, {}, full=True, full_because="the user cycle was a full pass")
+    assert start.watermark is None and start.why == "the user cycle was a full pass"
+    assert start_of("timestamp", {}, {}, full=True).why == "a full pass was asked for (--full)"

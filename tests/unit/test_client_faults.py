@@ -461,3 +461,16 @@ class TestReachability:
         fake = serve(lambda r, n: (200, {}, {"hello": "world"}))
         with pytest.raises(TargetUnreachable, match="did not answer a SCIM list"):
             client_for(fake, []).probe()
+
+
+def test_a_huge_error_detail_is_cut_everywhere_it_is_kept(serve) -> None:
+    """A 20 MB SCIM ``detail`` becomes at most 2,000 characters in the error, and so in the
+    outcome the audit log and the summary keep."""
+    detail = "x" * 20_000_000
+    fake = serve(lambda r, n: (400, {}, {"status": "400", "detail": detail}))
+    loader = Loader(client_for(fake, []), use_patch=True)
+    payload = {"userName": "ada", "active": False}
+    outcome = loader.run(Action("disable", "s1", "ada", "", payload, scim_id="u1"))
+    assert not outcome.ok
+    assert "HTTP 400: xxx" in outcome.detail
+    assert len(outcome.detail) < 2_100

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from tasks.state import StateRecord, StateStore
@@ -24,3 +26,19 @@ def test_lazy_records_fetch_their_bodies_when_used(tmp_path: Path) -> None:
     assert set(store.records("t")) == {"id-1", "id-2"}
     assert [r.source_id for r in store.user_rows("t")] == ["id-1", "id-2"]
     assert set(store.records_of("t", ["id-2", "id-9"])) == {"id-2"}
+
+
+def test_a_new_state_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """The state store holds personal data: a new SQLite file (and its WAL) is 0600 even
+    under a permissive umask."""
+    old = os.umask(0o022)
+    try:
+        store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+        store.apply("app", [], [], [])
+        store.close()
+    finally:
+        os.umask(old)
+    for name in ("state.db", "state.db-wal"):
+        path = tmp_path / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name

@@ -1,0 +1,49 @@
+"""The terminal summary and the headline."""
+
+from __future__ import annotations
+
+import io
+
+from rich.table import Table
+
+from tasks.plan import Action, Plan, Rejection
+from tasks.report import TargetReport, headline, print_summary, text_console
+
+
+def summary_with(user: str, error: str) -> dict[str, object]:
+    plan = Plan("app", rejected=[Rejection("s2", f"uid={user},ou=people", "no userName")])
+    report = TargetReport("app", plan.counts(), plan=plan)
+    action = Action("create", "s1", user, "new", {"userName": user})
+    from tasks.load import Outcome
+
+    report.add(Outcome(action, False, error))
+    summary: dict[str, object] = {"targets": [report.as_dict()]}
+    summary["headline"] = headline(summary)
+    return summary
+
+
+class TestPrintSummary:
+    def test_directory_values_are_printed_as_text_never_as_markup(self) -> None:
+        """A uid like ``[/bold]`` or ``:smile:`` neither crashes the summary (rich's
+        MarkupError) nor turns into a style or an emoji: it is printed as it is."""
+        buffer = io.StringIO()
+        console = text_console(file=buffer, width=200)
+        print_summary(summary_with("[/bold]x:smile:", "HTTP 400: [red]bad[/red]"), console)
+        out = buffer.getvalue()
+        assert "[/bold]x:smile:" in out
+        assert "HTTP 400: [red]bad[/red]" in out
+        assert "uid=[/bold]x:smile:,ou=people" in out
+
+    def test_table_cells_are_not_markup_either(self) -> None:
+        buffer = io.StringIO()
+        table = Table(title="t")
+        table.add_row("[/bold]")
+        text_console(file=buffer).print(table)
+        assert "[/bold]" in buffer.getvalue()
+
+
+class TestHeadline:
+    def test_a_target_not_reached_is_never_in_step(self) -> None:
+        report = TargetReport.not_reached("app", "target app (https://x/scim) not reached: 401")
+        summary = {"targets": [report.as_dict()]}
+        assert headline(summary) == "no changes; 1 target not reached (app)"
