@@ -7,11 +7,13 @@ resolved only when a connection is made.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -417,6 +419,11 @@ class TargetConfig(_Model):
     mapping: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_USER_MAPPING), validate_default=True
     )
+    allow_insecure_http: bool = Field(
+        False,
+        description="Send this target's credentials over plain http:// to a host other than "
+        "this machine (refused otherwise; a warning at every run when allowed).",
+    )
 
     @field_validator("url")
     @classmethod
@@ -424,6 +431,24 @@ class TargetConfig(_Model):
         if not re.match(r"^https?://\S+$", value):
             raise ValueError("an URL like https://app.example.com/scim/v2")
         return value.rstrip("/")
+
+    def plaintext_credentials(self) -> list[str]:
+        """The URLs to which this target's credentials would travel unencrypted (plain
+        ``http://`` to a host that is not this machine)."""
+        if self.auth.type == "none":
+            return []
+        urls = [self.url, *([self.auth.token_url] if self.auth.token_url else [])]
+        return [u for u in urls if u.lower().startswith("http://") and not _loopback(u)]
+
+    @model_validator(mode="after")
+    def _no_plaintext_credentials(self) -> TargetConfig:
+        clear = self.plaintext_credentials()
+        if clear and not self.allow_insecure_http:
+            raise ValueError(
+                f"auth {self.auth.type} would send credentials unencrypted to {clear[0]}: use "
+                "https://, or set allow_insecure_http: true if this network is trusted"
+            )
+        return self
 
     @model_validator(mode="after")
     def _dialect_fits(self) -> TargetConfig:
@@ -454,6 +479,17 @@ class TargetConfig(_Model):
         if "userName" not in mapping:
             raise ValueError("userName must be mapped (SCIM requires it)")
         return mapping
+
+
+def _loopback(url: str) -> bool:
+    """Whether a URL's host is this machine (127.0.0.0/8, ::1, localhost)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class StateConfig(_Model):
@@ -531,7 +567,9 @@ def _relative_to(config: Config, base_dir: Path) -> Config:
     state = config.state
     match = re.match(r"^sqlite:///(?!/)(.+)$", state.url)
     if match:
-        state = StateConfig(url=f"sqlite:///{(base_dir / match.group(1)).resolve()}")
+        state = state.model_copy(
+            update={"url": f"sqlite:///{(base_dir / match.group(1)).resolve()}"}
+        )
     return config.model_copy(update={"source": source, "targets": targets, "state": state})
 
 

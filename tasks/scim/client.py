@@ -75,6 +75,12 @@ class RateLimiter:
 
 def build_session(target: TargetConfig) -> requests.Session:
     """A keep-alive session with the target's auth and TLS settings (secrets resolved here)."""
+    for url in target.plaintext_credentials():  # only with allow_insecure_http (else refused)
+        log.warning(
+            "target %s: credentials are sent UNENCRYPTED to %s (allow_insecure_http: true)",
+            target.name,
+            safe_url(url),
+        )
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=target.concurrency)
     session.mount("http://", adapter)

@@ -156,3 +156,40 @@ def test_audit_since_takes_durations_and_dates() -> None:
     assert since("2026-11-01T10:00:00+01:00").utcoffset() == timedelta(hours=1)
     with pytest.raises(argparse.ArgumentTypeError, match="neither a duration"):
         since("yesterday")
+
+
+class TestPlaintextCredentials:
+    """Credentials never travel over plain http:// to another machine unless the config says
+    the network is trusted."""
+
+    def test_a_token_over_plain_http_to_another_host_is_refused_naming_the_url(self) -> None:
+        auth = {"type": "bearer", "token": {"env": "T"}}
+        with pytest.raises(ConfigError, match=r"targets\[0\].*unencrypted to http://app\.example"):
+            parse_config(minimal(url="http://app.example.org/scim/v2", auth=auth))
+
+    def test_an_oauth_token_endpoint_over_plain_http_is_refused(self) -> None:
+        auth = {
+            "type": "oauth2_client_credentials",
+            "token_url": "http://login.example.org/token",
+            "client_id": "c",
+            "client_secret": {"env": "S"},
+        }
+        with pytest.raises(ConfigError, match=r"unencrypted to http://login\.example\.org/token"):
+            parse_config(minimal(auth=auth))
+
+    def test_allowed_when_asked_on_loopback_or_without_credentials(self) -> None:
+        auth = {"type": "basic", "username": "u", "password": {"env": "P"}}
+        parse_config(minimal(url="http://app.example.org/v2", auth=auth, allow_insecure_http=True))
+        parse_config(minimal(url="http://127.0.0.1:8080/v2", auth=auth))
+        parse_config(minimal(url="http://localhost:8080/v2", auth=auth))
+        parse_config(minimal(url="http://app.example.org/v2"))
+
+
+def test_a_relative_state_path_keeps_the_audit_retention(tmp_path: Path) -> None:
+    """Resolving a relative SQLite path against the config's folder kept only the URL: 7 days
+    of audit retention silently became 180."""
+    data = minimal()
+    data["state"] = {"url": "sqlite:///state.db", "audit_retention_days": 7}
+    config = parse_config(data, base_dir=tmp_path)
+    assert config.state.audit_retention_days == 7
+    assert config.state.url == f"sqlite:///{tmp_path.resolve() / 'state.db'}"
