@@ -14,6 +14,9 @@ requests.
 with a redirect (``302 Location: /login``, or a ``307`` to another host) instead of being
 forwarded, and ``GET /login`` answers a login page (200, text/html), as in front of real apps.
 
+:attr:`FaultProxy.stuck_listing` answers every page of a user listing with the first page and a
+``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refuses ``attributes=`` with 400.
+
 :meth:`FaultProxy.hold_after` freezes the target as seen from the client: after N more write
 requests every request is still forwarded but its answer never comes (for killing the
 provisioner while writes it never heard of are done).
@@ -22,7 +25,9 @@ provisioner while writes it never heard of are done).
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import re
 import socket
 import threading
 from collections import Counter
@@ -71,6 +76,11 @@ class FaultProxy:
         self.redirect: tuple[int, str] | None = None
         """(status, Location) answered to every write under /v2 instead of forwarding it."""
         self.redirected = 0
+        self.refuse_attributes = False
+        """Answer a GET asking for ``attributes=`` with a SCIM 400, as some servers do."""
+        self.stuck_listing = False
+        """Answer every page of a ``/Users`` listing with its first page and a ``totalResults``
+        of 10⁹ (a listing that never advances)."""
         self.holding = threading.Event()
         """Set when the first answer is held back (see :meth:`hold_after`)."""
         self._released = threading.Event()
@@ -184,6 +194,21 @@ class FaultProxy:
                     response = proxy._forward(self, body)
                     proxy._released.wait()
                     self._relay(response)
+                    return
+                if proxy.refuse_attributes and self.command == "GET" and "attributes=" in self.path:
+                    error = {"status": "400", "scimType": "invalidValue", "detail": "attributes"}
+                    self._reply(
+                        400, {"Content-Type": "application/scim+json"}, json.dumps(error).encode()
+                    )
+                    return
+                if proxy.stuck_listing and self.command == "GET" and "startIndex=" in self.path:
+                    self.path = re.sub(r"startIndex=\d+", "startIndex=1", self.path)
+                    response = proxy._forward(self, body)
+                    page = response.json()
+                    page["totalResults"] = 10**9
+                    self._reply(
+                        200, {"Content-Type": "application/scim+json"}, json.dumps(page).encode()
+                    )
                     return
                 fault = proxy._pick(self.path)
                 if fault == "5xx":

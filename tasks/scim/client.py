@@ -405,24 +405,69 @@ class ScimClient:
         self, path: str, attributes: list[str], page_size: int, *, cursor: bool = False
     ) -> Iterator[dict[str, Any]]:
         """Every resource of ``path``, page by page: by RFC 9865 cursors (``cursor`` /
-        ``nextCursor``) when the target offers them, else by ``startIndex``/``count``."""
+        ``nextCursor``) when the target offers them, else by ``startIndex``/``count``.
+
+        A listing that does not advance (a page of ids already seen, a cursor handed back
+        again, more resources than the first page's ``totalResults`` promised, allowing for
+        growth) raises :class:`FatalError`: acting on a partial or endless listing could
+        create duplicates, and looping forever helps nobody.
+        """
         start, next_cursor = 1, ""
+        asked = ",".join(attributes)
+        seen: set[str] = set()
+        cursors: set[str] = set()
+        cap: int | None = None
+        promised = 0
         while True:
-            params = {"count": str(page_size), "attributes": ",".join(attributes)}
+            params = {"count": str(page_size), **({"attributes": asked} if asked else {})}
             if cursor:
                 params["cursor"] = next_cursor
             else:
                 params["startIndex"] = str(start)
-            _, body, _ = self.send("GET", path, params=params)
+            try:
+                _, body, _ = self.send("GET", path, params=params)
+            except RejectedError as exc:
+                if exc.status != 400 or not asked or seen:
+                    raise
+                log.warning(
+                    "target %s refused a listing of %s with attributes= (%s); listing whole "
+                    "resources instead",
+                    self.target.name,
+                    path,
+                    exc,
+                )
+                asked = ""
+                continue
             page = self.dialect.list_resources(body)
+            total = body.get("totalResults") if isinstance(body, dict) else None
+            if cap is None and isinstance(total, int):
+                promised, cap = total, 2 * total + 10 * page_size  # room for new resources
+            ids = {str(r.get("id")) for r in page if r.get("id") is not None}
+            if page and ids and ids <= seen:
+                raise FatalError(
+                    f"listing {path} of target {self.target.name} does not advance: the page at "
+                    f"{'cursor ' + repr(next_cursor) if cursor else f'startIndex {start}'} holds "
+                    f"only resources already listed ({len(seen)} so far); stopped"
+                )
+            seen |= ids
+            if cap is not None and len(seen) > cap:
+                raise FatalError(
+                    f"listing {path} of target {self.target.name} goes on past {cap} resources "
+                    f"(its first page said {promised}); stopped"
+                )
             yield from (self.dialect.from_wire(r) for r in page)
             if cursor:
                 following = body.get("nextCursor") if isinstance(body, dict) else None
                 if not page or not following:
                     return
+                if str(following) in cursors:
+                    raise FatalError(
+                        f"listing {path} of target {self.target.name} does not advance: cursor "
+                        f"{str(following)!r} was handed out before; stopped"
+                    )
                 next_cursor = str(following)
+                cursors.add(next_cursor)
                 continue
-            total = body.get("totalResults") if isinstance(body, dict) else None
             start += len(page)
             if not page or not isinstance(total, int) or start > total:
                 return

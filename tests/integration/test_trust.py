@@ -223,3 +223,45 @@ class TestHonestNames:
             "provision-users-all-targets-incremental",
             "provision-users-all-targets-full",
         ]
+
+
+class TestEndlessListing:
+    def test_a_listing_that_never_advances_stops_with_one_line(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """The target answers every page with the first one and totalResults 10⁹: reconcile
+        stops after the second page (it looped for ever) and names the listing."""
+        config = config_via(tmp_path, directory, scim, proxy)
+        assert sync(config, capsys)[0] == 0
+        proxy.stuck_listing = True
+        before = proxy.requests
+        code, err = sync(config, capsys, "--dry-run", command="reconcile")
+        assert code == 2
+        assert "listing /Users of target app does not advance" in err
+        assert proxy.requests - before < 10
+
+
+class TestListingWithoutAttributes:
+    def test_a_listing_refused_with_attributes_is_made_without_them(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A server answering 400 to ``attributes=`` (with the enterprise URN in it) is listed
+        whole: reconcile --dry-run finds every user in step instead of failing."""
+        config = config_via(tmp_path, directory, scim, proxy)
+        assert sync(config, capsys)[0] == 0
+        proxy.refuse_attributes = True
+        code, summary = sync(config, capsys, "--dry-run", command="reconcile")
+        assert code == 0, summary
+        result = summary["reconciliation"][0]
+        assert result["differences"] == 0
+        assert result["counts"]["users"]["in step"] == 3
