@@ -148,10 +148,15 @@ def connect(source: LdapSource) -> ldap3.Connection:
             log.warning(
                 "TLS certificate verification is OFF for %s (verify_tls: false)", source.url
             )
-        tls = ldap3.Tls(
-            validate=ssl.CERT_REQUIRED if source.verify_tls else ssl.CERT_NONE,
-            ca_certs_file=str(source.ca_file) if source.ca_file else None,
-        )
+        try:
+            tls = ldap3.Tls(
+                validate=ssl.CERT_REQUIRED if source.verify_tls else ssl.CERT_NONE,
+                ca_certs_file=str(source.ca_file) if source.ca_file else None,
+            )
+        except ldap_exc.LDAPSSLConfigurationError as exc:
+            raise SourceError(
+                f"source.ca_file {source.ca_file}: not a readable CA certificate file ({exc})"
+            ) from exc
     else:
         log.warning("LDAP traffic to %s is not encrypted (tls: none)", source.url)
     server = ldap3.Server(

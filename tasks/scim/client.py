@@ -9,6 +9,7 @@ never blindly re-sent: its caller looks the resource up first (see :mod:`tasks.l
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -22,6 +23,7 @@ from requests.adapters import HTTPAdapter
 
 from tasks.config import TargetConfig
 from tasks.errors import (
+    ConfigError,
     FatalError,
     RejectedError,
     ScimError,
@@ -99,6 +101,8 @@ def tls_verify(target: TargetConfig) -> bool | str:
     if not target.verify_tls:
         log.warning("TLS certificate verification is OFF for target %s", target.name)
         return False
+    if target.ca_file is not None and not os.access(target.ca_file, os.R_OK):
+        raise ConfigError(f"targets[{target.name}].ca_file {target.ca_file}: cannot be read")
     return str(target.ca_file) if target.ca_file else True
 
 

@@ -176,3 +176,35 @@ def test_plain_dns_take_the_fast_path_to_the_same_form() -> None:
         "",
     ]:
         assert normalize_dn(dn) == _parsed_dn(dn), dn
+
+
+def test_a_wrong_ca_file_is_named_in_one_line(tmp_path) -> None:
+    """Not "failed unexpectedly: LDAPSSLConfigurationError('invalid CA public key file')":
+    a source error naming source.ca_file and its path."""
+    from tasks.config import parse_config
+    from tasks.errors import SourceError
+    from tasks.extract import connect
+
+    missing = tmp_path / "no-such-ca.pem"
+    config = parse_config(
+        {
+            "source": {
+                "url": "ldaps://127.0.0.1:1",
+                "ca_file": str(missing),
+                "users": {"base_dn": "ou=people,dc=x"},
+            },
+            "targets": [{"name": "app", "url": "https://app.example.org/scim/v2"}],
+        }
+    )
+    with pytest.raises(SourceError, match=f"source.ca_file {missing}: not a readable CA"):
+        connect(config.source)
+
+
+def test_a_wrong_target_ca_file_makes_the_target_unreached(tmp_path) -> None:
+    from tasks.config import TargetConfig
+    from tasks.errors import TargetUnreachable
+    from tasks.target import reach
+
+    target = TargetConfig(name="app", url="https://app.example.org/v2", ca_file=tmp_path / "x")
+    with pytest.raises(TargetUnreachable, match=r"target app .*ca_file .*/x: cannot be read"):
+        reach(target)
