@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -58,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
         sub.add_argument("--target", metavar="NAME", help="only this target (default: all)")
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        if name in ("sync", "groups", "reconcile"):
+            sub.add_argument(
+                "--verbose",
+                action="store_true",
+                help="print Prefect's tracebacks in the terminal too (always in the run's log)",
+            )
         if name == "reconcile":
             sub.add_argument(
                 "--dry-run", action="store_true", help="report the differences; change nothing"
@@ -277,8 +284,39 @@ def _plan_json(plans: list[TargetPlans]) -> list[dict[str, Any]]:
     return out
 
 
+class _NoTracebacks(logging.Filter):
+    """Keeps Prefect's tracebacks off the terminal: the failing run's one-line reason is
+    printed by the CLI, the traceback stays in the Prefect run's log (``--verbose`` shows it)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.name.startswith("prefect"))
+
+
+def _terminal_without_tracebacks() -> None:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _NoTracebacks) for f in handler.filters
+        ):
+            handler.addFilter(_NoTracebacks())
+
+
+class RunFailed(ProvisionerError):
+    """A flow run ended with an error; carries the run's id for the one-line message."""
+
+    def __init__(self, cause: BaseException, run_id: Any) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.run_id = run_id
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the command's flow through Prefect and return its summary."""
+    import prefect  # noqa: F401  (configures Prefect's logging, which is adjusted next)
+
+    if not args.verbose:
+        _terminal_without_tracebacks()
     if args.command == "reconcile":
         from flows.reconcile import reconcile
 
@@ -312,7 +350,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         )
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
-        raise data
+        raise RunFailed(data, state.state_details.flow_run_id) from data
     return cast(dict[str, Any], data)
 
 
@@ -358,6 +396,19 @@ def main(argv: list[str] | None = None) -> int:
                 "the config has no source.groups section: there are no groups to sync"
             )
         summary = _run(args)
+    except RunFailed as failed:
+        cause = failed.cause
+        where = f" (flow run {failed.run_id}; its log holds the traceback)"
+        if isinstance(cause, ConfigError):
+            print(f"scim-provisioner: {cause}{where}", file=sys.stderr)
+        elif isinstance(cause, ProvisionerError):
+            print(f"scim-provisioner: {args.command} failed: {cause}{where}", file=sys.stderr)
+        else:
+            print(
+                f"scim-provisioner: {args.command} failed unexpectedly: {cause!r}{where}",
+                file=sys.stderr,
+            )
+        return EXIT_ERROR
     except ConfigError as exc:
         print(f"scim-provisioner: {exc}", file=sys.stderr)
         return EXIT_ERROR

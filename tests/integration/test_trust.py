@@ -61,6 +61,7 @@ class TestRedirectedWrites:
         code, err = sync(config, capsys)
         assert code == 2, err
         assert f"redirected (HTTP 302) to {proxy.url}/login" in err
+        assert "(flow run " in err  # the one line names the run whose log has the traceback
         assert target_users(scim)["bob"]["active"] is True
         assert proxy.redirected == 1
         code, audit = sync(config, capsys, "--user", "bob", command="audit")
