@@ -37,7 +37,7 @@ from tasks.errors import (
 )
 from tasks.plan import Action
 from tasks.scim.client import ScimClient, etag_of
-from tasks.scim.dialect import Capabilities
+from tasks.scim.dialect import Capabilities, name_key
 from tasks.state import AuditEntry, StateRecord, StateStore
 from tasks.transform import content_hash
 
@@ -174,7 +174,7 @@ class Loader:
             self._list(self.index_attribute, self.capabilities)
         if (use_index or not self.filtering) and self.index is not None:
             if by_user_name:
-                table, key = self.names, str(payload["userName"]).casefold()
+                table, key = self.names, name_key(str(payload["userName"]))
             else:
                 value = _lookup_value(payload, self.target.user_match_attribute)
                 table = self.index

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from tasks.config import TargetConfig
 from tasks.extract import normalize_dn
+from tasks.scim.dialect import name_key
 from tasks.state import StateRecord
 from tasks.transform import REFERENCE, DesiredUser, Rejection, oversize_reason
 
@@ -150,7 +151,8 @@ def without_duplicate_names(
     partial: bool = False,
     gone: set[str] | None = None,
 ) -> tuple[list[DesiredUser], list[Rejection]]:
-    """Set aside users whose userName another directory entry has too (case-insensitive).
+    """Set aside users whose userName another directory entry has too (ignoring case and
+    Unicode normalisation: :func:`tasks.scim.dialect.name_key`).
 
     When exactly one of them is already provisioned it keeps its account; the others (all of
     them otherwise) are rejected with the DNs involved, so nobody takes over another's account.
@@ -161,11 +163,11 @@ def without_duplicate_names(
     users = list(desired)
     groups: dict[str, list[DesiredUser]] = {}
     for user in users:
-        groups.setdefault(user.user_name.casefold(), []).append(user)
+        groups.setdefault(name_key(user.user_name), []).append(user)
     rejected: list[Rejection] = []
     if partial:
         ids = {u.source_id for u in users} | (gone or set())
-        owner = {r.user_name.casefold(): r for r in state.values() if r.source_id not in ids}
+        owner = {name_key(r.user_name): r for r in state.values() if r.source_id not in ids}
         for name, group in list(groups.items()):
             other = owner.get(name)
             if other is None:

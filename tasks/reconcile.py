@@ -28,7 +28,7 @@ from tasks.extract import normalize_dn
 from tasks.groups import DesiredGroup, display_name
 from tasks.load import _lookup_value
 from tasks.plan import resolve_references
-from tasks.scim.dialect import Scim20
+from tasks.scim.dialect import Scim20, name_key
 from tasks.state import GroupRecord, StateRecord, Status, UserRow
 from tasks.transform import REFERENCE, DesiredUser, Rejection, content_hash
 
@@ -321,7 +321,7 @@ class StateTable:
             scim_h.append(h64(row.scim_id))
             dn_h.append(h64(row.dn))
             hash_h.append(h64(row.content_hash))
-            name_h.append(h64(row.user_name.casefold()))
+            name_h.append(h64(name_key(row.user_name)))
             active.append(row.status == "active")
         self.sid_h, self.scim_h = as_numpy(sid_h), as_numpy(scim_h)
         self.dn_h, self.hash_h = as_numpy(dn_h), as_numpy(hash_h)
@@ -342,7 +342,7 @@ class StateTable:
     def name_holder(self, user_name: str) -> str | None:
         """The source id of a record with this userName (case-insensitive), if any (by hash:
         the caller confirms with the record itself)."""
-        row = self.by_name.find(h64(user_name.casefold()))
+        row = self.by_name.find(h64(name_key(user_name)))
         return self.source_ids[row] if row >= 0 else None
 
 
@@ -749,7 +749,7 @@ class UserReconciler:
             ):
                 continue
             record = self.records_of([holder]).get(holder)
-            if record is not None and record.user_name.casefold() == user.user_name.casefold():
+            if record is not None and name_key(record.user_name) == name_key(user.user_name):
                 taken.append(
                     Rejection(
                         user.source_id,

@@ -7,6 +7,7 @@ discovery documents. The loader asks the dialect; it never branches on versions 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +21,13 @@ CORE_11 = "urn:scim:schemas:core:1.0"
 ENTERPRISE_11 = "urn:scim:schemas:extension:enterprise:1.0"
 
 _EQUALITY_TEMPLATE = re.compile(r'^\s*([A-Za-z][A-Za-z0-9_-]*)\s+eq\s+"%s"\s*$', re.IGNORECASE)
+
+
+def name_key(user_name: str) -> str:
+    """What makes two userNames the same name: NFC "josé" and NFD "josé" (and other
+    compatibility forms, and case) look alike to people and to many targets, so they compare
+    equal (NFKC, then case folding)."""
+    return unicodedata.normalize("NFKC", user_name).casefold()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +129,9 @@ class Scim20:
         return match.group(1) if match else None
 
     def match_key(self, attribute: str, value: str) -> str:
-        """How two values of a matching attribute compare: userName ignores case (RFC 7643)."""
-        return value.casefold() if attribute == "userName" else value
+        """How two values of a matching attribute compare: userName ignores case (RFC 7643)
+        and Unicode normalisation (:func:`name_key`)."""
+        return name_key(value) if attribute == "userName" else value
 
     def patch_operations(self, old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
         """PATCH operations turning ``old`` into ``new``: replace what changed, remove what left."""

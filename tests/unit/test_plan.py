@@ -168,3 +168,15 @@ def test_a_user_over_max_user_bytes_is_rejected_not_sent() -> None:
     assert plan.unchanged == 1  # cy
     plan = plan_users(target(max_user_bytes=2048), [desired("1", "ada", title=small)], [], {})
     assert kinds(plan) == {"ada": "create"}
+
+
+def test_user_names_differing_only_by_unicode_normalisation_are_duplicates() -> None:
+    """NFC "josé" and NFD "jose\u0301" look identical: they are refused like a case-only
+    duplicate, instead of becoming two accounts with identical-looking names."""
+    nfc = DesiredUser("1", "uid=josé,ou=a", {"userName": "jos\u00e9", "active": True}, False)
+    nfd = DesiredUser("2", "uid=jose,ou=b", {"userName": "jose\u0301", "active": True}, False)
+    plan = plan_users(target(), [nfc, nfd], [], {})
+    assert plan.actions == [] and len(plan.rejected) == 2
+    assert all("duplicate userName" in r.reason for r in plan.rejected)
+    plan = plan_users(target(), [nfc, nfd], [], {"1": record(nfc)})
+    assert plan.actions == [] and [r.dn for r in plan.rejected] == ["uid=jose,ou=b"]
