@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import socket
 import ssl
+import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -173,8 +175,10 @@ def connect(source: LdapSource) -> ldap3.Connection:
         user=source.bind_dn,
         password=password,
         auto_bind=ldap3.AUTO_BIND_NONE,
-        # whole seconds: on Linux ldap3 packs the value into SO_RCVTIMEO as an integer
-        receive_timeout=math.ceil(source.receive_timeout),
+        # Until bound, a server has connect_timeout to answer (one that accepts connections
+        # but never answers took receive_timeout x 4 tries: 525 s). Whole seconds: on Linux
+        # ldap3 packs the value into SO_RCVTIMEO as an integer.
+        receive_timeout=math.ceil(source.connect_timeout),
         raise_exceptions=True,
         read_only=True,
         auto_referrals=False,
@@ -190,7 +194,22 @@ def connect(source: LdapSource) -> ldap3.Connection:
     except ldap_exc.LDAPException as exc:
         _close_quietly(conn)
         raise _connection_error(source, exc) from None
+    except (KeyError, IndexError, ValueError, TypeError) as exc:  # ldap3 decoding non-LDAP bytes
+        _close_quietly(conn)
+        raise SourceError(
+            f"{source.url} did not answer as an LDAP server ({type(exc).__name__} decoding its "
+            "answer): is it the directory's port, with ldaps:// for an LDAPS port?"
+        ) from exc
+    _receive_timeout(conn, math.ceil(source.receive_timeout))  # searches may take longer
     return conn
+
+
+def _receive_timeout(conn: ldap3.Connection, seconds: int) -> None:
+    """Set an open connection's receive timeout, as ldap3 does when it opens the socket."""
+    conn.receive_timeout = seconds
+    sock = conn.socket
+    sock.settimeout(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("LL", seconds, 0))
 
 
 def _text(value: bytes) -> str:

@@ -148,7 +148,8 @@ def test_a_fractional_receive_timeout_reaches_ldap3_in_whole_seconds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """ldap3 packs receive_timeout into SO_RCVTIMEO as an integer on Linux: a float (as
-    pydantic makes of ``receive_timeout: 30``) would fail every connection."""
+    pydantic makes of ``receive_timeout: 30``) would fail every connection (until bound,
+    the value given is connect_timeout)."""
     seen: dict[str, object] = {}
 
     class Connection:
@@ -157,7 +158,7 @@ def test_a_fractional_receive_timeout_reaches_ldap3_in_whole_seconds(
             raise ldap_exc.LDAPSocketOpenError("stop here")
 
     monkeypatch.setattr(ldap3, "Connection", Connection)
-    config = source().source.model_copy(update={"receive_timeout": 2.5, "tls": TlsMode.none})
+    config = source().source.model_copy(update={"connect_timeout": 2.5, "tls": TlsMode.none})
     with pytest.raises(ldap_exc.LDAPSocketOpenError):
         connect(config)
     assert seen["receive_timeout"] == 3 and isinstance(seen["receive_timeout"], int)
@@ -208,3 +209,86 @@ def test_a_wrong_target_ca_file_makes_the_target_unreached(tmp_path) -> None:
     target = TargetConfig(name="app", url="https://app.example.org/v2", ca_file=tmp_path / "x")
     with pytest.raises(TargetUnreachable, match=r"target app .*ca_file .*/x: cannot be read"):
         reach(target)
+
+
+def test_a_directory_that_accepts_but_never_answers_fails_within_connect_timeout() -> None:
+    """A server that accepts the connection and says nothing held the run receive_timeout
+    (120 s) per try, 525 s in all: until bound it gets connect_timeout, then one line."""
+    import socket
+    import time
+
+    from tasks.config import parse_config
+    from tasks.errors import SourceUnavailable
+    from tasks.extract import connect
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)  # accepted by the kernel, never answered
+    port = listener.getsockname()[1]
+    config = parse_config(
+        {
+            "source": {
+                "url": f"ldap://127.0.0.1:{port}",
+                "tls": "none",
+                "connect_timeout": 1,
+                "users": {"base_dn": "ou=people,dc=x"},
+            },
+            "targets": [{"name": "app", "url": "https://app.example.org/scim/v2"}],
+        }
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(SourceUnavailable, match=rf"LDAP server ldap://127.0.0.1:{port}"):
+            connect(config.source)
+    finally:
+        listener.close()
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n"
+        b"Content-Length: 13\r\n\r\n<html></html>",
+        b"\x15\x03\x01\x00\x02\x02\x46",  # a TLS alert: ldap:// pointed at an LDAPS port
+    ],
+    ids=["http", "tls-alert"],
+)
+def test_a_service_that_is_not_ldap_is_named_in_one_line(answer: bytes) -> None:
+    """Was "sync failed unexpectedly: KeyError((1, 20))" (an HTTP server on the port) or an
+    IndexError (an LDAPS port asked in plain LDAP)."""
+    import socket
+    import threading
+
+    from tasks.config import parse_config
+    from tasks.errors import SourceError
+    from tasks.extract import connect
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(answer)
+        conn.recv(4096)
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    config = parse_config(
+        {
+            "source": {
+                "url": f"ldap://127.0.0.1:{port}",
+                "tls": "none",
+                "connect_timeout": 2,
+                "users": {"base_dn": "ou=people,dc=x"},
+            },
+            "targets": [{"name": "app", "url": "https://app.example.org/scim/v2"}],
+        }
+    )
+    try:
+        with pytest.raises(SourceError, match=rf"127.0.0.1:{port} did not answer as an LDAP"):
+            connect(config.source)
+    finally:
+        listener.close()
