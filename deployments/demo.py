@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -150,9 +151,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--users", type=int, default=30, help="sample people (default 30)")
     parser.add_argument(
-        "--keep", action="store_true", help="leave slapd and the SCIM server running until Ctrl-C"
+        "--keep",
+        action="store_true",
+        help="leave slapd and the SCIM server running until Ctrl-C or SIGTERM",
     )
     args = parser.parse_args(argv)
+    # SIGTERM (kill, a service manager) stops the servers as Ctrl-C does: the finally below
+    # and Prefect's exit handlers (its temporary server) run on SystemExit, not on a bare kill.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     console = Console()
     workdir = ROOT / ".demo"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -187,13 +193,18 @@ def main(argv: list[str] | None = None) -> int:
             f"sync --config {config}"
         )
         if args.keep:
-            console.print("\nServers running; press Ctrl-C to stop them.")
+            console.print(f"\nServers running; press Ctrl-C (or kill {os.getpid()}) to stop them.")
             with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait()
         return code
     finally:
         scim.stop()
         slapd.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":
