@@ -349,7 +349,18 @@ class TargetConfig(_Model):
     auth: AuthConfig = AuthConfig()
     verify_tls: bool = True
     ca_file: Path | None = None
-    timeout: float = Field(60, gt=0, description="Seconds per request.")
+    timeout: float = Field(
+        60,
+        gt=0,
+        description="Seconds a request may take, its whole answer included (a deadline, "
+        "not per read).",
+    )
+    max_response_bytes: int = Field(
+        33_554_432,
+        ge=65_536,
+        description="The largest answer read from this target (32 MiB); a bigger one fails "
+        "that request instead of filling memory.",
+    )
     max_retries: int = Field(5, ge=0, le=20)
     max_backoff: float = Field(60, gt=0)
     circuit_breaker: int = Field(

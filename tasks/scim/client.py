@@ -8,6 +8,9 @@ never blindly re-sent: its caller looks the resource up first (see :mod:`tasks.l
 
 from __future__ import annotations
 
+import contextlib
+import heapq
+import itertools
 import logging
 import os
 import random
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 MAX_RETRY_AFTER = 600.0
 MAX_REDIRECTS = 5
 """Same-origin redirects a read follows; a write follows none."""
+CHUNK_BYTES = 65536
 
 
 class RateLimiter:
@@ -280,7 +284,52 @@ class ScimClient:
         params: dict[str, str] | None,
         headers: dict[str, str],
     ) -> requests.Response:
-        """One request, redirects handled here rather than by requests.
+        """One request and its whole answer, within the target's ``timeout`` from start to
+        the last byte (a deadline, not per read: a target trickling a byte at a time cannot
+        hold a worker) and at most ``max_response_bytes`` long."""
+        started = time.monotonic()
+        response = self._exchange(method, url, what, body, params, headers)
+        try:
+            self._load_body(response, what, started)
+        finally:
+            response.close()  # back to the pool: the body was read whole
+        return response
+
+    def _load_body(self, response: requests.Response, what: str, started: float) -> None:
+        limit = self.target.max_response_bytes
+        deadline = started + self.target.timeout
+        watched = WATCHDOG.watch(deadline, response)
+        content = bytearray()
+        try:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                content += chunk
+                if len(content) > limit:
+                    raise RejectedError(
+                        f"{what} failed: the answer is larger than max_response_bytes "
+                        f"({limit:,} bytes) of target {self.target.name}; not read further",
+                        status=response.status_code,
+                    )
+        except requests.RequestException:
+            if time.monotonic() >= deadline:
+                raise TransientError(
+                    f"{what} failed: no complete answer within {self.target.timeout:g}s"
+                ) from None
+            raise
+        finally:
+            WATCHDOG.release(watched)
+        response._content = bytes(content)
+
+    def _exchange(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        body: Any,
+        params: dict[str, str] | None,
+        headers: dict[str, str],
+    ) -> requests.Response:
+        """Send a request and read its status and headers, redirects handled here rather than
+        by requests.
 
         A write is never redirected: its answer must come from the URL that was called (a
         gateway's ``302 Location: /login`` would otherwise turn into a GET of the login page,
@@ -296,10 +345,12 @@ class ScimClient:
             headers=headers,
             timeout=self.target.timeout,
             allow_redirects=False,
+            stream=True,
         )
         for _ in range(MAX_REDIRECTS):
             if not response.is_redirect:
                 return response
+            response.close()
             location = urljoin(response.url, response.headers.get("Location", ""))
             if method != "GET":
                 raise FatalError(
@@ -315,15 +366,16 @@ class ScimClient:
                     f"{safe_url(self.target.url)})",
                     status=response.status_code,
                 )
-            response.close()
             response = self.session.request(
                 "GET",
                 location,
                 headers=headers,
                 timeout=self.target.timeout,
                 allow_redirects=False,
+                stream=True,
             )
         if response.is_redirect:
+            response.close()
             raise FatalError(f"{what} was redirected more than {MAX_REDIRECTS} times")
         return response
 
@@ -524,6 +576,60 @@ def etag_of(resource: Any, headers: dict[str, str]) -> str | None:
     meta = resource.get("meta") if isinstance(resource, dict) else None
     version = meta.get("version") if isinstance(meta, dict) else None
     return str(version) if version else None
+
+
+class Watchdog:
+    """One thread for every request of the process: cuts the connection of an answer still
+    being read at its deadline, so the read blocked in the sending thread fails at once.
+
+    Registering costs a heap push under a lock (a timer thread per request cost ~0.4 ms).
+    """
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._deadlines: list[tuple[float, int]] = []
+        self._watched: dict[int, requests.Response] = {}
+        self._keys = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, response: requests.Response) -> int:
+        """Cut ``response`` at ``deadline`` (monotonic) unless released first."""
+        with self._wake:
+            key = next(self._keys)
+            self._watched[key] = response
+            heapq.heappush(self._deadlines, (deadline, key))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="scim-deadlines")
+                self._thread.daemon = True
+                self._thread.start()
+            if self._deadlines[0][1] == key:
+                self._wake.notify()
+        return key
+
+    def release(self, key: int) -> None:
+        with self._wake:
+            self._watched.pop(key, None)
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                while self._deadlines and self._deadlines[0][1] not in self._watched:
+                    heapq.heappop(self._deadlines)  # released: forget it
+                if not self._deadlines:
+                    self._wake.wait()
+                    continue
+                deadline, key = self._deadlines[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                heapq.heappop(self._deadlines)
+                response = self._watched.pop(key)
+                with contextlib.suppress(Exception):
+                    response.raw.shutdown()
+
+
+WATCHDOG = Watchdog()
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

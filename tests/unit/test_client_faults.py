@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tasks.config import TargetConfig
-from tasks.errors import FatalError, TargetUnreachable, TransientError
+from tasks.errors import FatalError, RejectedError, TargetUnreachable, TransientError
 from tasks.load import Loader
 from tasks.plan import Action
 from tasks.scim.client import ScimClient
@@ -474,3 +474,51 @@ def test_a_huge_error_detail_is_cut_everywhere_it_is_kept(serve) -> None:
     assert not outcome.ok
     assert "HTTP 400: xxx" in outcome.detail
     assert len(outcome.detail) < 2_100
+
+
+class TestDeadlineAndSize:
+    def test_a_trickling_answer_fails_at_the_request_deadline(self) -> None:
+        """A target sending one byte every 0.3 s never hits the per-read timeout; the request
+        still ends at ``timeout`` from its start (it held a worker ~40 s with timeout 5)."""
+        import socket
+        import time
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        stop = threading.Event()
+
+        def trickle() -> None:
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/scim+json\r\n"
+                b"Content-Length: 1000\r\n\r\n{"
+            )
+            while not stop.wait(0.3):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    break
+            conn.close()
+
+        threading.Thread(target=trickle, daemon=True).start()
+        target = TargetConfig(name="t", url=f"http://127.0.0.1:{port}/v2", max_retries=0, timeout=1)
+        client = ScimClient(target)
+        started = time.monotonic()
+        try:
+            with pytest.raises(TransientError, match="no complete answer within 1s"):
+                client.send("GET", "/Users")
+        finally:
+            stop.set()
+            client.close()
+            listener.close()
+        assert time.monotonic() - started < 3
+
+    def test_an_answer_over_max_response_bytes_is_not_read_whole(self, serve) -> None:
+        big = {"Resources": [], "totalResults": 0, "padding": "x" * 300_000}
+        fake = serve(lambda r, n: (200, {}, big))
+        client = client_for(fake, [], max_response_bytes=65_536)
+        with pytest.raises(RejectedError, match=r"larger than max_response_bytes \(65,536 bytes\)"):
+            client.send("GET", "/Users")
