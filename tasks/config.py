@@ -387,6 +387,17 @@ class TargetConfig(_Model):
     user_match_attribute: str = Field(
         "userName", description="SCIM attribute whose desired value fills the %s."
     )
+    adopt_existing: Literal["on_match", "verified", "never"] = Field(
+        "on_match",
+        description="An account already on the target that user_match_filter finds: on_match "
+        "adopts it (aligning what we manage); verified adopts it only when its externalId or "
+        "email is the directory user's too; never refuses (the user is reported).",
+    )
+    protected_accounts: tuple[str, ...] = Field(
+        (),
+        description="Shell patterns (e.g. svc-*, admin) of target userNames never adopted or "
+        "changed, whatever adopt_existing says.",
+    )
     update_method: Literal["auto", "patch", "put"] = "auto"
     use_bulk: Literal["auto", "never"] = Field(
         "auto",

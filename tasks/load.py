@@ -12,6 +12,7 @@ up again instead of sending a second POST.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.config import TargetConfig
 from tasks.errors import (
     ConfigError,
     ConflictError,
@@ -77,6 +79,46 @@ def _lookup_value(payload: dict[str, Any], attribute: str) -> str | None:
     if isinstance(node, list) and node:
         node = node[0].get("value") if isinstance(node[0], dict) else node[0]
     return str(node) if node not in (None, "") else None
+
+
+def adoption_refused(
+    target: TargetConfig, existing: dict[str, Any], payload: dict[str, Any]
+) -> str | None:
+    """Why an account already on the target must not be taken over for this directory user,
+    or ``None`` when it may be.
+
+    ``protected_accounts`` (shell patterns on the account's userName, any case) are never
+    adopted; ``adopt_existing: never`` adopts nothing; ``verified`` adopts only an account
+    whose externalId, or primary email, equals the directory user's (the userName alone can
+    be a service account that merely shares the name); ``on_match`` adopts what the matching
+    filter found.
+    """
+    name = str(existing.get("userName") or existing.get("id"))
+    for pattern in target.protected_accounts:
+        if fnmatch.fnmatchcase(name.casefold(), pattern.casefold()):
+            return (
+                f"the target's account {name!r} is protected (protected_accounts: {pattern!r}); "
+                "not adopted, not changed"
+            )
+    policy = target.adopt_existing
+    if policy == "never":
+        return (
+            f"an account {name!r} already exists on the target and adopt_existing is never; "
+            "not adopted, not changed"
+        )
+    if policy == "verified":
+        ours, theirs = payload.get("externalId"), existing.get("externalId")
+        if ours and ours == theirs:
+            return None
+        mine = _lookup_value(payload, "emails.value")
+        other = _lookup_value(existing, "emails.value")
+        if mine and other and mine.casefold() == other.casefold():
+            return None
+        return (
+            f"an account {name!r} already exists on the target, but neither its externalId nor "
+            "its email is this user's (adopt_existing: verified); not adopted, not changed"
+        )
+    return None
 
 
 class Loader:
@@ -276,7 +318,11 @@ class Loader:
 
     def adopt(self, existing: dict[str, Any], payload: dict[str, Any]) -> str | None:
         """Take over a user that already exists on the target, aligning what we manage;
-        return its ETag afterwards."""
+        return its ETag afterwards. The target's ``adopt_existing`` policy and
+        ``protected_accounts`` may refuse (:func:`adoption_refused`)."""
+        refused = adoption_refused(self.target, existing, payload)
+        if refused:
+            raise RejectedError(refused)
         self.claim(str(existing["id"]), str(payload.get("userName")))
         known = {key: existing[key] for key in payload if key in existing}
         version = etag_of(existing, {})

@@ -37,6 +37,8 @@ class TargetReport:
     done: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
     adopted: int = 0
+    adoptions: list[str] = field(default_factory=list)
+    """userNames of accounts that were already on the target and were taken over."""
     failures: list[dict[str, str]] = field(default_factory=list)
     requests: Counter[str] = field(default_factory=Counter)
     plan: Plan | None = None
@@ -55,6 +57,8 @@ class TargetReport:
         if outcome.ok:
             self.done[kind] += 1
             self.adopted += outcome.adopted
+            if outcome.adopted:
+                self.adoptions.append(outcome.action.user_name)
         else:
             self.failed[kind] += 1
             self.failures.append(
@@ -69,6 +73,7 @@ class TargetReport:
             "succeeded": {k: self.done[k] for k in KINDS},
             "failed": {k: self.failed[k] for k in KINDS},
             "adopted": self.adopted,
+            "adoptions": self.adoptions[:SAMPLE],
             "failures": self.failures[:SAMPLE],
             "skipped": [
                 {"user": s.user_name, "would": s.would, "reason": s.reason}
@@ -240,6 +245,11 @@ def details_markdown(summary: dict[str, Any]) -> str:
             f"{t['seconds']} s; {t['adopted']} existing users adopted."
         )
         lines += _table("Failed", ("user", "action", "error"), t["failures"])
+        lines += _table(
+            "Accounts already on the target, adopted",
+            ("user",),
+            [{"user": name} for name in t.get("adoptions", [])],
+        )
         lines += _table("Skipped by a switch", ("user", "would", "reason"), t["skipped"])
         lines += _table("Rejected directory entries", ("entry", "reason"), t["rejected"])
         lines.append("")
@@ -328,6 +338,9 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
         for f in t["failures"][:10]:
             line = f"{t['target']}: {f['action']} {f['user']}: {f['error']}"
             console.print(labelled("failed", "red", line))
+        for name in t.get("adoptions", [])[:10]:
+            line = f"{t['target']}: {name} (an account already on the target, now managed)"
+            console.print(labelled("adopted", "yellow", line))
         for r in t["rejected"][:10]:
             console.print(labelled("rejected", "yellow", f"{r['entry']}: {r['reason']}"))
         for s in t["skipped"][:10]:

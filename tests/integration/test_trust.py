@@ -266,3 +266,89 @@ class TestListingWithoutAttributes:
         result = summary["reconciliation"][0]
         assert result["differences"] == 0
         assert result["counts"]["users"]["in step"] == 3
+
+
+class TestAdoption:
+    """An account already on the target with the directory user's userName."""
+
+    def _existing_bob(self, scim: ScimServer) -> dict[str, Any]:
+        import requests
+
+        response = requests.post(
+            f"{scim.base_url}/Users",
+            json={
+                "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                "userName": "bob",
+                "emails": [{"value": "svc-bob@vendor.example", "primary": True}],
+            },
+            timeout=10,
+        )
+        response.raise_for_status()
+        return dict(response.json())
+
+    @pytest.mark.parametrize(
+        "policy",
+        [
+            {"adopt_existing": "verified"},
+            {"adopt_existing": "never"},
+            {"protected_accounts": ["B*"]},
+        ],
+        ids=["verified", "never", "protected"],
+    )
+    def test_a_safe_policy_leaves_an_unrelated_account_alone(
+        self,
+        policy: dict[str, Any],
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """An unmanaged "bob" whose email is not the directory bob's is not taken over: he is
+        reported failed with the reason, his account keeps its email, the others are created."""
+        self._existing_bob(scim)
+        config = write_config(tmp_path / "c.yaml", directory, scim, **policy)
+        code, summary = sync(config, capsys)
+        assert code == 1
+        target = summary["targets"][0]
+        assert target["adopted"] == 0 and target["succeeded"]["create"] == 2
+        assert [f["user"] for f in target["failures"]] == ["bob"]
+        assert "not adopted, not changed" in target["failures"][0]["error"]
+        bob = target_users(scim)["bob"]
+        assert [e["value"] for e in bob["emails"]] == ["svc-bob@vendor.example"]
+
+    def test_verified_adopts_when_the_email_is_the_users(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        import requests
+
+        existing = self._existing_bob(scim)
+        requests.patch(
+            f"{scim.base_url}/Users/{existing['id']}",
+            json={
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                "Operations": [
+                    {"op": "replace", "path": "emails", "value": [{"value": "bob@example.org"}]}
+                ],
+            },
+            timeout=10,
+        ).raise_for_status()
+        config = write_config(tmp_path / "c.yaml", directory, scim, adopt_existing="verified")
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert summary["targets"][0]["adoptions"] == ["bob"]
+
+    def test_every_adoption_is_listed_in_the_summary(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """With the default (on_match), the account is adopted, and the summary names it."""
+        self._existing_bob(scim)
+        config = write_config(tmp_path / "c.yaml", directory, scim)
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert summary["targets"][0]["adoptions"] == ["bob"]
+        from flows.cli import main
+
+        capsys.readouterr()
+        write_config(tmp_path / "c.yaml", directory, scim)
+        assert main(["sync", "--config", str(config), "--full"]) == 0
+        assert "adopted" not in capsys.readouterr().out  # adopted once, managed since
