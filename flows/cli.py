@@ -5,6 +5,7 @@
     scim-provisioner plan --config FILE [--target NAME]     what a sync would do
     scim-provisioner reconcile --config FILE [--dry-run]   compare with the target; repair
     scim-provisioner audit --config FILE [--user WHO] [--since 24h] ...   the audit log
+    scim-provisioner check --config FILE [--target NAME]   is everything ready for a run?
 
 Exit codes: 0 everything in step; 1 some users or groups failed or entries were rejected;
 2 invalid config, or the run could not start or had to stop (the reason on one line).
@@ -49,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
         ("groups", "run the sync_group_memberships flow (through Prefect): groups only"),
         ("plan", "print what a sync would do; writes nothing, contacts no target"),
         ("audit", "search the audit log: one entry per write attempted, newest first"),
+        (
+            "check",
+            "check everything a run needs: secrets, files, the directory (bind, base DNs, "
+            "entries per filter), the state store, each target with its credentials and "
+            "/Schemas; writes nothing",
+        ),
         (
             "reconcile",
             "run the reconcile flow (through Prefect): compare the directory, the state store "
@@ -354,12 +361,34 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     return cast(dict[str, Any], data)
 
 
+def _check(args: argparse.Namespace, console: Console) -> int:
+    """``check``: one line per finding; exit 0 when nothing is wrong, 2 otherwise."""
+    from tasks.check import run_checks
+
+    findings = run_checks(args.config, args.target)
+    problems_found = [f for f in findings if not f.ok]
+    if args.json:
+        print(json.dumps([{"ok": f.ok, "subject": f.subject, "text": f.text} for f in findings]))
+    else:
+        for f in findings:
+            label, style = ("ok", "green") if f.ok else ("PROBLEM", "red")
+            console.print(labelled(f"{label:7}", style, f"{f.subject}: {f.text}"), soft_wrap=True)
+        if problems_found:
+            count = len(problems_found)
+            console.print(f"{count} {'problem' if count == 1 else 'problems'} found")
+        else:
+            console.print("everything checked is ready: plan, then sync")
+    return EXIT_ERROR if problems_found else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Prefect's anonymous telemetry: off in the temporary server the CLI may start (these
     # machines have no internet: every run printed "Failed to send telemetry").
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     console = text_console()
+    if args.command == "check":
+        return _check(args, console)
     try:
         config = load_config(args.config)
         config.target(args.target)

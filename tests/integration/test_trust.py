@@ -352,3 +352,70 @@ class TestAdoption:
         write_config(tmp_path / "c.yaml", directory, scim)
         assert main(["sync", "--config", str(config), "--full"]) == 0
         assert "adopted" not in capsys.readouterr().out  # adopted once, managed since
+
+
+class TestCheck:
+    def test_check_says_ready_for_a_good_config(
+        self, tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """One line per finding, every one ok, exit 0; the directory's entries counted."""
+        from flows.cli import main
+
+        config = write_config(
+            tmp_path / "c.yaml", directory, scim, source={"groups": {"base_dn": GROUPS}}
+        )
+        capsys.readouterr()
+        assert main(["check", "--config", str(config)]) == 0
+        out = capsys.readouterr().out
+        assert "PROBLEM" not in out
+        assert "source.bind_password: environment variable TEST_LDAP_PASSWORD is set" in out
+        assert f"source: bound to {directory.ldaps_url}" in out
+        assert "users: 4 entries" in out and "groups: 4 entries" in out
+        assert f"target app: {scim.base_url} answers with these credentials (0 users" in out
+        assert "every mapped extension attribute is defined" in out
+        assert "everything checked is ready" in out
+
+    def test_check_names_every_problem_in_one_line_each(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim_servers: ScimServers,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """A token variable not set, a missing CA file, a users base DN that does not exist,
+        a target refusing the credentials: each named, exit 2, no secret shown."""
+        from flows.cli import main
+
+        scim = scim_servers.get("bearer")
+        auth = {"type": "bearer", "token": {"env": "APP_TOKEN"}}
+        missing_ca = tmp_path / "nope.pem"
+        config = write_config(
+            tmp_path / "c.yaml",
+            directory,
+            scim,
+            source={"users": {"base_dn": f"ou=nobody,{PEOPLE}"}},
+            auth=auth,
+            ca_file=str(missing_ca),
+        )
+        monkeypatch.delenv("APP_TOKEN", raising=False)
+        capsys.readouterr()
+        assert main(["check", "--config", str(config)]) == 2
+        out = capsys.readouterr().out
+        problems = [line for line in out.splitlines() if line.startswith("PROBLEM")]
+        assert any("targets[app].auth.token: environment variable APP_TOKEN" in p for p in problems)
+        assert any(f"targets[app].ca_file: {missing_ca} cannot be read" in p for p in problems)
+        assert any("does not exist" in p and "ou=nobody" in p for p in problems)
+        assert any(p.startswith("PROBLEM target app: target app (") for p in problems)
+        monkeypatch.setenv("APP_TOKEN", "wrong-token")
+        write_config(
+            tmp_path / "c.yaml",
+            directory,
+            scim,
+            auth=auth,
+        )
+        capsys.readouterr()
+        assert main(["check", "--config", str(config)]) == 2
+        out = capsys.readouterr().out
+        assert "not reached: GET /Users failed: HTTP 401" in out
+        assert "wrong-token" not in out
