@@ -14,8 +14,10 @@ requests.
 with a redirect (``302 Location: /login``, or a ``307`` to another host) instead of being
 forwarded, and ``GET /login`` answers a login page (200, text/html), as in front of real apps.
 
-:attr:`FaultProxy.stuck_listing` answers every page of a user listing with the first page and a
-``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refuses ``attributes=`` with 400.
+:attr:`FaultProxy.huge_error` answers writes with a 400 whose ``detail`` is that long;
+:attr:`FaultProxy.trickle` sends user reads a byte at a time; :attr:`FaultProxy.oversize` pads
+them. :attr:`FaultProxy.stuck_listing` answers every page of a user listing with the first
+page and a ``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refuses ``attributes=`` with 400.
 
 :meth:`FaultProxy.hold_after` freezes the target as seen from the client: after N more write
 requests every request is still forwarded but its answer never comes (for killing the
@@ -76,6 +78,12 @@ class FaultProxy:
         self.redirect: tuple[int, str] | None = None
         """(status, Location) answered to every write under /v2 instead of forwarding it."""
         self.redirected = 0
+        self.huge_error = 0
+        """When set, every write is answered 400 with a SCIM ``detail`` this long."""
+        self.trickle = 0.0
+        """When set, every GET of /Users is answered one byte each ``trickle`` seconds."""
+        self.oversize = 0
+        """When set, every GET of /Users is answered padded to this many bytes."""
         self.refuse_attributes = False
         """Answer a GET asking for ``attributes=`` with a SCIM 400, as some servers do."""
         self.stuck_listing = False
@@ -190,6 +198,19 @@ class FaultProxy:
                     status, location = redirect
                     self._reply(status, {"Location": location, "Content-Type": "text/html"}, b"")
                     return
+                if proxy.huge_error and self.command != "GET" and self.path.startswith("/v2"):
+                    error = {"status": "400", "detail": "x" * proxy.huge_error}
+                    self._reply(
+                        400, {"Content-Type": "application/scim+json"}, json.dumps(error).encode()
+                    )
+                    return
+                users = self.command == "GET" and self.path.startswith("/v2/Users")
+                if users and (proxy.trickle or proxy.oversize):
+                    page = proxy._forward(self, body).json()
+                    if proxy.oversize:
+                        page["padding"] = "x" * proxy.oversize
+                    self._trickle(json.dumps(page).encode(), proxy.trickle)
+                    return
                 if proxy._must_hold(self.command):
                     response = proxy._forward(self, body)
                     proxy._released.wait()
@@ -239,6 +260,23 @@ class FaultProxy:
                     self._reply(status, {"Content-Type": "application/json"}, b'{"Resou')
                     return
                 self._relay(response)
+
+            def _trickle(self, data: bytes, pause: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/scim+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    if not pause:
+                        self.wfile.write(data)
+                        return
+                    for offset in range(len(data)):
+                        if proxy._stopped.wait(pause):
+                            return
+                        self.wfile.write(data[offset : offset + 1])
+                        self.wfile.flush()
+                except OSError:  # the client gave up
+                    self.close_connection = True
 
             def _relay(self, response: requests.Response) -> None:
                 keep = ("Content-Type", "Location", "ETag")

@@ -419,3 +419,58 @@ class TestCheck:
         out = capsys.readouterr().out
         assert "not reached: GET /Users failed: HTTP 401" in out
         assert "wrong-token" not in out
+
+
+class TestHugeAndSlowAnswers:
+    def test_a_20_mb_error_detail_is_kept_as_2_kb(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """Every write answered 400 with a 20 MB detail: the audit log and the summary keep at
+        most 2,000 characters of it (the state file grew to 84 MB for 4 users)."""
+        config = config_via(tmp_path, directory, scim, proxy, use_bulk="never")
+        proxy.huge_error = 20_000_000
+        code, summary = sync(config, capsys)
+        assert code == 1
+        errors = [f["error"] for f in summary["targets"][0]["failures"]]
+        assert len(errors) == 3 and all(len(e) < 2_100 for e in errors)
+        code, audit = sync(config, capsys, command="audit")
+        assert audit and all(len(a["cause"]) < 2_100 for a in audit)
+        assert (tmp_path / "state.db").stat().st_size < 2_000_000
+
+    def test_a_trickling_target_fails_at_the_deadline(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """A byte every 0.2 s never trips a 2 s read timeout; the request still ends at 2 s."""
+        import time
+
+        config = config_via(tmp_path, directory, scim, proxy, timeout=2, max_retries=0)
+        proxy.trickle = 0.2
+        started = time.monotonic()
+        code, err = sync(config, capsys)
+        assert code == 2
+        assert "not reached: GET /Users failed: no complete answer within 2s" in err
+        assert time.monotonic() - started < 60
+
+    def test_an_answer_over_the_size_cap_is_refused(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        proxy: FaultProxy,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        config = config_via(tmp_path, directory, scim, proxy, max_response_bytes=1_000_000)
+        proxy.oversize = 5_000_000
+        code, err = sync(config, capsys)
+        assert code == 2
+        assert "larger than max_response_bytes (1,000,000 bytes)" in err
