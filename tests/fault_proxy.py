@@ -17,7 +17,8 @@ forwarded, and ``GET /login`` answers a login page (200, text/html), as in front
 :attr:`FaultProxy.huge_error` answers writes with a 400 whose ``detail`` is that long;
 :attr:`FaultProxy.trickle` sends user reads a byte at a time; :attr:`FaultProxy.oversize` pads
 them. :attr:`FaultProxy.stuck_listing` answers every page of a user listing with the first
-page and a ``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refuses ``attributes=`` with 400.
+page and a ``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refuses
+``attributes=`` with 400.
 
 :meth:`FaultProxy.hold_after` freezes the target as seen from the client: after N more write
 requests every request is still forwarded but its answer never comes (for killing the
