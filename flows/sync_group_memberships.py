@@ -148,6 +148,9 @@ def _sync_groups_target(
                 use_patch=uses_patch(target, capabilities),
                 max_members=max_members(target, capabilities, client.dialect),
                 filtering=capabilities.filter,
+                managed_users=(r.scim_id for r in records.values()),
+                page_size=min(1000, capabilities.max_page_size or 1000),
+                cursor=capabilities.cursor,
             )
             artifact = create_progress_artifact(
                 progress=0.0, description=f"{len(plan.actions)} group changes into {target.name}"

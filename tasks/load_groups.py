@@ -80,10 +80,19 @@ class GroupLoader:
         use_patch: bool,
         max_members: int,
         filtering: bool = True,
+        managed_users: Iterable[str] = (),
+        page_size: int = 1000,
+        cursor: bool = False,
     ) -> None:
         """:param filtering: the target answers filtered queries; without, groups are found
-        in one listing of the target's groups."""
+        in one listing of the target's groups (``page_size`` a page, by cursor if ``cursor``).
+        :param managed_users: the SCIM ids of the users provisioned on this target: on a target
+            that never returns members (AWS), adopting a group asks which of them (and of the
+            desired members) are in it."""
         self.client = client
+        self.managed_users = frozenset(managed_users)
+        self.page_size = page_size
+        self.cursor = cursor
         self.filtering = filtering
         self._listing: dict[str, str | None] | None = None
         self._listing_lock = threading.Lock()
@@ -119,7 +128,10 @@ class GroupLoader:
         with self._listing_lock:
             if self._listing is None:
                 listing: dict[str, str | None] = {}
-                for group in self.client.list_all(self.path, [attribute], 1000):
+                pages = self.client.list_all(
+                    self.path, [attribute], self.page_size, cursor=self.cursor
+                )
+                for group in pages:
                     value = group.get(attribute)
                     if isinstance(value, str) and group.get("id"):
                         listing[value] = None if value in listing else str(group["id"])
@@ -157,7 +169,7 @@ class GroupLoader:
     ) -> tuple[GroupOutcome, GroupRecord]:
         """Rename and/or change members, from the group's current members on the target; every
         request but the last is recorded at once, the last one's record is returned."""
-        current = self.dialect.member_ids(self.client.get(self.path, scim_id, ["members"]))
+        current = self.current_members(scim_id, action, known, adopting)
         keep = action.keep | (current - known - action.members) if self.additive else frozenset()
         should = action.members | (keep & current) if self.additive else action.members
         add, remove = should - current, current - should
@@ -196,6 +208,23 @@ class GroupLoader:
             scim_id=scim_id,
         )
         return outcome, GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
+
+    def current_members(
+        self, scim_id: str, action: GroupAction, known: frozenset[str], adopting: bool
+    ) -> frozenset[str]:
+        """The group's members now: read from the target; on a target that never returns
+        them (AWS), what the state store recorded, or, for a group not ours yet, each of the
+        desired and provisioned users asked one by one (``members eq``)."""
+        if self.dialect.members_readable:
+            group = self.client.get(self.path, scim_id, ["members"])
+            return frozenset(self.dialect.member_ids(group))
+        if not adopting:
+            return known
+        members = set()
+        for user in sorted(action.members | self.managed_users):
+            if self.client.find(self.path, self.dialect.membership_filter(scim_id, user)):
+                members.add(user)
+        return frozenset(members)
 
     def run(self, action: GroupAction) -> GroupOutcome:
         """Carry out one action; its last state write and its audit-log entry go in one

@@ -240,6 +240,17 @@ class Scim20:
             )
         return results
 
+    members_readable = True
+    """The target returns a group's ``members`` when asked; when not (AWS), the state store's
+    record of what was added is the member list, checked by :meth:`membership_filter`."""
+
+    def membership_filter(self, group_id: str, user_id: str) -> str:
+        """A filter finding the group only when the user is one of its members."""
+        return (
+            f'id eq "{self.escape_filter_value(group_id)}" and '
+            f'members eq "{self.escape_filter_value(user_id)}"'
+        )
+
     def member_ids(self, group: dict[str, Any]) -> set[str]:
         """The member ids of a group resource as the target returned it."""
         members = group.get("members") or []
@@ -330,10 +341,13 @@ MULTI_VALUED = ("emails", "phoneNumbers", "addresses", "ims", "photos", "x509Cer
 
 class AwsIdentityCenter(Scim20):
     """AWS IAM Identity Center: at most 100 member changes per PATCH, one value per
-    multi-valued user attribute (the primary one is kept), no Bulk."""
+    multi-valued user attribute (the primary one is kept), no Bulk, pages of at most 100, and
+    group reads that never return ``members`` (membership is asked with
+    ``id eq "G" and members eq "U"``)."""
 
     name = "aws"
     max_members_per_request = 100
+    members_readable = False
 
     def normalize_user(self, payload: dict[str, Any]) -> dict[str, Any]:
         out = dict(payload)
@@ -345,7 +359,8 @@ class AwsIdentityCenter(Scim20):
         return out
 
     def adjust(self, capabilities: Capabilities) -> Capabilities:
-        return replace(capabilities, bulk_max_operations=None)
+        pages = min(capabilities.max_page_size or 100, 100)
+        return replace(capabilities, bulk=False, bulk_max_operations=None, max_page_size=pages)
 
 
 class EntraCompatible(Scim20):
