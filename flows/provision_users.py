@@ -206,7 +206,10 @@ def _sync_target(
         )
         creates = sum(1 for a in plan.actions if a.kind == "create")
         index_target(loader, creates, capabilities)
-        load_actions(loader, store, plan.actions, report, "batch")
+        try:
+            load_actions(loader, store, plan.actions, report, "batch")
+        finally:
+            report.notes.extend(loader.notes)
         if plan.deferred and report.done["create"]:
             state = store.records(target.name, lazy=True)
             follow_up = make_plan(
@@ -215,7 +218,9 @@ def _sync_target(
             updates = [a for a in follow_up.actions if a.kind == "update"]
             report.planned["update"] += len(updates)
             if updates:
+                notes = len(loader.notes)
                 load_actions(loader, store, updates, report, "references")
+                report.notes.extend(loader.notes[notes:])
     report.seconds = time.monotonic() - started
     return report
 

@@ -166,6 +166,7 @@ def _sync_groups_target(
                     progress.advance(len(batch))
             finally:
                 progress.close()
+                report.notes.extend(loader.notes)
         finally:
             report.requests.update({k: n - before.get(k, 0) for k, n in client.stats.items()})
     report.seconds = time.monotonic() - started

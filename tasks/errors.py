@@ -7,8 +7,8 @@ Every failure ends up as one of three outcomes, and this module decides which::
     ├── SourceError          the directory failed (bind, search, TLS)
     │   └── SourceUnavailable    transient: the task is retried
     └── ScimError            the SCIM target answered badly
-        ├── TransientError       retry with backoff (network, timeout, 429, 5xx)
-        ├── RejectedError        skip this user and report it (4xx)
+        ├── TransientError       retry with backoff (network, timeout, 429, 5xx but 501)
+        ├── RejectedError        skip this user and report it (4xx, 501)
         │   ├── ConflictError        409: look the user up and adopt it
         │   ├── NotFoundError        404: the resource is gone
         │   └── PreconditionFailed   412: changed on the target; re-read and re-plan
@@ -26,6 +26,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+
+PATCH_REFUSED = (405, 501)
+"""Answers to a PATCH meaning the target does not do PATCH at all, whatever it advertised:
+the loaders switch to PUT for the rest of the run."""
 
 
 class ProvisionerError(Exception):
@@ -161,7 +165,7 @@ def classify_response(status: int, body: bytes, headers: dict[str, str], what: s
     """Turn an unsuccessful HTTP answer into the error that says what to do next."""
     detail, scim_type = error_detail(body)
     message = f"{what} failed: HTTP {status}" + (f": {detail}" if detail else "")
-    if status == 429 or status >= 500:
+    if status == 429 or (status >= 500 and status != 501):  # 501: not implemented, for good
         retry_after = parse_retry_after(headers.get("Retry-After"))
         return TransientError(
             message, status=status, detail=detail, scim_type=scim_type, retry_after=retry_after

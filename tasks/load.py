@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import TargetConfig
 from tasks.errors import (
+    PATCH_REFUSED,
     ConfigError,
     ConflictError,
     FatalError,
@@ -151,6 +152,8 @@ class Loader:
         self.claimed = set(managed_ids)
         self._lock = threading.Lock()
         self.index_attribute = ""
+        self.notes: list[str] = []
+        """What the run learnt about the target and acted on (a PATCH refused...)."""
 
     def prefetch(self, creates: int, capabilities: Capabilities) -> bool:
         """List the target's users once when that costs fewer requests than a look-up per
@@ -277,7 +280,29 @@ class Loader:
         operations = self.dialect.patch_operations(old, new)
         if adopting:
             operations = [op for op in operations if op["op"] != "remove"]
-        return self.client.patch(path, scim_id, operations, if_match) if operations else None
+        if not operations:
+            return None
+        try:
+            return self.client.patch(path, scim_id, operations, if_match)
+        except RejectedError as exc:
+            if exc.status not in PATCH_REFUSED:
+                raise
+            self.patch_refused(exc)
+            return self.client.replace(path, scim_id, new, if_match)
+
+    def patch_refused(self, exc: RejectedError) -> None:
+        """The target advertised PATCH but refuses it: PUT for the rest of the run, said
+        once in the log and in the run's summary."""
+        with self._lock:
+            if not self.use_patch:
+                return
+            self.use_patch = False
+            note = (
+                f"the target answered PATCH with HTTP {exc.status} although it advertises "
+                "PATCH: user updates went as PUT for the rest of the run"
+            )
+            self.notes.append(note)
+        log.warning("target %s: %s", self.target.name, note)
 
     def create(self, payload: dict[str, Any]) -> tuple[str, bool, str | None]:
         """Create or adopt the user; return (SCIM id, adopted, ETag).
@@ -456,7 +481,7 @@ class Loader:
             return Outcome(action, True, "", kept, version=version)
         if status == 404 and action.kind in ("disable", "delete"):
             return Outcome(action, True, "already gone from the target", None)
-        if status in (404, 409, 412, 429) or status >= 500:
+        if status in (404, 405, 409, 412, 429) or status >= 500:
             return None
         detail = shorten(str(response.get("detail") or response.get("Errors") or ""))
         return Outcome(

@@ -22,7 +22,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import TargetConfig
-from tasks.errors import ConflictError, FatalError, NotFoundError, RejectedError, ScimError
+from tasks.errors import (
+    PATCH_REFUSED,
+    ConflictError,
+    FatalError,
+    NotFoundError,
+    RejectedError,
+    ScimError,
+)
 from tasks.groups import GroupAction
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, Scim20
@@ -103,6 +110,8 @@ class GroupLoader:
         self.use_patch = use_patch
         self.max_members = max_members
         self.additive = client.target.membership_mode == "additive"
+        self.notes: list[str] = []
+        """What the run learnt about the target and acted on (a PATCH refused...)."""
 
     def _save(self, record: GroupRecord) -> None:
         self.store.apply_groups(self.target.name, [record], [])
@@ -174,31 +183,18 @@ class GroupLoader:
         should = action.members | (keep & current) if self.additive else action.members
         add, remove = should - current, current - should
         rename = action.rename or adopting
+        if self.use_patch:
+            try:
+                members = self._patch(action, scim_id, current, add, remove, rename, keep)
+            except RejectedError as exc:
+                if exc.status not in PATCH_REFUSED:
+                    raise
+                self.patch_refused(exc)
         if not self.use_patch:
             if add or remove or rename:
                 body = self.dialect.group_body(action.display_name, action.source_id, should)
                 self.client.replace(self.path, scim_id, body)
             members = should
-        else:
-            members = frozenset(current)
-            pending_rename = rename
-            chunks = list(member_chunks(add, remove, self.max_members))
-            for number, (chunk_add, chunk_remove) in enumerate(chunks, 1):
-                ops = self.dialect.member_operations(chunk_add, chunk_remove)
-                if pending_rename:
-                    ops = (
-                        self.dialect.rename_operations(action.display_name, action.source_id) + ops
-                    )
-                    pending_rename = False
-                self.client.patch(self.path, scim_id, ops)
-                members = (members - frozenset(chunk_remove)) | frozenset(chunk_add)
-                if number < len(chunks):
-                    self._save(
-                        GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
-                    )
-            if pending_rename:
-                ops = self.dialect.rename_operations(action.display_name, action.source_id)
-                self.client.patch(self.path, scim_id, ops)
         outcome = GroupOutcome(
             action,
             True,
@@ -208,6 +204,50 @@ class GroupLoader:
             scim_id=scim_id,
         )
         return outcome, GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
+
+    def patch_refused(self, exc: RejectedError) -> None:
+        """The target advertised PATCH but refuses it: the whole group by PUT for the rest of
+        the run, said once in the log and in the run's summary."""
+        with self._listing_lock:
+            if not self.use_patch:
+                return
+            self.use_patch = False
+            note = (
+                f"the target answered PATCH with HTTP {exc.status} although it advertises "
+                "PATCH: group changes went as PUT for the rest of the run"
+            )
+            self.notes.append(note)
+        log.warning("target %s: %s", self.target.name, note)
+
+    def _patch(
+        self,
+        action: GroupAction,
+        scim_id: str,
+        current: frozenset[str],
+        add: frozenset[str],
+        remove: frozenset[str],
+        rename: bool,
+        keep: frozenset[str],
+    ) -> frozenset[str]:
+        """Member deltas (and a rename) by PATCH, chunked; the members afterwards."""
+        members = frozenset(current)
+        pending_rename = rename
+        chunks = list(member_chunks(add, remove, self.max_members))
+        for number, (chunk_add, chunk_remove) in enumerate(chunks, 1):
+            ops = self.dialect.member_operations(chunk_add, chunk_remove)
+            if pending_rename:
+                ops = self.dialect.rename_operations(action.display_name, action.source_id) + ops
+                pending_rename = False
+            self.client.patch(self.path, scim_id, ops)
+            members = (members - frozenset(chunk_remove)) | frozenset(chunk_add)
+            if number < len(chunks):
+                self._save(
+                    GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
+                )
+        if pending_rename:
+            ops = self.dialect.rename_operations(action.display_name, action.source_id)
+            self.client.patch(self.path, scim_id, ops)
+        return members
 
     def current_members(
         self, scim_id: str, action: GroupAction, known: frozenset[str], adopting: bool

@@ -47,6 +47,8 @@ class TargetReport:
     """Deprovisionings held back by the mass-deprovisioning guard."""
     unreachable: str = ""
     """Why the run could not reach the target (then nothing else is known of it)."""
+    notes: list[str] = field(default_factory=list)
+    """What the run learnt about the target and acted on (a PATCH refused: PUT instead)."""
 
     @classmethod
     def not_reached(cls, target: str, reason: str) -> TargetReport:
@@ -88,6 +90,7 @@ class TargetReport:
             "seconds": round(self.seconds, 2),
             "held_back": self.held_back,
             "unreachable": self.unreachable,
+            "notes": self.notes,
         }
 
 
@@ -110,6 +113,8 @@ class GroupReport:
     """Group deletions held back by the mass-deprovisioning guard."""
     unreachable: str = ""
     """Why the run could not reach the target (then nothing else is known of it)."""
+    notes: list[str] = field(default_factory=list)
+    """What the run learnt about the target and acted on (a PATCH refused: PUT instead)."""
 
     @classmethod
     def not_reached(cls, target: str, reason: str) -> GroupReport:
@@ -155,6 +160,7 @@ class GroupReport:
             "seconds": round(self.seconds, 2),
             "held_back": self.held_back,
             "unreachable": self.unreachable,
+            "notes": self.notes,
         }
 
 
@@ -244,6 +250,7 @@ def details_markdown(summary: dict[str, Any]) -> str:
             f"{t['writes']} write requests, {sum(t['requests'].values())} requests in all, "
             f"{t['seconds']} s; {t['adopted']} existing users adopted."
         )
+        lines += [f"- note: {n}" for n in t.get("notes", [])]
         lines += _table("Failed", ("user", "action", "error"), t["failures"])
         lines += _table(
             "Accounts already on the target, adopted",
@@ -260,6 +267,7 @@ def details_markdown(summary: dict[str, Any]) -> str:
             f"{g['writes']} write requests, {sum(g['requests'].values())} requests in all, "
             f"{g['seconds']} s; {g['adopted']} existing groups adopted."
         )
+        lines += [f"- note: {n}" for n in g.get("notes", [])]
         lines += _table("Failed", ("group", "action", "error"), g["failures"])
         lines += _table("Skipped by a switch", ("group", "would", "reason"), g["skipped"])
         lines += _table(
@@ -334,6 +342,9 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
                 *(Text(str(row[c])) for c in ("target", "action", "planned", "succeeded", "failed"))
             )
     console.print(table)
+    for report in (*summary.get("targets", []), *summary.get("groups", [])):
+        for note in dict.fromkeys(report.get("notes", [])):
+            console.print(labelled("note", "yellow", f"{report['target']}: {note}"))
     for t in summary.get("targets", []):
         for f in t["failures"][:10]:
             line = f"{t['target']}: {f['action']} {f['user']}: {f['error']}"

@@ -20,6 +20,10 @@ them. :attr:`FaultProxy.stuck_listing` answers every page of a user listing with
 page and a ``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refuses
 ``attributes=`` with 400.
 
+:attr:`FaultProxy.refuse_patch` answers every PATCH itself (405, 501) and
+:attr:`FaultProxy.advertise_patch` claims PATCH support in /ServiceProviderConfig: targets
+that misstate what they support.
+
 :meth:`FaultProxy.hold_after` freezes the target as seen from the client: after N more write
 requests every request is still forwarded but its answer never comes (for killing the
 provisioner while writes it never heard of are done).
@@ -85,6 +89,11 @@ class FaultProxy:
         """When set, every GET of /Users is answered one byte each ``trickle`` seconds."""
         self.oversize = 0
         """When set, every GET of /Users is answered padded to this many bytes."""
+        self.refuse_patch = 0
+        """When set, every PATCH is answered with this status (405, 501) without forwarding."""
+        self.refused_patches = 0
+        self.advertise_patch = False
+        """Say PATCH is supported in /ServiceProviderConfig, whatever the server says."""
         self.refuse_attributes = False
         """Answer a GET asking for ``attributes=`` with a SCIM 400, as some servers do."""
         self.stuck_listing = False
@@ -191,6 +200,20 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 if self.path.startswith("/login"):
                     self._reply(200, {"Content-Type": "text/html; charset=utf-8"}, LOGIN_PAGE)
+                    return
+                if proxy.advertise_patch and self.path.startswith("/v2/ServiceProviderConfig"):
+                    config = proxy._forward(self, body).json()
+                    config["patch"] = {"supported": True}
+                    data = json.dumps(config).encode()
+                    self._reply(200, {"Content-Type": "application/scim+json"}, data)
+                    return
+                if proxy.refuse_patch and self.command == "PATCH":
+                    with proxy._lock:
+                        proxy.refused_patches += 1
+                    status = proxy.refuse_patch
+                    error = {"status": str(status), "detail": "PATCH is not supported"}
+                    data = json.dumps(error).encode()
+                    self._reply(status, {"Content-Type": "application/scim+json"}, data)
                     return
                 redirect = proxy.redirect
                 if redirect and self.command != "GET" and self.path.startswith("/v2"):

@@ -474,3 +474,62 @@ class TestHugeAndSlowAnswers:
         code, err = sync(config, capsys)
         assert code == 2
         assert "larger than max_response_bytes (1,000,000 bytes)" in err
+
+
+class TestPatchRefused:
+    @pytest.mark.parametrize("server", ["405-proxy", "501-scim2-server"])
+    def test_a_target_refusing_the_patch_it_advertises_gets_put(
+        self,
+        server: str,
+        tmp_path: Path,
+        directory: Slapd,
+        scim_servers: ScimServers,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """PATCH advertised, answered 405 (the proxy) or 501 (scim2-server without PATCH,
+        behind a proxy claiming PATCH): the user update and the member change go as PUT, the
+        PATCH is tried once per kind (and by the requests already in flight), and the summary
+        says so once."""
+        scim = scim_servers.get("open" if server == "405-proxy" else "nopatch")
+        proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+        proxy.advertise_patch = True
+        proxy.refuse_patch = 405 if server == "405-proxy" else 0
+        proxy.start()
+        try:
+            config = config_via(
+                tmp_path,
+                directory,
+                scim,
+                proxy,
+                use_bulk="never",
+                source={"groups": {"base_dn": GROUPS}},
+            )
+            assert sync(config, capsys)[0] == 0
+            directory.modify(
+                f"dn: uid=ada,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Queen\n\n"
+                f"dn: uid=bob,{PEOPLE}\nchangetype: modify\nreplace: title\ntitle: Lead\n\n"
+                f"dn: cn=engineers,{GROUPS}\nchangetype: modify\ndelete: member\n"
+                f"member: uid=bob,{PEOPLE}\n"
+            )
+            code, summary = sync(config, capsys)
+            assert code == 0, summary
+            users = target_users(scim)
+            assert (users["ada"]["title"], users["bob"]["title"]) == ("Queen", "Lead")
+            assert summary["targets"][0]["succeeded"]["update"] == 2
+            for report in (summary["targets"][0], summary["groups"][0]):
+                assert len(report["notes"]) == 1 and "went as PUT" in report["notes"][0]
+            engineers = _group_members(scim, "engineers")
+            assert engineers == [users["ada"]["id"]]
+            if server == "405-proxy":  # once per kind, and per request already in flight
+                assert 2 <= proxy.refused_patches <= 1 + 4
+        finally:
+            proxy.stop()
+
+
+def _group_members(scim: ScimServer, name: str) -> list[str]:
+    import requests
+
+    found = requests.get(
+        f"{scim.base_url}/Groups", params={"filter": f'displayName eq "{name}"'}, timeout=10
+    ).json()["Resources"][0]
+    return [m["value"] for m in found.get("members", [])]
