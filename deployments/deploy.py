@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from deployments.local_servers import REPO_ROOT
+from deployments.processes import REPO_ROOT
 
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
 

@@ -46,7 +46,7 @@ import psycopg
 from psycopg import sql
 
 from deployments.deploy import deploy
-from deployments.local_servers import REPO_ROOT, Child, log_tail
+from deployments.processes import REPO_ROOT, Child, log_tail
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient

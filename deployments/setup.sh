@@ -19,7 +19,7 @@ command -v ldapsearch >/dev/null 2>&1 || missing+=(ldap-utils)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "$SETUP_FOR" = test ]; then
-  # The tests' Samba AD DC (deployments/samba_dc.py): samba + winbind, provisioning files, bridges.
+  # The tests' Samba AD DC (tests/support/samba_dc.py): samba + winbind, provisioning files, bridges.
   { command -v samba || [ -x /usr/sbin/samba ]; } >/dev/null 2>&1 || missing+=(samba-ad-dc)
   [ -d /usr/share/samba/setup ] || missing+=(samba-ad-provision)
   command -v socat >/dev/null 2>&1 || missing+=(socat)

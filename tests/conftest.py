@@ -19,8 +19,8 @@ import pytest
 import requests
 import yaml
 
-from deployments.local_servers import ScimServer, Slapd, ou_ldif, person_ldif
 from tests.fault_proxy import FaultProxy
+from tests.support.servers import ScimServer, Slapd, ou_ldif, person_ldif
 
 SUFFIX = "dc=example,dc=org"
 PEOPLE = f"ou=people,{SUFFIX}"

@@ -22,7 +22,7 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from deployments.scim_app import create_app as create_scim2_app
+from tests.support.scim_app import create_app as create_scim2_app
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

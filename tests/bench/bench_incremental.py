@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.bench.bench_users import PEOPLE, directory, run_flow, write_config
+from tests.support.servers import ScimServer, Slapd
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 

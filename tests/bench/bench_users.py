@@ -31,10 +31,10 @@ from typing import Any, cast
 import requests
 import yaml
 
-from deployments.local_servers import ScimServer, Slapd, ou_ldif, person_ldif
 from tasks.config import TargetConfig
 from tasks.extract import SourceUser
 from tasks.transform import build_user
+from tests.support.servers import ScimServer, Slapd, ou_ldif, person_ldif
 
 PEOPLE = "ou=people,dc=example,dc=org"
 

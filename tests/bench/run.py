@@ -46,13 +46,13 @@ from typing import Any, cast
 import requests
 import yaml
 
-from deployments.local_servers import ScimServer, Slapd, ou_ldif
 from tests.bench import bench_users
 from tests.bench.bench_incremental import change_titles
 from tests.bench.bench_incremental import config_file as incremental_config
 from tests.bench.bench_incremental import cycle as incremental_cycle
 from tests.bench.bench_users import PEOPLE, directory, raw_capacity, raw_payloads
 from tests.bench.seed import seed_provisioned
+from tests.support.servers import ScimServer, Slapd, ou_ldif
 
 GROUPS = "ou=groups,dc=example,dc=org"
 BIG_GROUP = "big"

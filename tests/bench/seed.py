@@ -4,7 +4,7 @@ A million users cannot be loaded through SCIM for a benchmark (about 25 minutes 
 raw Bulk capacity here). Instead the directory is read and transformed by the provisioner's own
 code (``stream_users``, ``transform_batch``), and what a finished initial load leaves behind is
 written directly: each user as a resource of the scim2-server's SQLite storage
-(``deployments.scim_sqlite.seed``) and as a record of the state store. A reconciliation then
+(``tests.support.scim_sqlite.seed``) and as a record of the state store. A reconciliation then
 finds every user in step, as after a real load (checked at 10,000 users against a target
 loaded over HTTP: the same result).
 """
@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deployments.scim_sqlite import seed
 from tasks.config import load_config
 from tasks.extract import connect, mapped_attributes, normalize_dn, stream_users
 from tasks.scim.dialect import dialect_for
 from tasks.state import StateRecord, StateStore
 from tasks.transform import content_hash, transform_batch
+from tests.support.scim_sqlite import seed
 
 NAMESPACE = uuid.UUID("6f1c1e0a-4b7e-4c38-9d55-3b1f0f6c2a11")
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"

@@ -37,11 +37,12 @@ import pytest
 import requests
 import yaml
 
-from deployments.local_servers import ScimServer, Slapd, free_port, log_tail
 from deployments.prefect_server import PrefectServer, drop_database, ensure_database
+from deployments.processes import free_port, log_tail
 from tasks.state import StateStore
 from tests.conftest import CUSTOM_URN, LDAP_PASSWORD, add_people, sample_people, write_config
 from tests.fault_proxy import FaultProxy
+from tests.support.servers import ScimServer, Slapd
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 REDIS_DB = 11  # and 12, for the background services' coordination

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import BEARER_TOKEN, PEOPLE, write_config
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

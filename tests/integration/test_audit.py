@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.local_servers import Slapd
 from tests.conftest import PEOPLE, ScimServers, sync, write_config
+from tests.support.servers import Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

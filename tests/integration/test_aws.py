@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import requests
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.aws_proxy import AwsLikeProxy
 from tests.conftest import GROUPS, PEOPLE, sync, write_config
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

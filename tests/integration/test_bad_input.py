@@ -26,7 +26,6 @@ import requests
 import yaml
 from ldap3.utils.dn import escape_rdn
 
-from deployments.local_servers import ScimServer, Slapd, person_ldif
 from tests.conftest import (
     CUSTOM_URN,
     GROUPS,
@@ -37,6 +36,7 @@ from tests.conftest import (
     target_users,
     write_config,
 )
+from tests.support.servers import ScimServer, Slapd, person_ldif
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import BASIC, BEARER_TOKEN, LDAP_PASSWORD, sync, target_users, write_config
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

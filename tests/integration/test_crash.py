@@ -27,9 +27,10 @@ from uuid import UUID
 import pytest
 import requests
 
-from deployments.local_servers import REPO_ROOT, Child, ScimServer, Slapd, log_tail
+from deployments.processes import REPO_ROOT, Child, log_tail
 from tests.conftest import add_people, write_config
 from tests.fault_proxy import FaultProxy
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

@@ -7,7 +7,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect")]
 
 def test_demo_provisions_the_sample_people(capsys: pytest.CaptureFixture[str]) -> None:
     """The demo starts its own slapd and SCIM server, syncs through Prefect and exits 0."""
-    from deployments.demo import main
+    from tests.support.demo import main
 
     assert main(["--users", "10"]) == 0
     out = capsys.readouterr().out
@@ -60,7 +60,7 @@ def test_demo_keep_stops_its_servers_on_sigterm() -> None:
 
     root = Path(__file__).resolve().parents[2]
     demo = subprocess.Popen(
-        [sys.executable, "-m", "deployments.demo", "--users", "3", "--keep"],
+        [sys.executable, "-m", "tests.support.demo", "--users", "3", "--keep"],
         cwd=root,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

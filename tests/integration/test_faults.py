@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import GROUPS, add_people, sync, write_config
 from tests.fault_proxy import FaultProxy
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployments.local_servers import Slapd
 from tests.conftest import BEARER_TOKEN, ScimServers, add_people, target_users, write_config
+from tests.support.servers import Slapd
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import requests
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import GROUPS, PEOPLE, ScimServers, sync, target_users, write_config
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 
@@ -313,7 +313,7 @@ def test_a_20000_member_group_changed_by_10_members(
 ) -> None:
     """A 20,000-member group is created in 1,000-member chunks (the target's
     bulk.maxOperations), and a change of 10 members then costs one read and one PATCH."""
-    from deployments.local_servers import ou_ldif, person_ldif
+    from tests.support.servers import ou_ldif, person_ldif
 
     people = [f"m{n:05d}" for n in range(20_005)]
     ldif = ou_ldif(PEOPLE) + "".join(

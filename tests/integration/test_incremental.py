@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from deployments.local_servers import ScimServer, Slapd, person_ldif
 from tests.conftest import GROUPS, PEOPLE, person, sync, target_users, write_config
 from tests.fault_proxy import FaultProxy
 from tests.integration.test_groups import target_groups
+from tests.support.servers import ScimServer, Slapd, person_ldif
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

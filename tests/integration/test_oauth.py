@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from deployments.local_servers import OAuthServer, ScimServer, Slapd
 from tasks.config import TargetConfig
 from tasks.scim.client import ScimClient
 from tests.conftest import CUSTOM_URN, sync, write_config
+from tests.support.servers import OAuthServer, ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import (
     CUSTOM_URN,
     PEOPLE,
@@ -17,6 +16,7 @@ from tests.conftest import (
     target_users,
     write_config,
 )
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

@@ -10,9 +10,9 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import ScimServers, create_on_target, sync, target_users
 from tests.integration.test_groups import config_for, target_groups
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

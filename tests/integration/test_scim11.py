@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import CUSTOM_URN, GROUPS, PEOPLE, sync, write_config
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

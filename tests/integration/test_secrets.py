@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from deployments.local_servers import Slapd
 from tests.conftest import BEARER_TOKEN, LDAP_PASSWORD, ScimServers, sync, write_config
+from tests.support.servers import Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from deployments.local_servers import ScimServer, Slapd
 from tests.conftest import (
     BEARER_TOKEN,
     GROUPS,
@@ -20,6 +19,7 @@ from tests.conftest import (
     write_config,
 )
 from tests.fault_proxy import FaultProxy
+from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
 

@@ -140,3 +140,16 @@ def test_compose_writes_no_secret_and_mounts_what_exists() -> None:
     config = load_config(DOCKER / "demo" / "config.yaml")
     assert config.targets[0].url.startswith("http://demo-scim:8000/")
     assert config.source.url == "ldap://demo-ldap:389"
+
+
+def test_the_demo_scim_image_copies_what_exists_and_the_worker_image_no_test_server() -> None:
+    """The demo's SCIM app has its own image; the provisioner's image copies no tests/."""
+    demo = (DOCKER / "demo" / "scim.Dockerfile").read_text().splitlines()
+    copied = [line.split()[1] for line in demo if line.startswith("COPY")]
+    assert "tests/support" in copied
+    assert all((ROOT / source).exists() for source in copied)
+    assert (
+        compose()["services"]["demo-scim"]["build"]["dockerfile"] == "docker/demo/scim.Dockerfile"
+    )
+    worker = (DOCKER / "Dockerfile").read_text()
+    assert "COPY tests" not in worker

@@ -16,8 +16,8 @@ from scim2_models import ResourceType, ScimProvider, SearchRequest, UniquenessEx
 from scim2_server.testing import ScimStorageContract
 from scim2_server.utils import load_default_provider, parametrize
 
-from deployments.local_servers import ScimServer
-from deployments.scim_sqlite import SqliteStorage, seed
+from tests.support.scim_sqlite import SqliteStorage, seed
+from tests.support.servers import ScimServer
 
 PROVIDER = load_default_provider()  # loading it takes 0.1 s: once, not for every test
 USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"

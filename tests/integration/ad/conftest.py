@@ -1,6 +1,6 @@
 """The Active Directory fixture: one real Samba AD DC for the whole session.
 
-``samba_dc`` (session scope) is a :class:`deployments.samba_dc.SambaDC`, started once and
+``samba_dc`` (session scope) is a :class:`tests.support.samba_dc.SambaDC`, started once and
 stopped at the end. The tests skip, with the reason, only when this machine cannot create a
 network namespace; any other failure to start the DC is an error.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from deployments.samba_dc import SambaDC, netns_available
+from tests.support.samba_dc import SambaDC, netns_available
 
 TIMINGS = pytest.StashKey[dict[str, float]]()
 

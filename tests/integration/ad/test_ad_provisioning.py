@@ -18,10 +18,10 @@ import yaml
 from ldap3 import Connection
 from ldap3.utils.dn import escape_rdn
 
-from deployments.local_servers import ScimServer
-from deployments.samba_dc import SambaDC
 from tests.conftest import sync, target_users
 from tests.integration.test_groups import target_groups
+from tests.support.samba_dc import SambaDC
+from tests.support.servers import ScimServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect")]
 

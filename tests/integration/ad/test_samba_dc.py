@@ -19,8 +19,8 @@ from ldap3 import BASE, LEVEL, NONE, Connection, Server, Tls
 from ldap3.core.exceptions import LDAPSocketOpenError
 from ldap3.utils.conv import escape_bytes
 
-from deployments.local_servers import make_tls_files
-from deployments.samba_dc import UF_ACCOUNTDISABLE, SambaDC
+from tests.support.samba_dc import UF_ACCOUNTDISABLE, SambaDC
+from tests.support.servers import make_tls_files
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from deployments.local_servers import ScimServer, Slapd, ou_ldif, person_ldif
+from tests.support.servers import ScimServer, Slapd, ou_ldif, person_ldif
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUFFIX = "dc=example,dc=org"
 PEOPLE = f"ou=people,{SUFFIX}"
 GROUPS = f"ou=groups,{SUFFIX}"

@@ -4,7 +4,7 @@ Samba's LDAP ports are fixed at 389 and 636, so the DC runs in its own network
 namespace (loopback only) and socat bridges two free ports of 127.0.0.1 on the
 host to it, through Unix sockets (a network namespace does not separate
 filesystem sockets). Its LDAPS certificate is issued by a test CA
-(:func:`deployments.local_servers.make_tls_files`), so clients verify it with
+(:func:`tests.support.servers.make_tls_files`), so clients verify it with
 :attr:`SambaDC.ca_file`.
 
 Provisioning a domain takes a few seconds; a provisioned, never started domain
@@ -46,15 +46,8 @@ from ldap3 import (
 from ldap3.core.exceptions import LDAPBindError, LDAPException
 from ldap3.utils.dn import escape_rdn
 
-from deployments.local_servers import (
-    Child,
-    _find_tool,
-    _run,
-    _Stoppable,
-    free_port,
-    log_tail,
-    make_tls_files,
-)
+from deployments.processes import Child, free_port, log_tail, run
+from tests.support.servers import Stoppable, find_tool, make_tls_files
 
 # Tools the DC needs, and the Debian package of each.
 REQUIRED_TOOLS = {
@@ -123,7 +116,7 @@ def missing_prerequisites() -> list[str]:
     missing = [
         f"{tool} (Debian package {package})"
         for tool, package in REQUIRED_TOOLS.items()
-        if _find_tool(tool) is None
+        if find_tool(tool) is None
     ]
     if not PROVISION_FILES.is_dir():
         missing.append(f"{PROVISION_FILES} (Debian package samba-ad-provision)")
@@ -136,7 +129,7 @@ def netns_available() -> tuple[bool, str]:
     """Tell whether this machine lets this process create a network namespace, and if not why."""
     if os.geteuid() != 0:
         return False, "creating a network namespace needs root"
-    ip = _find_tool("ip")
+    ip = find_tool("ip")
     if ip is None:
         return False, "the ip command is missing (Debian package iproute2)"
     name = f"{NAMESPACE_PREFIX}probe-{os.getpid()}-{secrets.token_hex(3)}"
@@ -153,7 +146,7 @@ def default_cache_directory() -> Path:
     return base / "scim-provisioner" / "samba-dc"
 
 
-class SambaDC(_Stoppable):
+class SambaDC(Stoppable):
     """A private Samba AD DC, its files in a work directory, reachable on 127.0.0.1 only.
 
     :attr:`ldaps_url` serves LDAPS with a certificate of a test CA
@@ -284,7 +277,7 @@ class SambaDC(_Stoppable):
         if self._namespace_created:
             try:
                 self._kill_namespace_processes()
-                _run([self._tool("ip"), "netns", "delete", self.namespace])
+                run([self._tool("ip"), "netns", "delete", self.namespace])
                 self._namespace_created = False
             except Exception as error:
                 errors.append(f"deleting the network namespace {self.namespace}: {error}")
@@ -295,7 +288,7 @@ class SambaDC(_Stoppable):
             raise RuntimeError("; ".join(errors))
 
     def _tool(self, name: str) -> str:
-        path = _find_tool(name)
+        path = find_tool(name)
         if path is None:
             raise RuntimeError(f"{name} not found: install {REQUIRED_TOOLS.get(name, name)}")
         return path
@@ -329,7 +322,7 @@ class SambaDC(_Stoppable):
 
     def _cache_key(self) -> str:
         """Name a provisioned domain by what makes it: Samba's version, names and password."""
-        version = _run([self._tool("samba"), "-V"], env=_clean_env()).strip()
+        version = run([self._tool("samba"), "-V"], env=_clean_env()).strip()
         words = (CACHE_FORMAT, version, self.realm, self.domain, self.admin_password)
         digest = hashlib.sha256("\0".join(words).encode()).hexdigest()[:16]
         return f"{self.domain.lower()}-{digest}"
@@ -367,7 +360,7 @@ class SambaDC(_Stoppable):
             "--option=bind interfaces only=yes",
             "--option=ldb:nosync=true",
         ]
-        _run(command, env=_clean_env(), timeout=300)
+        run(command, env=_clean_env(), timeout=300)
 
     def _write_smb_conf(self) -> None:
         """Write the DC's smb.conf: its directories, TLS files, and the LDAP service only."""
@@ -391,9 +384,9 @@ class SambaDC(_Stoppable):
         ip = self._tool("ip")
         socat = self._tool("socat")
         started = _now()
-        _run([ip, "netns", "add", self.namespace])
+        run([ip, "netns", "add", self.namespace])
         self._namespace_created = True
-        _run([ip, "netns", "exec", self.namespace, ip, "link", "set", "lo", "up"])
+        run([ip, "netns", "exec", self.namespace, ip, "link", "set", "lo", "up"])
         # Unix socket paths are limited to 108 bytes: a short directory of their own.
         self._socket_directory = Path(tempfile.mkdtemp(prefix="scim-dc-"))
         for port, inner_port in ((self.ldap_port, 389), (self.ldaps_port, 636)):

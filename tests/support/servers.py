@@ -1,4 +1,5 @@
-"""Real local servers for the demo and the tests: OpenLDAP's slapd and a SCIM server.
+"""Real local servers for the demo and the tests: OpenLDAP's slapd, a SCIM server, an OAuth 2
+server.
 
 Each server listens on 127.0.0.1 only, on free ports, runs as a child process,
 and keeps its files and its log in a work directory the caller gives.
@@ -7,29 +8,30 @@ and keeps its files and its log in a work directory the caller gives.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT = 15.0
-STOP_TIMEOUT = 5.0
-LOG_TAIL_LINES = 30
+from deployments.processes import (
+    REPO_ROOT,
+    Child,
+    command_line,
+    free_port,
+    free_ports,
+    run,
+)
 
 OPENLDAP_TOOLS = ("slapd", "slapadd", "ldapsearch")
 SBIN_DIRECTORIES = ("/usr/sbin", "/sbin")
@@ -92,142 +94,10 @@ authorityKeyIdentifier = keyid, issuer
 """
 
 
-# -- Processes ---------------------------------------------------------------
-
-
-def _run(
-    command: list[str],
-    *,
-    stdin: str | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float = 120.0,
-) -> str:
-    """Run a command and return its output; raise RuntimeError with its errors when it fails."""
-    result = subprocess.run(
-        command,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-    )
-    if result.returncode != 0:
-        message = result.stderr.strip() or result.stdout.strip()
-        name = Path(command[0]).name
-        raise RuntimeError(f"{name} failed with status {result.returncode}: {message}")
-    return result.stdout
-
-
-def _command(*words: str | Path, options: Mapping[str, str | Path]) -> list[str]:
-    """Return a command line: the words, then each option followed by its value."""
-    pairs = (item for option, value in options.items() for item in (option, value))
-    return [str(word) for word in (*words, *pairs)]
-
-
-def log_tail(log_path: Path) -> str:
-    """Return the last lines of a log file, or a note when it is empty."""
-    if not log_path.exists():
-        return "(no log)"
-    lines = log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-    return "\n".join(lines) or "(empty log)"
-
-
-@dataclass
-class Child:
-    """A server running as a child process in its own process group, its output in a log file."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: IO[bytes]
-    log_path: Path
-
-    @classmethod
-    def spawn(
-        cls,
-        name: str,
-        command: list[str],
-        log_path: Path,
-        *,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> Child:
-        """Start a server, its output appended to a log file."""
-        log = log_path.open("ab")
-        try:
-            process = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except BaseException:
-            log.close()
-            raise
-        return cls(name, process, log, log_path)
-
-    def wait_until_ready(self, ready: Callable[[], bool]) -> None:
-        """Wait until the server answers; if it does not, halt it and raise RuntimeError."""
-        try:
-            self._poll(ready)
-        except BaseException:
-            self.halt(signal.SIGKILL)
-            raise
-
-    def _poll(self, ready: Callable[[], bool]) -> None:
-        """Wait until the server answers; raise RuntimeError, with its log tail, if it does not."""
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"{self.name} exited with status {self.process.returncode}:\n"
-                    f"{log_tail(self.log_path)}"
-                )
-            if ready():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(
-            f"{self.name} did not answer within {START_TIMEOUT:.0f} s:\n{log_tail(self.log_path)}"
-        )
-
-    def halt(self, stop_signal: signal.Signals) -> None:
-        """Send ``stop_signal``, SIGKILL if the server lingers, SIGKILL its group, close the log."""
-        if self.process.poll() is None:
-            self.process.send_signal(stop_signal)
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
-
-
-def _free_ports(count: int) -> list[int]:
-    """Return distinct TCP ports that are free on 127.0.0.1."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1."""
-    return _free_ports(1)[0]
-
-
 # -- OpenLDAP tools ----------------------------------------------------------
 
 
-def _find_tool(name: str) -> str | None:
+def find_tool(name: str) -> str | None:
     """Return the path of a program, looking in the sbin directories too."""
     search_path = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRECTORIES])
     return shutil.which(name, path=search_path)
@@ -235,7 +105,7 @@ def _find_tool(name: str) -> str | None:
 
 def _tool(name: str) -> str:
     """Return the path of an OpenLDAP program; raise RuntimeError when it is missing."""
-    path = _find_tool(name)
+    path = find_tool(name)
     if path is None:
         raise RuntimeError(f"{name} not found: install the Debian packages slapd and ldap-utils")
     return path
@@ -246,7 +116,7 @@ def ensure_openldap_installed() -> None:
 
     :raises RuntimeError: When they are missing and the process is not root.
     """
-    missing = [name for name in OPENLDAP_TOOLS if _find_tool(name) is None]
+    missing = [name for name in OPENLDAP_TOOLS if find_tool(name) is None]
     if not missing:
         return
     if os.geteuid() != 0:
@@ -254,8 +124,8 @@ def ensure_openldap_installed() -> None:
             f"OpenLDAP programs missing ({', '.join(missing)}): "
             "install the Debian packages slapd and ldap-utils (apt-get install slapd ldap-utils)"
         )
-    _run(["apt-get", "update", "-qq"], timeout=600)
-    _run(
+    run(["apt-get", "update", "-qq"], timeout=600)
+    run(
         ["apt-get", "install", "-y", "-qq", "slapd", "ldap-utils"],
         env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
         timeout=600,
@@ -281,7 +151,7 @@ class TlsFiles:
 
 def _openssl(*words: str, options: Mapping[str, str | Path]) -> None:
     """Run the openssl command line tool."""
-    _run(_command("openssl", *words, options=options))
+    run(command_line("openssl", *words, options=options))
 
 
 def make_tls_files(directory: Path) -> TlsFiles:
@@ -534,7 +404,7 @@ olcAccessLogPurge: 07+00:00 01+00:00
 # -- slapd -------------------------------------------------------------------
 
 
-class _Stoppable:
+class Stoppable:
     """``with server:`` stops the server at the end of the block."""
 
     def stop(self) -> None:
@@ -552,7 +422,7 @@ class _Stoppable:
         self.stop()
 
 
-class Slapd(_Stoppable):
+class Slapd(Stoppable):
     """A private OpenLDAP slapd, with its own cn=config and mdb database in a work directory.
 
     It serves LDAP (StartTLS included) and LDAPS on two free ports of
@@ -570,7 +440,7 @@ class Slapd(_Stoppable):
         self.workdir = workdir
         self.suffix = suffix
         self.admin_password = admin_password
-        self.ldap_port, self.ldaps_port = _free_ports(2)
+        self.ldap_port, self.ldaps_port = free_ports(2)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tls = make_tls_files(workdir / "tls")
         self._config_directory = workdir / "slapd.d"
@@ -631,8 +501,10 @@ class Slapd(_Stoppable):
     def modify(self, ldif: str) -> None:
         """Apply LDIF changes (changetype add, modify, delete...) as the admin, with ldapmodify."""
         options = {"-H": self.ldap_url, "-D": self.admin_dn, "-w": self.admin_password}
-        _run(
-            _command(_tool("ldapmodify"), "-x", options=options), stdin=ldif, env=_ldap_client_env()
+        run(
+            command_line(_tool("ldapmodify"), "-x", options=options),
+            stdin=ldif,
+            env=_ldap_client_env(),
         )
 
     def _write_config(self) -> None:
@@ -653,7 +525,7 @@ class Slapd(_Stoppable):
             )
         )
         options = {"-F": self._config_directory, "-l": config_ldif}
-        _run(_command(_tool("slapadd"), "-n0", options=options))
+        run(command_line(_tool("slapadd"), "-n0", options=options))
 
     def _load(self, ldif: str) -> None:
         """Replace the database with the suffix entry and ``ldif``, with slapadd."""
@@ -665,7 +537,10 @@ class Slapd(_Stoppable):
         options = {"-F": self._config_directory, "-l": data_ldif}
         # ~100 s per million entries here: allow a minute per 3 MB of LDIF, at least 2 min
         timeout = max(120.0, len(ldif) / 50_000)
-        _run(_command(_tool("slapadd"), "-q", "-b", self.suffix, options=options), timeout=timeout)
+        run(
+            command_line(_tool("slapadd"), "-q", "-b", self.suffix, options=options),
+            timeout=timeout,
+        )
 
     def _launch(self) -> None:
         """Start slapd in the foreground and wait until it answers."""
@@ -675,7 +550,7 @@ class Slapd(_Stoppable):
             # "none" rather than 0: slapd then logs its errors, and only them.
             "-d": "none",
         }
-        command = _command(_tool("slapd"), options=options)
+        command = command_line(_tool("slapd"), options=options)
         child = Child.spawn("slapd", command, self._log_path)
         child.wait_until_ready(self._answers)
         self._child = child
@@ -683,7 +558,7 @@ class Slapd(_Stoppable):
     def _answers(self) -> bool:
         """Tell whether slapd answers an anonymous search of its root DSE."""
         options = {"-H": self.ldap_url, "-o": "nettimeout=1", "-s": "base", "-b": ""}
-        command = [*_command(_tool("ldapsearch"), "-x", options=options), "namingContexts"]
+        command = [*command_line(_tool("ldapsearch"), "-x", options=options), "namingContexts"]
         try:
             result = subprocess.run(
                 command, capture_output=True, env=_ldap_client_env(), timeout=2, check=False
@@ -696,7 +571,7 @@ class Slapd(_Stoppable):
 # -- SCIM server -------------------------------------------------------------
 
 
-class _GunicornServer(_Stoppable):
+class _GunicornServer(Stoppable):
     """A WSGI application of this repository served by gunicorn on a free 127.0.0.1 port,
     configured by JSON in one environment variable; subclasses say which and when ready."""
 
@@ -720,7 +595,7 @@ class _GunicornServer(_Stoppable):
             raise RuntimeError(f"{type(self).__name__} is already running")
         options = {**GUNICORN_OPTIONS, "--bind": f"127.0.0.1:{self.port}"}
         command = [
-            *_command(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
+            *command_line(sys.executable, "-m", "gunicorn", "--no-control-socket", options=options),
             self.app,
         ]
         env = {**os.environ, self.options_variable: json.dumps(self.options)}
@@ -739,7 +614,7 @@ class _GunicornServer(_Stoppable):
 
 
 class ScimServer(_GunicornServer):
-    """A real scim2-server, served by gunicorn from :mod:`deployments.scim_app`.
+    """A real scim2-server, served by gunicorn from :mod:`tests.support.scim_app`.
 
     Its resources are kept in memory, or in ``storage_file``. The ``/_test`` endpoints of its
     instrumentation give the request counts and empty the storage.
@@ -754,7 +629,7 @@ class ScimServer(_GunicornServer):
         patch_supported: bool = True,
         user_extensions: list[dict[str, Any]] | None = None,
         jwt: dict[str, str] | None = None,
-        app: str = "deployments.scim_app:create_app()",
+        app: str = "tests.support.scim_app:create_app()",
         prefix: str = "/v2",
         cursor_pagination: bool = False,
         filter_supported: bool = True,
@@ -763,8 +638,8 @@ class ScimServer(_GunicornServer):
         """:param app: the WSGI application gunicorn serves (e.g. the tests' SCIM 1.1
         facade, ``tests.scim11_app:create_app()`` with ``prefix="/v1"``).
         :param storage_file: keep the resources in this SQLite file
-            (:class:`deployments.scim_sqlite.SqliteStorage`, e.g. seeded with
-            :func:`deployments.scim_sqlite.seed`) instead of in memory."""
+            (:class:`tests.support.scim_sqlite.SqliteStorage`, e.g. seeded with
+            :func:`tests.support.scim_sqlite.seed`) instead of in memory."""
         super().__init__(workdir)
         self.app = app
         self.options_variable = "SCIM_APP_OPTIONS"
@@ -834,7 +709,7 @@ class ScimServer(_GunicornServer):
 
 class OAuthServer(_GunicornServer):
     """A real OAuth 2 authorization server (authlib, client credentials, RS256 JWTs), served by
-    gunicorn from :mod:`deployments.oauth_app`.
+    gunicorn from :mod:`tests.support.oauth_app`.
 
     Give :meth:`resource_server_options` to a :class:`ScimServer` (``jwt=``) so that it accepts
     the tokens this server issues.
@@ -851,7 +726,7 @@ class OAuthServer(_GunicornServer):
         from joserfc.jwk import KeySet, RSAKey
 
         super().__init__(workdir)
-        self.app = "deployments.oauth_app:create_app()"
+        self.app = "tests.support.oauth_app:create_app()"
         self.options_variable = "OAUTH_APP_OPTIONS"
         key = RSAKey.generate_key(2048, parameters={"kid": "test-key"}, private=True)
         self.key_file = workdir / "signing-key.json"

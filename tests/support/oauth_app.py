@@ -8,7 +8,7 @@ environment variable ``OAUTH_APP_OPTIONS`` (JSON):
 - ``clients``: ``[{"client_id", "client_secret", "scope"}]``;
 - ``issuer`` and ``audience`` of the tokens, ``token_lifetime`` in seconds;
 - ``key_file``: a private RSA JWK (JSON) to sign with; its public half is served at
-  ``/jwks.json`` and is what a resource server (``deployments/scim_app.py``) verifies with.
+  ``/jwks.json`` and is what a resource server (``tests/support/scim_app.py``) verifies with.
 
 ``GET /_test/stats`` (test instrumentation) says how many tokens were issued.
 """

@@ -1,7 +1,7 @@
 """The SCIM server of the demo and the tests: a real scim2-server, configured from the environment.
 
-gunicorn serves ``deployments.scim_app:create_app()``;
-:class:`deployments.local_servers.ScimServer` starts it. The options come in
+gunicorn serves ``tests.support.scim_app:create_app()``;
+:class:`tests.support.servers.ScimServer` starts it. The options come in
 JSON from the ``SCIM_APP_OPTIONS`` environment variable:
 
 - ``bearer_tokens``: the tokens accepted as ``Authorization: Bearer``;
@@ -15,10 +15,10 @@ JSON from the ``SCIM_APP_OPTIONS`` environment variable:
 - ``cursor_pagination``: announce and serve RFC 9865 cursors (``cursor``/``nextCursor``)
   besides ``startIndex``/``count``;
 - ``jwt``: ``{"jwks_file", "issuer", "audience"}``: accept bearer JWTs signed by a key of
-  that JWK set (``deployments/oauth_app.py`` issues them) with that issuer and audience,
+  that JWK set (``tests/support/oauth_app.py`` issues them) with that issuer and audience,
   not expired;
 - ``storage_file``: keep the resources in that SQLite file
-  (:class:`deployments.scim_sqlite.SqliteStorage`, which lists a million users in linear
+  (:class:`tests.support.scim_sqlite.SqliteStorage`, which lists a million users in linear
   time) instead of in memory (the default, an empty ``InMemoryStorage``).
 
 Without credentials options, every request is accepted.
@@ -69,7 +69,7 @@ from scim2_server.utils import (
     load_default_service_provider_config,
 )
 
-from deployments.scim_sqlite import SqliteStorage
+from tests.support.scim_sqlite import SqliteStorage
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
