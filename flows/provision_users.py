@@ -203,6 +203,7 @@ def _sync_target(
             bulk=capabilities if uses_bulk(target, capabilities) else None,
             etag=capabilities.etag,
             filtering=capabilities.filter,
+            capabilities=capabilities,
         )
         creates = sum(1 for a in plan.actions if a.kind == "create")
         index_target(loader, creates, capabilities)

@@ -340,7 +340,7 @@ def _root_dse(conn: ldap3.Connection, attributes: list[str]) -> Raw:
     try:
         conn.search("", "(objectClass=*)", ldap3.BASE, attributes=attributes)
     except ldap_exc.LDAPException as exc:
-        raise SourceError(f"reading the root DSE failed: {exc}") from None
+        raise SourceError(f"reading the root DSE failed: {exc}") from exc
     for item in conn.response or []:
         if item.get("type") == "searchResEntry":
             return {k.lower(): list(v) for k, v in item["raw_attributes"].items()}
@@ -354,15 +354,15 @@ def dc_state(conn: ldap3.Connection) -> tuple[str, int, str]:
         usn = int(root["highestcommittedusn"][0])
         service = root["dsservicename"][0].decode()
         naming = root["defaultnamingcontext"][0].decode()
-    except (KeyError, IndexError, ValueError):
+    except (KeyError, IndexError, ValueError) as exc:
         raise SourceError(
             "the directory has no highestCommittedUSN/dsServiceName in its root DSE: "
             "change_detection ad_usn needs Active Directory"
-        ) from None
+        ) from exc
     try:
         conn.search(service, "(objectClass=*)", ldap3.BASE, attributes=["invocationId"])
     except ldap_exc.LDAPException as exc:
-        raise SourceError(f"reading the invocationId of {service!r} failed: {exc}") from None
+        raise SourceError(f"reading the invocationId of {service!r} failed: {exc}") from exc
     for item in conn.response or []:
         raw = {k.lower(): v for k, v in item.get("raw_attributes", {}).items()}
         if raw.get("invocationid"):
@@ -391,9 +391,9 @@ def tombstones(reader: Reader[Any], naming: str, since: str) -> frozenset[str]:
                 if values:
                     found.add(source_id(reader.id_attribute, values))
     except (ldap_exc.LDAPCommunicationError, ldap_exc.LDAPResponseTimeoutError) as exc:
-        raise SourceUnavailable(f"LDAP server {reader.source.url} went away: {exc}") from None
+        raise SourceUnavailable(f"LDAP server {reader.source.url} went away: {exc}") from exc
     except ldap_exc.LDAPException as exc:
-        raise SourceError(f"reading deleted objects (tombstones) failed: {exc}") from None
+        raise SourceError(f"reading deleted objects (tombstones) failed: {exc}") from exc
     return frozenset(found)
 
 
@@ -447,7 +447,7 @@ def _refresh(
             controls=[(syncrepl.SYNC_REQUEST, True, syncrepl.sync_request_value(cookie))],
         )
     except (ldap_exc.LDAPCommunicationError, ldap_exc.LDAPResponseTimeoutError) as exc:
-        raise SourceUnavailable(f"LDAP server {reader.source.url} went away: {exc}") from None
+        raise SourceUnavailable(f"LDAP server {reader.source.url} went away: {exc}") from exc
     for item in conn.response or []:
         kind = item.get("type")
         if kind == "searchResEntry":
@@ -476,7 +476,7 @@ def _read_syncrepl(reader: Reader[E], start: Start) -> Changes[E]:
         entries, present, deleted, done = _refresh(reader, cookie)
     except ldap_exc.LDAPOperationResult as exc:
         if exc.result != E_SYNC_REFRESH_REQUIRED or cookie is None:
-            raise SourceError(f"syncrepl refresh failed: {exc}") from None
+            raise SourceError(f"syncrepl refresh failed: {exc}") from exc
         why, cookie = "the directory asked for a full refresh (e-syncRefreshRequired)", None
         entries, present, deleted, done = _refresh(reader, None)
     for dn, raw in entries:

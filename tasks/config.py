@@ -569,6 +569,7 @@ def parse_config(data: Any, base_dir: Path | None = None) -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
+        # not chained: pydantic's own message repeats the input values (an inline secret)
         raise ConfigError(f"invalid config: {format_validation_error(exc)}") from None
     if base_dir is not None:
         config = _relative_to(config, base_dir)
@@ -601,9 +602,10 @@ def load_config(path: str | Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
+        # not chained: the parser's message is already in ours
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     return parse_config(data, base_dir=path.resolve().parent)

@@ -193,7 +193,7 @@ def connect(source: LdapSource) -> ldap3.Connection:
         conn.bind()
     except ldap_exc.LDAPException as exc:
         _close_quietly(conn)
-        raise _connection_error(source, exc) from None
+        raise _connection_error(source, exc) from exc
     except (KeyError, IndexError, ValueError, TypeError) as exc:  # ldap3 decoding non-LDAP bytes
         _close_quietly(conn)
         raise SourceError(
@@ -358,17 +358,17 @@ def paged_entries(
         for item in results:
             if item.get("type") == "searchResEntry":
                 yield item["dn"], item["raw_attributes"]
-    except ldap_exc.LDAPNoSuchObjectResult:
-        raise SourceError(f"base DN {base_dn!r} does not exist") from None
+    except ldap_exc.LDAPNoSuchObjectResult as exc:
+        raise SourceError(f"base DN {base_dn!r} does not exist") from exc
     except (ldap_exc.LDAPCommunicationError, ldap_exc.LDAPResponseTimeoutError) as exc:
         # The connection was open, its TLS verified and bound: losing it now (a restart, a
         # reset, a TLS record broken in transit, no answer in time) is the directory going
         # away, never a TLS configuration problem, whatever words the TLS layer used.
         raise SourceUnavailable(
             f"LDAP server {source.url} went away during the search of {base_dn!r}: {exc}"
-        ) from None
+        ) from exc
     except ldap_exc.LDAPException as exc:
-        raise SourceError(f"LDAP search of {base_dn!r} failed: {exc}") from None
+        raise SourceError(f"LDAP search of {base_dn!r} failed: {exc}") from exc
 
 
 def user_attributes(source: LdapSource, mapped: Iterable[str]) -> set[str]:

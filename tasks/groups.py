@@ -62,7 +62,7 @@ def _fetch_range(
         try:
             conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=[attribute])
         except ldap_exc.LDAPException as exc:
-            raise SourceError(f"ranged read of {attribute} on {dn!r} failed: {exc}") from None
+            raise SourceError(f"ranged read of {attribute} on {dn!r} failed: {exc}") from exc
         for item in conn.response or []:
             for name, values in item.get("raw_attributes", {}).items():
                 return name, list(values)

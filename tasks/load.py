@@ -134,13 +134,17 @@ class Loader:
         bulk: Capabilities | None = None,
         etag: bool = False,
         filtering: bool = True,
+        capabilities: Capabilities | None = None,
     ) -> None:
         """:param managed_ids: SCIM ids the state store already links to directory entries.
         :param bulk: the target's capabilities when changes may go in Bulk requests.
         :param etag: the target has ETags: updates carry If-Match, a 412 re-reads the user.
         :param filtering: the target answers filtered queries; without, users are matched
-            against a listing of the target (made before the first create)."""
+            against a listing of the target (made before the first create, or when first
+            needed).
+        :param capabilities: what the target supports (page sizes, cursors for listings)."""
         self.client = client
+        self.capabilities = capabilities or Capabilities()
         self.filtering = filtering
         self.names: dict[str, str | None] = {}
         self.bulk = bulk
@@ -215,8 +219,16 @@ class Loader:
         for a target that cannot filter, a listing always answers (made again when asked
         without ``use_index``, as after a failed POST).
         """
-        if not self.filtering and not use_index and self.capabilities is not None:
-            self._list(self.index_attribute, self.capabilities)
+        if not self.filtering and (not use_index or self.index is None):
+            attribute = self.index_attribute or self.dialect.equality_attribute(
+                self.target.user_match_filter
+            )
+            if attribute is None:
+                raise ConfigError(
+                    f"target {self.target.name} answers no filters: user_match_filter must be "
+                    'a plain attribute eq "%s" so users can be matched against a listing'
+                )
+            self._list(attribute, self.capabilities)
         if (use_index or not self.filtering) and self.index is not None:
             if by_user_name:
                 table, key = self.names, name_key(str(payload["userName"]))

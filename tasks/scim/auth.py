@@ -85,11 +85,11 @@ class ClientCredentials:
             raise FatalError(
                 f"OAuth token request to {self.token_url} refused: {exc.error}"
                 + (f": {exc.description}" if exc.description else "")
-            ) from None
+            ) from exc
         except requests.RequestException as exc:
             raise TransientError(
                 f"OAuth token endpoint {self.token_url} unreachable ({type(exc).__name__})"
-            ) from None
+            ) from exc
         access_token = token.get("access_token")
         if not access_token:
             raise FatalError(f"OAuth token endpoint {self.token_url} answered no access_token")

@@ -241,14 +241,14 @@ class ScimClient:
             self.stats[method] += 1
         try:
             response = self._request(method, url, what, body, params, headers)
-        except requests.Timeout:
+        except requests.Timeout as exc:
             raise TransientError(
                 f"{what} failed: no answer within {self.target.timeout:g}s"
-            ) from None
+            ) from exc
         except requests.ConnectionError as exc:
-            raise TransientError(f"{what} failed: connection error ({_reason(exc)})") from None
+            raise TransientError(f"{what} failed: connection error ({_reason(exc)})") from exc
         except requests.RequestException as exc:
-            raise RejectedError(f"{what} failed: {_reason(exc)}") from None
+            raise RejectedError(f"{what} failed: {_reason(exc)}") from exc
         status = response.status_code
         content = response.content
         if status == 401 and self.credentials is not None:
@@ -261,7 +261,7 @@ class ScimClient:
             return status, None, dict(response.headers)
         try:
             parsed = response.json()
-        except ValueError:
+        except ValueError as exc:
             kind = response.headers.get("Content-Type", "no content type").split(";")[0]
             if method != "GET" and "json" not in kind:  # a login page, a gateway's answer
                 raise FatalError(
@@ -269,10 +269,10 @@ class ScimClient:
                     f"is not confirmed (is {self.target.url} the SCIM endpoint, and are the "
                     "credentials still accepted?)",
                     status=status,
-                ) from None
+                ) from exc
             raise TransientError(  # garbled: whether a write happened is found out again
                 f"{what} answered HTTP {status} with {kind} that does not parse", status=status
-            ) from None
+            ) from exc
         return status, parsed, dict(response.headers)
 
     def _request(
@@ -309,11 +309,11 @@ class ScimClient:
                         f"({limit:,} bytes) of target {self.target.name}; not read further",
                         status=response.status_code,
                     )
-        except requests.RequestException:
+        except requests.RequestException as exc:
             if time.monotonic() >= deadline:
                 raise TransientError(
                     f"{what} failed: no complete answer within {self.target.timeout:g}s"
-                ) from None
+                ) from exc
             raise
         finally:
             WATCHDOG.release(watched)

@@ -522,3 +522,41 @@ class TestDeadlineAndSize:
         client = client_for(fake, [], max_response_bytes=65_536)
         with pytest.raises(RejectedError, match=r"larger than max_response_bytes \(65,536 bytes\)"):
             client.send("GET", "/Users")
+
+
+def test_a_409_on_a_target_without_filters_adopts_from_a_listing(serve) -> None:
+    """A target that cannot filter, no listing made yet (no create was planned), a create
+    answered 409: the loader lists the target to find the user and adopts it (before:
+    AttributeError on Loader.capabilities, set only by a listing)."""
+
+    def script(request: BaseHTTPRequestHandler, n: int):
+        if request.command == "GET":
+            assert "filter=" not in request.path  # it cannot filter
+            if request.path.startswith("/v2/Users/u1"):
+                return 200, {}, {"id": "u1", "userName": "ada"}
+            return 200, {}, listing({"id": "u1", "userName": "ada"})
+        if request.command == "POST":
+            return 409, {}, {"status": "409", "scimType": "uniqueness"}
+        return 204, {}, None
+
+    fake = serve(script)
+    loader = Loader(client_for(fake, []), use_patch=True, filtering=False)
+    payload = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "ada"}
+    loader.index = {}  # a listing made before ada existed on the target
+    outcome = loader.run(Action("create", "s1", "ada", "new", payload))
+    assert outcome.ok and outcome.adopted and outcome.scim_id == "u1"
+
+
+def test_a_translated_error_keeps_its_cause() -> None:
+    """The one-line message is ours; the cause (requests' exception, with the socket error)
+    stays chained for the run's log (it was dropped with ``from None``)."""
+    import requests as http
+
+    target = TargetConfig(name="t", url="http://127.0.0.1:9/v2", max_retries=0, timeout=2)
+    client = ScimClient(target)
+    try:
+        with pytest.raises(TransientError, match="connection error") as caught:
+            client.send("GET", "/Users")
+    finally:
+        client.close()
+    assert isinstance(caught.value.__cause__, http.ConnectionError)
