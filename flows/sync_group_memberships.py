@@ -46,7 +46,7 @@ from tasks.plan import by_status
 from tasks.report import GroupReport, LoadProgress, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.state import GroupRecord, StateRecord, StateStore
-from tasks.target import discover, reach, uses_patch
+from tasks.target import discover, reach, uses_group_patch
 
 
 def _run_name() -> str:
@@ -145,7 +145,7 @@ def _sync_groups_target(
             loader = GroupLoader(
                 client,
                 store,
-                use_patch=uses_patch(target, capabilities),
+                use_patch=uses_group_patch(target, capabilities),
                 max_members=max_members(target, capabilities, client.dialect),
                 filtering=capabilities.filter,
                 managed_users=(r.scim_id for r in records.values()),

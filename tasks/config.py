@@ -253,6 +253,12 @@ class AuthConfig(_Model):
         description="Client credentials in the Authorization header (client_secret_basic) "
         "or in the request body (client_secret_post).",
     )
+    header_type: str = Field(
+        "Bearer",
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]*$",
+        description="The Authorization header's type before the token (bearer and OAuth), for "
+        "targets that want another word than Bearer (e.g. Token, SSWS).",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> AuthConfig:
@@ -347,6 +353,16 @@ class TargetConfig(_Model):
         "Entra's PATCH forms), slack (a Slack-like SCIM 1.1 target), or generic.",
     )
     auth: AuthConfig = AuthConfig()
+    users_path: str = Field(
+        "/Users",
+        pattern=r"^/[^?#\s]*$",
+        description="The target's Users endpoint, relative to url (some targets use another).",
+    )
+    groups_path: str = Field(
+        "/Groups",
+        pattern=r"^/[^?#\s]*$",
+        description="The target's Groups endpoint, relative to url.",
+    )
     verify_tls: bool = True
     ca_file: Path | None = None
     timeout: float = Field(
@@ -398,7 +414,14 @@ class TargetConfig(_Model):
         description="Shell patterns (e.g. svc-*, admin) of target userNames never adopted or "
         "changed, whatever adopt_existing says.",
     )
-    update_method: Literal["auto", "patch", "put"] = "auto"
+    update_method: Literal["auto", "patch", "put"] = Field(
+        "auto", description="User updates: PATCH when the target advertises it (auto), or always."
+    )
+    group_update_method: Literal["auto", "patch", "put"] = Field(
+        "auto",
+        description="Group changes (renames, members): member-delta PATCHes when the target "
+        "advertises PATCH (auto), or always; put sends the whole group.",
+    )
     use_bulk: Literal["auto", "never"] = Field(
         "auto",
         description="auto: send creates and updates in Bulk requests when the target "

@@ -86,6 +86,13 @@ def uses_patch(target: TargetConfig, capabilities: Capabilities) -> bool:
     return target.update_method == "patch"
 
 
+def uses_group_patch(target: TargetConfig, capabilities: Capabilities) -> bool:
+    """Member-delta PATCHes for groups when the config says so, or (auto) when advertised."""
+    if target.group_update_method == "auto":
+        return capabilities.patch
+    return target.group_update_method == "patch"
+
+
 def uses_bulk(target: TargetConfig, capabilities: Capabilities) -> bool:
     """Bulk requests when the target advertises Bulk and the config does not forbid it."""
     return target.use_bulk == "auto" and capabilities.bulk

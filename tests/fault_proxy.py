@@ -89,6 +89,13 @@ class FaultProxy:
         """When set, every GET of /Users is answered one byte each ``trickle`` seconds."""
         self.oversize = 0
         """When set, every GET of /Users is answered padded to this many bytes."""
+        self.path_map: dict[str, str] = {}
+        """Path prefixes served under another name (``/v2/Accounts`` → ``/v2/Users``); a
+        request to a mapped-to prefix itself is counted in :attr:`unmapped`."""
+        self.unmapped = 0
+        self.header_type: str | None = None
+        """Accept only ``Authorization: <header_type> <token>`` (401 otherwise), forwarded
+        as ``Bearer <token>``."""
         self.refuse_patch = 0
         """When set, every PATCH is answered with this status (405, 501) without forwarding."""
         self.refused_patches = 0
@@ -165,6 +172,8 @@ class FaultProxy:
         headers = {
             k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")
         }
+        if self.header_type is not None and "Authorization" in headers:
+            headers["Authorization"] = "Bearer " + headers["Authorization"].split(" ", 1)[1]
         return self._session.request(
             handler.command,
             self.upstream + handler.path,
@@ -198,6 +207,23 @@ class FaultProxy:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                if proxy.header_type is not None:
+                    given = self.headers.get("Authorization", "")
+                    if not given.startswith(f"{proxy.header_type} "):
+                        self._reply(401, {"Content-Type": "application/scim+json"}, b"{}")
+                        return
+                for mapped, served in proxy.path_map.items():
+                    if self.path.startswith(mapped):
+                        self.path = served + self.path[len(mapped) :]
+                        for old_path, new_path in proxy.path_map.items():  # inside Bulk bodies
+                            body = body.replace(
+                                f'"{old_path.removeprefix("/v2")}'.encode(),
+                                f'"{new_path.removeprefix("/v2")}'.encode(),
+                            )
+                        break
+                    if self.path.startswith(served):
+                        with proxy._lock:
+                            proxy.unmapped += 1
                 if self.path.startswith("/login"):
                     self._reply(200, {"Content-Type": "text/html; charset=utf-8"}, LOGIN_PAGE)
                     return

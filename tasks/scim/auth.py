@@ -42,6 +42,7 @@ class ClientCredentials:
             hashlib.sha256(secret.encode()).hexdigest(),
             " ".join(auth.scopes),
             auth.client_auth,
+            auth.header_type,
             str(verify),
         )
         with cls._shared_lock:
@@ -64,18 +65,20 @@ class ClientCredentials:
         self._token: str | None = None
         self._renew_at = 0.0
         self.fetched = 0
+        self.header_type = auth.header_type
 
     def authorization(self) -> str:
-        """``Bearer <token>``, fetching a token when there is none or it is about to expire."""
+        """``Bearer <token>`` (or the configured header type), fetching a token when there is
+        none or it is about to expire."""
         with self._lock:
             if self._token is None or time.monotonic() >= self._renew_at:
                 self._fetch()
-            return f"Bearer {self._token}"
+            return f"{self.header_type} {self._token}"
 
     def refused(self, authorization: str) -> None:
         """The target answered 401 to this header value: drop the token if it is still ours."""
         with self._lock:
-            if authorization == f"Bearer {self._token}":
+            if authorization == f"{self.header_type} {self._token}":
                 self._token = None
 
     def _fetch(self) -> None:

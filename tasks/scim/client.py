@@ -95,7 +95,8 @@ def build_session(target: TargetConfig) -> requests.Session:
     if auth.type == "basic" and auth.username and auth.password:
         session.auth = (auth.username, auth.password.resolve().get_secret_value())
     elif auth.type == "bearer" and auth.token:
-        session.headers["Authorization"] = f"Bearer {auth.token.resolve().get_secret_value()}"
+        token = auth.token.resolve().get_secret_value()
+        session.headers["Authorization"] = f"{auth.header_type} {token}"
     session.verify = tls_verify(target)
     return session
 
@@ -124,7 +125,12 @@ class ScimClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.target = target
-        self.dialect: Scim20 = dialect_for(target.scim_version, target.dialect)
+        self.dialect: Scim20 = dialect_for(
+            target.scim_version,
+            target.dialect,
+            users_path=target.users_path,
+            groups_path=target.groups_path,
+        )
         self.session = session if session is not None else build_session(target)
         self.session.headers.update({"Accept": f"{self.dialect.media_type}, application/json"})
         self.credentials = (

@@ -395,6 +395,18 @@ PROFILES: dict[tuple[str, str], type[Scim20]] = {
 }
 
 
-def dialect_for(version: str, profile: str = "generic") -> Scim20:
-    """The dialect of a SCIM version and vendor profile (the config validates the pair)."""
-    return PROFILES[(profile, version)]()
+def dialect_for(
+    version: str,
+    profile: str = "generic",
+    *,
+    users_path: str | None = None,
+    groups_path: str | None = None,
+) -> Scim20:
+    """The dialect of a SCIM version and vendor profile (the config validates the pair), with
+    the target's own endpoint paths when it has other ones than /Users and /Groups."""
+    dialect = PROFILES[(profile, version)]()
+    if users_path:
+        dialect.users_path = users_path
+    if groups_path:
+        dialect.groups_path = groups_path
+    return dialect

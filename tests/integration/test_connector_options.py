@@ -1,0 +1,87 @@
+"""The connector options of PingFederate's SCIM connector that the provisioner lacked: endpoint
+paths, the Authorization header's type, PATCH or PUT for groups on its own switch; real slapd →
+Prefect → a proxy in front of a real scim2-server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BEARER_TOKEN, GROUPS, ScimServers, sync, target_users, write_config
+from tests.fault_proxy import FaultProxy
+from tests.support.servers import Slapd
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
+
+
+def test_endpoint_paths_and_authorization_header_type(
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A target serving its users at /Accounts and groups at /Teams, accepting only
+    ``Authorization: Token <t>``: every request goes there, with that header."""
+    scim = scim_servers.get("bearer")
+    proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+    proxy.path_map = {"/v2/Accounts": "/v2/Users", "/v2/Teams": "/v2/Groups"}
+    proxy.header_type = "Token"
+    proxy.start()
+    monkeypatch.setenv("APP_TOKEN", BEARER_TOKEN)
+    try:
+        config = write_config(
+            tmp_path / "c.yaml",
+            directory,
+            scim,
+            url=f"{proxy.url}/v2",
+            users_path="/Accounts",
+            groups_path="/Teams",
+            auth={"type": "bearer", "token": {"env": "APP_TOKEN"}, "header_type": "Token"},
+            source={"groups": {"base_dn": GROUPS}},
+        )
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert proxy.unmapped == 0  # never /Users nor /Groups
+        headers = {"Authorization": f"Bearer {BEARER_TOKEN}"}
+        assert sorted(target_users(scim, headers=headers)) == ["ada", "bob", "dee"]
+        assert summary["groups"][0]["succeeded"]["create"] == 4
+        code, summary = sync(config, capsys)
+        assert code == 0 and summary["targets"][0]["writes"] == 0
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_groups_have_their_own_patch_or_put_switch(
+    method: str,
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Users updated by PATCH, groups by PUT (or PATCH) as group_update_method says."""
+    scim = scim_servers.get("open")
+    config = write_config(
+        tmp_path / "c.yaml",
+        directory,
+        scim,
+        update_method="patch",
+        group_update_method=method,
+        use_bulk="never",
+        source={"groups": {"base_dn": GROUPS}},
+    )
+    assert sync(config, capsys)[0] == 0
+    directory.modify(
+        f"dn: cn=engineers,{GROUPS}\nchangetype: modify\ndelete: member\n"
+        "member: uid=bob,ou=people,dc=example,dc=org\n"
+    )
+    scim.reset_stats()
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    stats = scim.stats()
+    if method == "put":
+        assert stats.get("PUT", 0) == 1 and stats.get("PATCH", 0) == 0
+    else:
+        assert stats.get("PATCH", 0) == 1 and stats.get("PUT", 0) == 0
