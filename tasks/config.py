@@ -159,6 +159,11 @@ class AccountStatus(_Model):
 class LdapSource(_Model):
     type: DirectoryType = DirectoryType.openldap
     url: str = Field(description="ldap://host:389 or ldaps://host:636.")
+    failover_urls: tuple[str, ...] = Field(
+        (),
+        description="More servers of the same directory (replicas, other DCs), tried in "
+        "order when the one before is unreachable; same scheme as url.",
+    )
     tls: TlsMode | None = Field(
         None, description="ldaps, starttls or none; default ldaps for ldaps://, else starttls."
     )
@@ -195,6 +200,19 @@ class LdapSource(_Model):
         if not re.match(r"^ldaps?://[^/\s]+/?$", value):
             raise ValueError("an URL like ldap://host:389 or ldaps://host:636")
         return value.rstrip("/")
+
+    @field_validator("failover_urls")
+    @classmethod
+    def _ldap_urls(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(cls._ldap_url(v) for v in values)
+
+    @model_validator(mode="after")
+    def _same_scheme(self) -> LdapSource:
+        scheme = self.url.split(":", 1)[0]
+        for other in self.failover_urls:
+            if other.split(":", 1)[0] != scheme:
+                raise ValueError(f"failover_urls: {other} is not {scheme}:// like url")
+        return self
 
     @model_validator(mode="after")
     def _defaults(self) -> LdapSource:

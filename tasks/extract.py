@@ -140,16 +140,37 @@ def mapped_attributes(mappings: Iterable[dict[str, Any]]) -> set[str]:
 
 
 def connect(source: LdapSource) -> ldap3.Connection:
-    """Open and bind a connection as the config says; StartTLS happens before the bind."""
-    parts = urlsplit(source.url)
+    """Open and bind a connection as the config says; StartTLS happens before the bind. When
+    the server is unreachable, the ``failover_urls`` are tried in order."""
+    urls = [source.url, *source.failover_urls]
+    unreachable: list[SourceUnavailable] = []
+    for url in urls:
+        try:
+            conn = _connect(source, url)
+        except SourceUnavailable as exc:
+            unreachable.append(exc)
+            continue
+        if unreachable:
+            log.warning(
+                "LDAP server %s unreachable; using %s (%s)", source.url, url, unreachable[0]
+            )
+        return conn
+    if len(unreachable) == 1:
+        raise unreachable[0]
+    raise SourceUnavailable(
+        f"no LDAP server reachable ({len(urls)} tried): "
+        + "; ".join(str(exc) for exc in unreachable)
+    ) from unreachable[-1]
+
+
+def _connect(source: LdapSource, url: str) -> ldap3.Connection:
+    parts = urlsplit(url)
     ldaps = source.tls is TlsMode.ldaps
     port = parts.port or (636 if ldaps else 389)
     tls = None
     if source.tls is not TlsMode.none:
         if not source.verify_tls:
-            log.warning(
-                "TLS certificate verification is OFF for %s (verify_tls: false)", source.url
-            )
+            log.warning("TLS certificate verification is OFF for %s (verify_tls: false)", url)
         try:
             tls = ldap3.Tls(
                 validate=ssl.CERT_REQUIRED if source.verify_tls else ssl.CERT_NONE,
@@ -160,7 +181,7 @@ def connect(source: LdapSource) -> ldap3.Connection:
                 f"source.ca_file {source.ca_file}: not a readable CA certificate file ({exc})"
             ) from exc
     else:
-        log.warning("LDAP traffic to %s is not encrypted (tls: none)", source.url)
+        log.warning("LDAP traffic to %s is not encrypted (tls: none)", url)
     server = ldap3.Server(
         parts.hostname,
         port=port,
@@ -193,11 +214,11 @@ def connect(source: LdapSource) -> ldap3.Connection:
         conn.bind()
     except ldap_exc.LDAPException as exc:
         _close_quietly(conn)
-        raise _connection_error(source, exc) from exc
+        raise _connection_error(source, url, exc) from exc
     except (KeyError, IndexError, ValueError, TypeError) as exc:  # ldap3 decoding non-LDAP bytes
         _close_quietly(conn)
         raise SourceError(
-            f"{source.url} did not answer as an LDAP server ({type(exc).__name__} decoding its "
+            f"{url} did not answer as an LDAP server ({type(exc).__name__} decoding its "
             "answer): is it the directory's port, with ldaps:// for an LDAPS port?"
         ) from exc
     _receive_timeout(conn, math.ceil(source.receive_timeout))  # searches may take longer
@@ -261,15 +282,13 @@ def _close_quietly(conn: ldap3.Connection) -> None:
             conn.socket.close()
 
 
-def _connection_error(source: LdapSource, exc: ldap_exc.LDAPException) -> SourceError:
-    """The source error for a failed open, StartTLS or bind."""
+def _connection_error(source: LdapSource, url: str, exc: ldap_exc.LDAPException) -> SourceError:
+    """The source error for a failed open, StartTLS or bind of the server at ``url``."""
     if isinstance(exc, ldap_exc.LDAPInvalidCredentialsResult):
-        return SourceError(
-            f"LDAP bind to {source.url} as {source.bind_dn!r} refused: invalid credentials"
-        )
+        return SourceError(f"LDAP bind to {url} as {source.bind_dn!r} refused: invalid credentials")
     if isinstance(exc, ldap_exc.LDAPCommunicationError | ldap_exc.LDAPStartTLSError):
-        return _communication_error(source.url, exc)
-    return SourceError(f"LDAP connection to {source.url} failed: {exc}")
+        return _communication_error(url, exc)
+    return SourceError(f"LDAP connection to {url} failed: {exc}")
 
 
 def _communication_error(url: str, exc: Exception) -> SourceError:

@@ -85,3 +85,49 @@ def test_groups_have_their_own_patch_or_put_switch(
         assert stats.get("PUT", 0) == 1 and stats.get("PATCH", 0) == 0
     else:
         assert stats.get("PATCH", 0) == 1 and stats.get("PUT", 0) == 0
+
+
+def test_ldap_failover_to_the_next_server(
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The first directory server is down: the next of failover_urls serves the run."""
+    from deployments.processes import free_port
+
+    scim = scim_servers.get("open")
+    down = f"ldaps://127.0.0.1:{free_port()}"
+    config = write_config(
+        tmp_path / "c.yaml",
+        directory,
+        scim,
+        source={"url": down, "failover_urls": [directory.ldaps_url], "connect_timeout": 2},
+    )
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+
+
+def test_every_ldap_server_down_is_one_line_naming_them(tmp_path: Path) -> None:
+    from deployments.processes import free_port
+    from tasks.config import parse_config
+    from tasks.errors import SourceUnavailable
+    from tasks.extract import connect
+
+    first, second = (f"ldap://127.0.0.1:{free_port()}" for _ in range(2))
+    config = parse_config(
+        {
+            "source": {
+                "url": first,
+                "failover_urls": [second],
+                "tls": "none",
+                "connect_timeout": 1,
+                "users": {"base_dn": "ou=people,dc=x"},
+            },
+            "targets": [{"name": "app", "url": "https://app.example.org/scim/v2"}],
+        }
+    )
+    with pytest.raises(SourceUnavailable, match=r"no LDAP server reachable \(2 tried\)") as caught:
+        connect(config.source)
+    assert first in str(caught.value) and second in str(caught.value)
