@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from tasks import expressions
 from tasks.errors import ConfigError
 
 CORE_USER_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:User"
@@ -309,6 +310,13 @@ class MultiValuedRule(_Model):
     primary: bool = False
     display: str | None = None
 
+    @field_validator("value", "display")
+    @classmethod
+    def _expression(cls, value: str | None) -> str | None:
+        if value is not None:
+            expressions.check(value)
+        return value
+
 
 MappingValue = str | dict[str, Any] | list[MultiValuedRule]
 
@@ -337,6 +345,10 @@ def _validate_mapping(mapping: dict[str, Any], where: str = "") -> dict[str, Any
         if key in ("active", "id", "meta", "schemas"):
             raise ValueError(f"{path}: set by the provisioner, it cannot be mapped")
         if isinstance(value, str):
+            try:
+                expressions.check(value)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
             out[key] = value
         elif isinstance(value, list):
             out[key] = [MultiValuedRule.model_validate(rule) for rule in value]

@@ -26,6 +26,7 @@ from ldap3.utils.dn import parse_dn
 from prefect import get_run_logger, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
+from tasks import expressions
 from tasks.ad import UserAccountControl, guid_text
 from tasks.config import LdapSource, MultiValuedRule, TlsMode
 from tasks.errors import SourceError, SourceUnavailable, retry_on
@@ -112,13 +113,7 @@ def mapped_attributes(mappings: Iterable[dict[str, Any]]) -> set[str]:
     names: set[str] = set()
 
     def expression(expr: str) -> None:
-        if expr in ("$id", "$dn"):
-            return
-        expr = expr.removeprefix("@")
-        if "{" in expr:
-            names.update(part.split("}", 1)[0] for part in expr.split("{")[1:])
-        else:
-            names.add(expr)
+        names.update(expressions.attributes(expr))
 
     def walk(node: Any) -> None:
         if isinstance(node, str):

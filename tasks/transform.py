@@ -5,6 +5,8 @@ The mapping has the shape of the SCIM JSON it produces. Each leaf is a *source e
 - ``uid``                an LDAP attribute (the first value for a single-valued SCIM attribute);
 - ``"{givenName} {sn}"`` a template over LDAP attributes (missing ones render empty);
 - ``$id`` / ``$dn``      the entry's stable source id / its DN;
+- ``=Employee``          a constant; ``title || =Staff`` a default when empty; ``lower(mail)``,
+                         ``upper(…)``, ``trim(…)`` (the grammar: :mod:`tasks.expressions`);
 - ``@manager``           a reference: the SCIM id, on this target, of the directory user whose
                          DN the LDAP attribute holds (for the enterprise ``manager.value``).
                          Until that user is provisioned the attribute is left out (see
@@ -32,6 +34,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks import expressions
 from tasks.config import CORE_USER_SCHEMA, MultiValuedRule
 from tasks.extract import SourceUser, mapped_attributes, normalize_dn
 from tasks.scim.dialect import Scim20, dialect_for
@@ -76,7 +79,21 @@ def content_hash(payload: dict[str, Any]) -> str:
 
 
 def evaluate(expression: str, user: SourceUser) -> list[str]:
-    """Every value a source expression yields for one entry (empty list when none)."""
+    """Every value a source expression yields for one entry (empty list when none): the
+    values of its first alternative that yields any (:mod:`tasks.expressions`)."""
+    for alternative in expressions.alternatives(expression):
+        values = _evaluate(alternative, user)
+        if values:
+            return values
+    return []
+
+
+def _evaluate(expression: str, user: SourceUser) -> list[str]:
+    function, inner = expressions.call(expression)
+    if function is not None:
+        return [v for v in (function(value) for value in _evaluate(inner, user)) if v]
+    if expression.startswith("="):
+        return [expression[1:]] if expression[1:] else []
     if expression == "$id":
         return [user.source_id]
     if expression == "$dn":

@@ -131,3 +131,32 @@ def test_every_ldap_server_down_is_one_line_naming_them(tmp_path: Path) -> None:
     with pytest.raises(SourceUnavailable, match=r"no LDAP server reachable \(2 tried\)") as caught:
         connect(config.source)
     assert first in str(caught.value) and second in str(caught.value)
+
+
+def test_constants_defaults_and_functions_in_the_mapping(
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fixed userType, a title defaulting to Staff, an upper-cased nickName, lower-cased
+    emails reach the target; a second sync writes nothing."""
+    scim = scim_servers.get("open")
+    mapping = {
+        "userName": "uid",
+        "externalId": "$id",
+        "userType": "=Employee",
+        "title": "title || =Staff",
+        "nickName": "upper(uid)",
+        "emails": [{"value": "lower({uid}@EXAMPLE.org)", "type": "work", "primary": True}],
+    }
+    config = write_config(tmp_path / "c.yaml", directory, scim, mapping=mapping)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    users = target_users(scim)
+    assert {u["userType"] for u in users.values()} == {"Employee"}
+    assert (users["bob"]["title"], users["dee"]["title"]) == ("Engineer", "Staff")
+    assert users["ada"]["nickName"] == "ADA"
+    assert users["dee"]["emails"][0]["value"] == "dee@example.org"
+    code, summary = sync(config, capsys)
+    assert code == 0 and summary["targets"][0]["writes"] == 0

@@ -175,3 +175,43 @@ def test_oversize_reason_names_the_size_the_limit_and_the_largest_attribute() ->
 def test_payload_bytes_counts_non_ascii_as_sent() -> None:
     """requests escapes non-ASCII characters: "ë" is 6 bytes on the wire."""
     assert payload_bytes({"a": "ë"}) == len('{"a": "\\u00eb"}')
+
+
+class TestExpressions:
+    """Constants, defaults and simple functions in the mapping (issue: a bare string was always
+    an attribute name)."""
+
+    def test_a_constant_a_default_and_functions(self) -> None:
+        from tasks.extract import SourceUser
+        from tasks.transform import evaluate
+
+        user = SourceUser("1", "uid=Ada,ou=p", {"uid": ["Ada"], "mail": [" Ada@Example.ORG "]})
+        assert evaluate("=Employee", user) == ["Employee"]
+        assert evaluate("title || =Staff", user) == ["Staff"]
+        assert evaluate("mail || =none", user) == [" Ada@Example.ORG "]
+        assert evaluate("lower(trim(mail))", user) == ["ada@example.org"]
+        assert evaluate("lower({uid}@example.org)", user) == ["ada@example.org"]
+        assert evaluate("upper(title) || upper(uid)", user) == ["ADA"]
+
+    def test_only_the_attributes_read_are_requested(self) -> None:
+        from tasks.extract import mapped_attributes
+
+        mapping = {"userType": "=Employee", "title": "title || =Staff", "nick": "lower({uid}x)"}
+        assert mapped_attributes([mapping]) == {"title", "uid"}
+
+    def test_an_unknown_function_is_a_config_error_naming_the_key(self) -> None:
+        from tasks.config import parse_config
+        from tasks.errors import ConfigError
+
+        config = {
+            "source": {"url": "ldaps://ldap.example.org", "users": {"base_dn": "ou=p,dc=x"}},
+            "targets": [
+                {
+                    "name": "app",
+                    "url": "https://app.example.org/scim/v2",
+                    "mapping": {"userName": "uid", "title": "capitalize(title)"},
+                }
+            ],
+        }
+        with pytest.raises(ConfigError, match=r"mapping.*title: unknown function capitalize"):
+            parse_config(config)
