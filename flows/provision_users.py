@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -72,9 +73,10 @@ def make_plan(
     rejected: list[Rejection],
     state: dict[str, StateRecord],
     gone: set[str] | None = None,
+    expired: frozenset[str] = frozenset(),
 ) -> Plan:
     """Compare the desired users with the state store (always fresh: never cached)."""
-    plan = plan_users(target, desired, rejected, state, gone)
+    plan = plan_users(target, desired, rejected, state, gone, expired)
     get_run_logger().info("plan for %s: %s", target.name, plan.counts())
     return plan
 
@@ -182,7 +184,10 @@ def _sync_target(
     else:
         leaving = [state[g] for g in gone if g in state]
     store.load_bodies(target.name, [*differing, *leaving])
-    plan = make_plan(target, as_is(desired), as_is(rejected), as_is(state), as_is(gone))
+    expired = disabled_too_long(target, state, store)
+    plan = make_plan(
+        target, as_is(desired), as_is(rejected), as_is(state), as_is(gone), as_is(expired)
+    )
     plan, held_back = apply_guard(
         target.name,
         plan,
@@ -214,7 +219,12 @@ def _sync_target(
         if plan.deferred and report.done["create"]:
             state = store.records(target.name, lazy=True)
             follow_up = make_plan(
-                target, as_is(desired), as_is(rejected), as_is(state), as_is(gone)
+                target,
+                as_is(desired),
+                as_is(rejected),
+                as_is(state),
+                as_is(gone),
+                as_is(expired),
             )
             updates = [a for a in follow_up.actions if a.kind == "update"]
             report.planned["update"] += len(updates)
@@ -224,6 +234,20 @@ def _sync_target(
                 report.notes.extend(loader.notes[notes:])
     report.seconds = time.monotonic() - started
     return report
+
+
+def disabled_too_long(
+    target: TargetConfig, state: dict[str, StateRecord], store: StateStore
+) -> frozenset[str]:
+    """The users this provisioner disabled more than ``delete_disabled_after_days`` ago (by
+    the audit log) and still disabled: due for deletion (disable now, delete later)."""
+    days = target.delete_disabled_after_days
+    if days is None or target.remove_action != "disable":
+        return frozenset()
+    disabled = [sid for sid, record in state.items() if record.status == "disabled"]
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    since = store.disabled_since(target.name, disabled)
+    return frozenset(sid for sid, moment in since.items() if moment <= cutoff)
 
 
 def cycle_succeeded(report: TargetReport) -> bool:

@@ -461,6 +461,12 @@ class TargetConfig(_Model):
     update_users: bool = True
     deprovision_users: bool = True
     remove_action: Literal["disable", "delete"] = "disable"
+    delete_disabled_after_days: int | None = Field(
+        None,
+        ge=0,
+        description="With remove_action disable: delete a user the provisioner disabled this "
+        "many days ago and who has not come back (none: never delete).",
+    )
     provision_disabled_users: bool = False
     deprovision_unmanaged: bool = Field(
         False,

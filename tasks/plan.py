@@ -80,12 +80,22 @@ class Plan:
         }
 
 
-def _deprovision(plan: Plan, target: TargetConfig, record: StateRecord, why: str) -> None:
-    """Apply the remove action to a provisioned user, honouring the switches."""
+def _deprovision(
+    plan: Plan,
+    target: TargetConfig,
+    record: StateRecord,
+    why: str,
+    expired: frozenset[str] = frozenset(),
+) -> None:
+    """Apply the remove action to a provisioned user, honouring the switches; a user disabled
+    longer than ``delete_disabled_after_days`` (in ``expired``) is deleted."""
     kind: ActionKind = "delete" if target.remove_action == "delete" else "disable"
     if kind == "disable" and record.status == "disabled":
-        plan.unchanged += 1
-        return
+        if record.source_id not in expired:
+            plan.unchanged += 1
+            return
+        kind = "delete"
+        why = f"disabled more than {target.delete_disabled_after_days} days ago ({why})"
     if not target.deprovision_users:
         plan.skipped.append(
             Skipped(
@@ -207,6 +217,7 @@ def plan_users(
     rejected: Iterable[Rejection],
     state: dict[str, StateRecord],
     gone: set[str] | None = None,
+    expired: frozenset[str] = frozenset(),
 ) -> Plan:
     """Decide what to do for every user of one target.
 
@@ -214,7 +225,8 @@ def plan_users(
     deprovisioned), or, with ``gone`` given, only the users that changed (an incremental
     cycle: only the provisioned users in ``gone`` are deprovisioned; the others are unchanged).
     A rejected entry is still in the directory: its target user is left alone, never
-    deprovisioned because of that.
+    deprovisioned because of that. ``expired``: users the provisioner disabled longer ago than
+    ``delete_disabled_after_days``, deleted now unless they came back.
     """
     desired, duplicates = without_duplicate_names(
         desired, state, partial=gone is not None, gone=gone
@@ -242,7 +254,7 @@ def plan_users(
             if record is None:
                 plan.not_provisioned += 1
             else:
-                _deprovision(plan, target, record, DISABLED)
+                _deprovision(plan, target, record, DISABLED, expired)
             continue
         changed = record is None or record.content_hash != user.content_hash
         too_big = oversize_reason(user.payload, target.max_user_bytes) if changed else None
@@ -300,8 +312,10 @@ def plan_users(
     for source_id, record in state.items():
         if source_id in seen:
             continue
-        if source_id in keep or (gone is not None and source_id not in gone):
+        if source_id in keep or (
+            gone is not None and source_id not in gone and source_id not in expired
+        ):
             plan.unchanged += 1
             continue
-        _deprovision(plan, target, record, GONE)
+        _deprovision(plan, target, record, GONE, expired)
     return plan

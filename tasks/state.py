@@ -459,6 +459,31 @@ class StateStore:
                     out[row.source_id] = self._record(target, row)
         return out
 
+    def disabled_since(self, target: str, source_ids: Iterable[str]) -> dict[str, datetime]:
+        """When each of these users was last disabled on the target by the provisioner (its
+        latest confirmed ``disable`` in the audit log), for those that were."""
+        t = audit_log
+        wanted = sorted(set(source_ids))
+        out: dict[str, datetime] = {}
+        if not wanted or (self.read_only and not self._has_table(t)):
+            return out
+        with self.engine.connect() as conn:
+            for at in range(0, len(wanted), 500):
+                query = (
+                    sa.select(t.c.source_id, sa.func.max(t.c.at))
+                    .where(
+                        t.c.target == target,
+                        t.c.object == "user",
+                        t.c.action == "disable",
+                        t.c.outcome == "ok",
+                        t.c.source_id.in_(wanted[at : at + 500]),
+                    )
+                    .group_by(t.c.source_id)
+                )
+                for source_id, moment in conn.execute(query):
+                    out[source_id] = _aware(moment)
+        return out
+
     def correct(self, target: str, records: list[StateRecord], removals: list[str]) -> None:
         """Replace the records of these users and delete those of ``removals``, in one
         transaction (a reconciliation correcting only the rows that differ from the truth)."""

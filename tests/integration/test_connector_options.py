@@ -160,3 +160,36 @@ def test_constants_defaults_and_functions_in_the_mapping(
     assert users["dee"]["emails"][0]["value"] == "dee@example.org"
     code, summary = sync(config, capsys)
     assert code == 0 and summary["targets"][0]["writes"] == 0
+
+
+@pytest.mark.parametrize("days", [0, 7])
+def test_disable_now_delete_later(
+    days: int,
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A locked user and a deleted one are disabled; once they have been disabled for
+    delete_disabled_after_days (0 here: by the next cycle) they are deleted; within the grace
+    period (7 days) they stay disabled."""
+    scim = scim_servers.get("open")
+    config = write_config(tmp_path / "c.yaml", directory, scim, delete_disabled_after_days=days)
+    assert sync(config, capsys)[0] == 0
+    directory.modify(
+        "dn: uid=bob,ou=people,dc=example,dc=org\nchangetype: modify\nadd: objectClass\n"
+        "objectClass: nsAccountLockable\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n\n"
+        "dn: uid=dee,ou=people,dc=example,dc=org\nchangetype: delete\n"
+    )
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert summary["targets"][0]["succeeded"]["disable"] == 2
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    users = target_users(scim)
+    if days == 0:
+        assert summary["targets"][0]["succeeded"]["delete"] == 2
+        assert sorted(users) == ["ada"]
+    else:
+        assert summary["targets"][0]["writes"] == 0
+        assert not users["bob"]["active"] and not users["dee"]["active"]

@@ -180,3 +180,18 @@ def test_user_names_differing_only_by_unicode_normalisation_are_duplicates() -> 
     assert all("duplicate userName" in r.reason for r in plan.rejected)
     plan = plan_users(target(), [nfc, nfd], [], {"1": record(nfc)})
     assert plan.actions == [] and [r.dn for r in plan.rejected] == ["uid=jose,ou=b"]
+
+
+def test_a_user_disabled_too_long_is_deleted_even_in_an_incremental_cycle() -> None:
+    """Disable now, delete later: a record disabled longer than the grace (``expired``) is
+    deleted although this cycle did not see it; one within the grace stays disabled."""
+    gone_long, gone_recently = desired("1", "ada"), desired("2", "bob")
+    state = {
+        "1": record(gone_long, status="disabled"),
+        "2": record(gone_recently, status="disabled"),
+    }
+    plan = plan_users(
+        target(delete_disabled_after_days=30), [], [], state, gone=set(), expired=frozenset({"1"})
+    )
+    assert [(a.kind, a.user_name) for a in plan.actions] == [("delete", "ada")]
+    assert "disabled more than 30 days ago" in plan.actions[0].reason
