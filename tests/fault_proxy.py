@@ -101,6 +101,8 @@ class FaultProxy:
         self.refused_patches = 0
         self.advertise_patch = False
         """Say PATCH is supported in /ServiceProviderConfig, whatever the server says."""
+        self.invalidate_cursors = 0
+        """Answer this many GETs that carry a non-empty ``cursor`` with 400 invalidCursor."""
         self.refuse_attributes = False
         """Answer a GET asking for ``attributes=`` with a SCIM 400, as some servers do."""
         self.stuck_listing = False
@@ -265,6 +267,17 @@ class FaultProxy:
                     response = proxy._forward(self, body)
                     proxy._released.wait()
                     self._relay(response)
+                    return
+                if (
+                    proxy.invalidate_cursors
+                    and self.command == "GET"
+                    and re.search(r"[?&]cursor=[^&]", self.path)
+                ):
+                    with proxy._lock:
+                        proxy.invalidate_cursors -= 1
+                    error = {"status": "400", "scimType": "invalidCursor", "detail": "cursor"}
+                    data = json.dumps(error).encode()
+                    self._reply(400, {"Content-Type": "application/scim+json"}, data)
                     return
                 if proxy.refuse_attributes and self.command == "GET" and "attributes=" in self.path:
                     error = {"status": "400", "scimType": "invalidValue", "detail": "attributes"}

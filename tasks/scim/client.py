@@ -43,6 +43,8 @@ MAX_RETRY_AFTER = 600.0
 MAX_REDIRECTS = 5
 """Same-origin redirects a read follows; a write follows none."""
 CHUNK_BYTES = 65536
+CURSOR_RESTARTS = 3
+"""Times a listing starts again when the target says its cursor is invalid or expired."""
 
 
 class RateLimiter:
@@ -466,13 +468,15 @@ class ScimClient:
     def list_all(
         self, path: str, attributes: list[str], page_size: int, *, cursor: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Every resource of ``path``, page by page: by RFC 9865 cursors (``cursor`` /
+        """Every resource of ``path`` once, page by page: by RFC 9865 cursors (``cursor`` /
         ``nextCursor``) when the target offers them, else by ``startIndex``/``count``.
 
-        A listing that does not advance (a page of ids already seen, a cursor handed back
-        again, more resources than the first page's ``totalResults`` promised, allowing for
-        growth) raises :class:`FatalError`: acting on a partial or endless listing could
-        create duplicates, and looping forever helps nobody.
+        A cursor the target calls ``invalidCursor`` or ``expiredCursor`` restarts the listing
+        from the beginning (at most :data:`CURSOR_RESTARTS` times); what was listed already is
+        not yielded again. A listing that does not advance (a page of ids already seen, a
+        cursor handed back again, more resources than the first page's ``totalResults``
+        promised, allowing for growth) raises :class:`FatalError`: acting on a partial or
+        endless listing could create duplicates, and looping forever helps nobody.
         """
         start, next_cursor = 1, ""
         asked = ",".join(attributes)
@@ -480,6 +484,8 @@ class ScimClient:
         cursors: set[str] = set()
         cap: int | None = None
         promised = 0
+        restarts = 0
+        replaying = False  # after a restart, pages of what was listed already are expected
         while True:
             params = {"count": str(page_size), **({"attributes": asked} if asked else {})}
             if cursor:
@@ -489,6 +495,25 @@ class ScimClient:
             try:
                 _, body, _ = self.send("GET", path, params=params)
             except RejectedError as exc:
+                if (
+                    cursor
+                    and next_cursor
+                    and exc.scim_type in ("invalidCursor", "expiredCursor")
+                    and restarts < CURSOR_RESTARTS
+                ):
+                    restarts += 1
+                    log.warning(
+                        "target %s: cursor of the listing of %s refused (%s); listing again "
+                        "from the start (%d of %d)",
+                        self.target.name,
+                        path,
+                        exc.scim_type,
+                        restarts,
+                        CURSOR_RESTARTS,
+                    )
+                    next_cursor, replaying = "", True
+                    cursors.clear()
+                    continue
                 if exc.status != 400 or not asked or seen:
                     raise
                 log.warning(
@@ -505,19 +530,21 @@ class ScimClient:
             if cap is None and isinstance(total, int):
                 promised, cap = total, 2 * total + 10 * page_size  # room for new resources
             ids = {str(r.get("id")) for r in page if r.get("id") is not None}
-            if page and ids and ids <= seen:
+            if page and ids and ids <= seen and not replaying:
                 raise FatalError(
                     f"listing {path} of target {self.target.name} does not advance: the page at "
                     f"{'cursor ' + repr(next_cursor) if cursor else f'startIndex {start}'} holds "
                     f"only resources already listed ({len(seen)} so far); stopped"
                 )
+            replaying = replaying and ids <= seen
+            fresh = [r for r in page if str(r.get("id")) not in seen or r.get("id") is None]
             seen |= ids
             if cap is not None and len(seen) > cap:
                 raise FatalError(
                     f"listing {path} of target {self.target.name} goes on past {cap} resources "
                     f"(its first page said {promised}); stopped"
                 )
-            yield from (self.dialect.from_wire(r) for r in page)
+            yield from (self.dialect.from_wire(r) for r in fresh)
             if cursor:
                 following = body.get("nextCursor") if isinstance(body, dict) else None
                 if not page or not following:

@@ -193,3 +193,28 @@ def test_disable_now_delete_later(
     else:
         assert summary["targets"][0]["writes"] == 0
         assert not users["bob"]["active"] and not users["dee"]["active"]
+
+
+def test_a_cursor_listing_over_many_pages_survives_an_invalid_cursor(
+    scim_servers: ScimServers,
+) -> None:
+    """RFC 9865 cursors followed over four pages of a real server; the target calling the
+    second cursor invalid restarts the listing, and each user is listed once."""
+    from tasks.config import TargetConfig
+    from tasks.scim.client import ScimClient
+    from tests.conftest import create_on_target
+
+    scim = scim_servers.get("cursor")
+    for n in range(7):
+        create_on_target(scim, f"u{n}")
+    proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+    proxy.invalidate_cursors = 1
+    proxy.start()
+    client = ScimClient(TargetConfig(name="app", url=f"{proxy.url}/v2", max_retries=0))
+    try:
+        names = [u["userName"] for u in client.list_all("/Users", ["userName"], 2, cursor=True)]
+    finally:
+        client.close()
+        proxy.stop()
+    assert sorted(names) == [f"u{n}" for n in range(7)]
+    assert proxy.invalidate_cursors == 0
