@@ -348,7 +348,7 @@ def provision_users(
     """Provision the directory's users into the SCIM targets of a config file.
 
     Args:
-        config_path: the YAML config file (see README.md, "Configuration").
+        config_path: the YAML config file (see docs/configuration.md).
         target: the name of one target, or none for all of them.
         allow_mass_deprovisioning: let disables/deletes above the guard's limit through
             (for unattended runs that were checked otherwise).

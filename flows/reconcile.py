@@ -9,7 +9,7 @@ and a CSV of every difference) → unless ``dry_run``: correct the state records
 the truth and run the plan → guard → load path of ``provision_users`` on the differing users
 only (and ``sync_group_memberships``), which repairs exactly the differences.
 
-Memory grows by a few hundred bytes per user in step (see README, "Performance"); a user that
+Memory grows by a few hundred bytes per user in step (see docs/performance.md); a user that
 differs is held whole (a few kilobytes).
 """
 
@@ -484,7 +484,7 @@ def reconcile(
     """Compare the directory, the state store and what the targets hold; repair differences.
 
     Args:
-        config_path: the YAML config file (see README.md, "Configuration").
+        config_path: the YAML config file (see docs/configuration.md).
         target: the name of one target, or none for all of them.
         dry_run: report the differences and what would be done; change nothing.
         allow_mass_deprovisioning: let disables/deletes above the guard's limit through.

@@ -284,7 +284,7 @@ def sync_group_memberships(
     """Bring the SCIM targets' groups and memberships in step with the directory's groups.
 
     Args:
-        config_path: the YAML config file (see README.md, "Configuration").
+        config_path: the YAML config file (see docs/configuration.md).
         target: the name of one target, or none for all of them.
         full: read every group instead of the changes since the last successful cycle.
         allow_mass_deprovisioning: let group deletions above the guard's limit through

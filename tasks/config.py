@@ -616,7 +616,7 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = loc.replace(".[", "[")
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see the config reference in README.md)"
+            msg = "unknown key (check the spelling; see docs/configuration.md)"
         lines.append(f"{loc or '(top level)'}: {msg}")
     return "; ".join(lines)
 

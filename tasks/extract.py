@@ -242,7 +242,7 @@ def _decode_entries_raw(conn: ldap3.Connection) -> None:
     ldap3 builds, for every entry, a case-insensitive dict of the raw values *and* a second,
     converted copy of every attribute; the provisioner reads only the raw values (its own
     decoding says what is text and what is binary). Skipping both costs nothing in meaning
-    and makes reading the directory markedly faster (see README, Performance). Other messages
+    and makes reading the directory markedly faster (see docs/performance.md). Other messages
     (and the controls of entries, e.g. syncrepl's state) are decoded by ldap3 as before.
     """
     strategy = conn.strategy

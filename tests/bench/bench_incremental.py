@@ -33,7 +33,7 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
 def config_file(path: Path, slapd: Slapd, scim: ScimServer, method: str, bulk: bool) -> Path:
-    # cycles follow each other within seconds here; see the README
+    # cycles follow each other within seconds here; see docs/architecture.md
     source = {"change_detection": method, "timestamp_overlap_seconds": 1, "page_size": 2000}
     bulk_setting = "auto" if bulk else "never"
     state = path.parent / "state.db"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,8 +19,16 @@ TEST_SERVERS = ("local_servers", "scim_app", "oauth_app", "samba_dc", "scim_sqli
 def test_the_wheel_holds_no_test_or_demo_server(tmp_path: Path) -> None:
     """Built as pip builds it: the product's packages are in, and no module of tests/ nor any
     test or demo server (they were in deployments/ and shipped in the wheel and the image)."""
+    source = tmp_path / "source"  # a clean copy: setuptools leaves build/ where it builds
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".demo", ".*_cache"
+        ),
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
