@@ -63,9 +63,10 @@ def make_group_plan(
     groups: dict[str, GroupRecord],
     warnings: list[str],
     gone: set[str] | None = None,
+    disabled_members: frozenset[str] = frozenset(),
 ) -> GroupPlan:
     """Compare the directory's groups with the state store (always fresh: never cached)."""
-    plan = plan_groups(target, desired, users, groups, warnings, gone)
+    plan = plan_groups(target, desired, users, groups, warnings, gone, disabled_members)
     get_run_logger().info("group plan for %s: %s", target.name, plan.counts())
     return plan
 
@@ -129,6 +130,7 @@ def _sync_groups_target(
         as_is(state),
         warnings,
         as_is(groups.gone(state)),
+        as_is(disabled_members(target, records, store)),
     )
     plan, held_back = apply_group_guard(
         target.name,
@@ -188,6 +190,19 @@ def name_run(prefix: str, full: bool) -> None:
             client.update_flow_run(UUID(run_id), name=name)
     except Exception as exc:  # a name is not worth failing a run for
         get_run_logger().warning("could not rename the flow run to %s: %s", name, exc)
+
+
+def disabled_members(
+    target: TargetConfig, records: dict[str, StateRecord], store: StateStore
+) -> frozenset[str]:
+    """With ``disabled_users_keep_groups``: the users provisioned disabled (pre-hires, locked
+    accounts in scope), who keep their groups; never those this provisioner deprovisioned
+    (their confirmed ``disable`` is in the audit log)."""
+    if not (target.provision_disabled_users and target.disabled_users_keep_groups):
+        return frozenset()
+    disabled = [sid for sid, record in records.items() if record.status == "disabled"]
+    deprovisioned = store.disabled_since(target.name, disabled)
+    return frozenset(sid for sid in disabled if sid not in deprovisioned)
 
 
 def open_store(config: Config) -> StateStore:

@@ -468,6 +468,12 @@ class TargetConfig(_Model):
         "many days ago and who has not come back (none: never delete).",
     )
     provision_disabled_users: bool = False
+    disabled_users_keep_groups: bool = Field(
+        False,
+        description="With provision_disabled_users: users provisioned disabled (pre-hires, "
+        "locked accounts in scope) keep their group memberships; users deprovisioned by a "
+        "remove action never do.",
+    )
     deprovision_unmanaged: bool = Field(
         False,
         description="Reconciliation disables/deletes (remove_action) target users that no "
@@ -528,6 +534,15 @@ class TargetConfig(_Model):
             raise ValueError(
                 f"auth {self.auth.type} would send credentials unencrypted to {clear[0]}: use "
                 "https://, or set allow_insecure_http: true if this network is trusted"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _keep_groups_needs_disabled_users(self) -> TargetConfig:
+        if self.disabled_users_keep_groups and not self.provision_disabled_users:
+            raise ValueError(
+                "disabled_users_keep_groups needs provision_disabled_users: true (without it, "
+                "disabled users are not provisioned, so not in groups)"
             )
         return self
 

@@ -346,14 +346,21 @@ def plan_groups(
     state: dict[str, GroupRecord],
     warnings: Iterable[str] = (),
     gone: set[str] | None = None,
+    disabled_members: frozenset[str] = frozenset(),
 ) -> GroupPlan:
     """Decide, per group, create / rename / member delta / delete, honouring the switches.
 
     ``desired`` is every group in scope, or, with ``gone`` given (an incremental cycle), the
-    groups that changed: then only the provisioned groups in ``gone`` are deleted.
+    groups that changed: then only the provisioned groups in ``gone`` are deleted. Members are
+    the active provisioned users, and the disabled ones in ``disabled_members`` (provisioned
+    disabled, kept in their groups: ``disabled_users_keep_groups``).
     """
     plan = GroupPlan(target=target.name, warnings=list(warnings))
-    active = {sid: r.scim_id for sid, r in users.items() if r.status == "active"}
+    active = {
+        sid: r.scim_id
+        for sid, r in users.items()
+        if r.status == "active" or sid in disabled_members
+    }
     additive = target.membership_mode == "additive"
     seen: set[str] = set()
     for group in desired:

@@ -218,3 +218,41 @@ def test_a_cursor_listing_over_many_pages_survives_an_invalid_cursor(
         proxy.stop()
     assert sorted(names) == [f"u{n}" for n in range(7)]
     assert proxy.invalidate_cursors == 0
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_users_provisioned_disabled_keep_their_groups_when_asked(
+    keep: bool,
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """provision_disabled_users with disabled_users_keep_groups: the locked cy is in his
+    groups from the start and bob keeps engineers when locked (a pre-hire ready on day one);
+    dee, deleted from the directory, leaves every group all the same. Without the switch,
+    disabled users are in no group."""
+    from tests.integration.test_groups import target_groups
+
+    scim = scim_servers.get("open")
+    config = write_config(
+        tmp_path / "c.yaml",
+        directory,
+        scim,
+        provision_disabled_users=True,
+        disabled_users_keep_groups=keep,
+        source={"groups": {"base_dn": GROUPS}},
+    )
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert ("cy" in target_groups(scim)["everyone"]["names"]) is keep
+    directory.modify(
+        "dn: uid=bob,ou=people,dc=example,dc=org\nchangetype: modify\nadd: objectClass\n"
+        "objectClass: nsAccountLockable\n-\nadd: nsAccountLock\nnsAccountLock: TRUE\n\n"
+        "dn: uid=dee,ou=people,dc=example,dc=org\nchangetype: delete\n"
+    )
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    groups = target_groups(scim)
+    assert groups["engineers"]["names"] == (["ada", "bob"] if keep else ["ada"])
+    assert "dee" not in groups["everyone"]["names"] and groups["auditors"]["names"] == []
