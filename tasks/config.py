@@ -603,6 +603,18 @@ class Config(_Model):
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
     state: StateConfig = StateConfig()
 
+    @model_validator(mode="after")
+    def _grace_within_retention(self) -> Config:
+        for t in self.targets:
+            days = t.delete_disabled_after_days
+            if days is not None and days >= self.state.audit_retention_days:
+                raise ValueError(
+                    f"targets[{t.name}].delete_disabled_after_days ({days}) must be below "
+                    f"state.audit_retention_days ({self.state.audit_retention_days}): the audit "
+                    "log says when a user was disabled"
+                )
+        return self
+
     @field_validator("targets")
     @classmethod
     def _unique_names(cls, value: list[TargetConfig]) -> list[TargetConfig]:

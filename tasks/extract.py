@@ -288,6 +288,8 @@ def _connection_error(source: LdapSource, url: str, exc: ldap_exc.LDAPException)
 
 def _communication_error(url: str, exc: Exception) -> SourceError:
     text = str(exc)
+    if "timed out" in text.lower():  # a server that never answers (a TLS handshake included)
+        return SourceUnavailable(f"LDAP server {url} unreachable: {text}")
     if "certificate" in text.lower() or "ssl" in text.lower():
         return SourceError(f"TLS with {url} failed (check ca_file and the server name): {text}")
     return SourceUnavailable(f"LDAP server {url} unreachable: {text}")

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefect import task
@@ -152,7 +152,8 @@ class GroupLoader:
         last one's record is returned (written with the audit entry)."""
         existing = self.find_existing(action)
         if existing is None:
-            chunks = list(member_chunks(action.members, (), self.max_members)) or [([], [])]
+            per_request = self.max_members if self.use_patch else len(action.members) or 1
+            chunks = list(member_chunks(action.members, (), per_request)) or [([], [])]
             first, _ = chunks[0]
             body = self.dialect.group_body(action.display_name, action.source_id, first)
             try:
@@ -167,7 +168,18 @@ class GroupLoader:
                 record = GroupRecord(action.source_id, scim_id, action.display_name, members)
                 for add, _ in chunks[1:]:
                     self._save(record)
-                    self.client.patch(self.path, scim_id, self.dialect.member_operations(add, ()))
+                    if not self.use_patch:  # PATCH refused meanwhile: the rest by one PUT
+                        outcome, record = self.change(action, scim_id, members)
+                        return replace(outcome, added=len(action.members)), record
+                    ops = self.dialect.member_operations(add, ())
+                    try:
+                        self.client.patch(self.path, scim_id, ops)
+                    except RejectedError as exc:
+                        if exc.status not in PATCH_REFUSED:
+                            raise
+                        self.patch_refused(exc)
+                        outcome, record = self.change(action, scim_id, members)
+                        return replace(outcome, added=len(action.members)), record
                     members |= frozenset(add)
                     record = GroupRecord(action.source_id, scim_id, action.display_name, members)
                 return GroupOutcome(action, True, added=len(members), scim_id=scim_id), record

@@ -460,29 +460,29 @@ class StateStore:
         return out
 
     def disabled_since(self, target: str, source_ids: Iterable[str]) -> dict[str, datetime]:
-        """When each of these users was last disabled on the target by the provisioner (its
-        latest confirmed ``disable`` in the audit log), for those that were."""
+        """When each of these users was deprovisioned by the provisioner: its latest confirmed
+        write in the audit log is a ``disable`` (a later create or update, e.g. a user back in
+        scope, then provisioned disabled, means it is not deprovisioned); for those that are.
+        The audit pruning keeps a disabled user's writes while the user stays disabled."""
         t = audit_log
         wanted = sorted(set(source_ids))
-        out: dict[str, datetime] = {}
+        latest: dict[str, tuple[datetime, int, str]] = {}
         if not wanted or (self.read_only and not self._has_table(t)):
-            return out
+            return {}
         with self.engine.connect() as conn:
             for at in range(0, len(wanted), 500):
-                query = (
-                    sa.select(t.c.source_id, sa.func.max(t.c.at))
-                    .where(
-                        t.c.target == target,
-                        t.c.object == "user",
-                        t.c.action == "disable",
-                        t.c.outcome == "ok",
-                        t.c.source_id.in_(wanted[at : at + 500]),
-                    )
-                    .group_by(t.c.source_id)
+                query = sa.select(t.c.source_id, t.c.at, t.c.id, t.c.action).where(
+                    t.c.target == target,
+                    t.c.object == "user",
+                    t.c.action.in_(("create", "update", "disable")),
+                    t.c.outcome == "ok",
+                    t.c.source_id.in_(wanted[at : at + 500]),
                 )
-                for source_id, moment in conn.execute(query):
-                    out[source_id] = _aware(moment)
-        return out
+                for source_id, moment, number, action in conn.execute(query):
+                    entry = (_aware(moment), int(number), str(action))
+                    if source_id not in latest or entry[:2] > latest[source_id][:2]:
+                        latest[source_id] = entry
+        return {sid: when for sid, (when, _, action) in latest.items() if action == "disable"}
 
     def correct(self, target: str, records: list[StateRecord], removals: list[str]) -> None:
         """Replace the records of these users and delete those of ``removals``, in one
@@ -705,10 +705,25 @@ class StateStore:
             ]
 
     def prune_audit(self, older_than: datetime) -> int:
-        """Delete audit entries older than ``older_than``; return how many."""
+        """Delete audit entries older than ``older_than``; return how many. The confirmed
+        writes of a user still disabled are kept: they tell a deprovisioned user from one
+        provisioned disabled (:meth:`disabled_since`)."""
         self._check_writable()
+        t, u = audit_log, provisioned_users
+        still_disabled = (
+            sa.select(u.c.source_id)
+            .where(u.c.target == t.c.target, u.c.source_id == t.c.source_id)
+            .where(u.c.status == "disabled")
+            .exists()
+        )
+        kept = (
+            (t.c.object == "user")
+            & t.c.action.in_(("create", "update", "disable"))
+            & (t.c.outcome == "ok")
+            & still_disabled
+        )
         with self.engine.begin() as conn:
-            result = conn.execute(sa.delete(audit_log).where(audit_log.c.at < older_than))
+            result = conn.execute(sa.delete(t).where(t.c.at < older_than, ~kept))
             return int(result.rowcount or 0)
 
     def _create_or_upgrade(self) -> None:

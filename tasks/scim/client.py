@@ -324,7 +324,11 @@ class ScimClient:
                 ) from exc
             raise
         finally:
-            WATCHDOG.release(watched)
+            cut = not WATCHDOG.release(watched)
+        if cut or time.monotonic() >= deadline:  # an answer without a length just ends when cut
+            raise TransientError(
+                f"{what} failed: no complete answer within {self.target.timeout:g}s"
+            )
         response._content = bytes(content)
 
     def _exchange(
@@ -360,17 +364,25 @@ class ScimClient:
                 return response
             response.close()
             location = urljoin(response.url, response.headers.get("Location", ""))
+            try:
+                same_origin = _origin(location) == _origin(url)
+                shown = safe_url(location)
+            except ValueError:  # a port that is not a number
+                raise FatalError(
+                    f"{what} was redirected (HTTP {response.status_code}) to a malformed URL",
+                    status=response.status_code,
+                ) from None
             if method != "GET":
                 raise FatalError(
-                    f"{what} was redirected (HTTP {response.status_code}) to {safe_url(location)}: "
+                    f"{what} was redirected (HTTP {response.status_code}) to {shown}: "
                     "a write is not followed to another URL and is not confirmed; check the "
                     f"URL of target {self.target.name} and that its credentials are accepted",
                     status=response.status_code,
                 )
-            if _origin(location) != _origin(url):
+            if not same_origin:
                 raise FatalError(
                     f"{what} was redirected (HTTP {response.status_code}) to another host, "
-                    f"{safe_url(location)}: not followed (the credentials stay with "
+                    f"{shown}: not followed (the credentials stay with "
                     f"{safe_url(self.target.url)})",
                     status=response.status_code,
                 )
@@ -639,9 +651,10 @@ class Watchdog:
                 self._wake.notify()
         return key
 
-    def release(self, key: int) -> None:
+    def release(self, key: int) -> bool:
+        """Stop watching; ``False`` when the deadline had already cut the response."""
         with self._wake:
-            self._watched.pop(key, None)
+            return self._watched.pop(key, None) is not None
 
     def _run(self) -> None:
         with self._wake:

@@ -560,3 +560,127 @@ def test_a_translated_error_keeps_its_cause() -> None:
     finally:
         client.close()
     assert isinstance(caught.value.__cause__, http.ConnectionError)
+
+
+class TestReviewFindings:
+    """Found by a review of this session's change; each fails without its fix."""
+
+    def test_an_answer_without_a_length_cut_at_the_deadline_is_not_taken_as_complete(
+        self,
+    ) -> None:
+        """HTTP/1.0 with no Content-Length ends when the connection closes: cut by the deadline,
+        the body must not read as a complete empty answer ("no such user" → a duplicate)."""
+        import socket
+
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        stop = threading.Event()
+
+        def stall() -> None:
+            conn, _ = listener.accept()
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/scim+json\r\n\r\n")
+            stop.wait(10)
+            conn.close()
+
+        threading.Thread(target=stall, daemon=True).start()
+        target = TargetConfig(name="t", url=f"http://127.0.0.1:{port}/v2", max_retries=0, timeout=1)
+        client = ScimClient(target)
+        try:
+            with pytest.raises(TransientError, match="no complete answer within 1s"):
+                client.find("/Users", 'userName eq "ada"')
+        finally:
+            stop.set()
+            client.close()
+            listener.close()
+
+    def test_one_bulk_operation_refused_with_403_fails_alone(self, serve: Any) -> None:
+        """The other operations the target confirmed in the same Bulk answer are kept."""
+        from tasks.scim.dialect import Capabilities
+
+        def script(request: BaseHTTPRequestHandler, n: int):
+            ops = request.body["Operations"]  # type: ignore[attr-defined]
+            return (
+                200,
+                {},
+                {
+                    "Operations": [
+                        {
+                            "bulkId": op["bulkId"],
+                            "method": "POST",
+                            "status": "403" if op["data"]["userName"] == "root" else "201",
+                            "location": f"{fake.url}/Users/id-{op['data']['userName']}",
+                        }
+                        for op in ops
+                    ]
+                },
+            )
+
+        fake = serve(script)
+        caps = Capabilities(bulk=True, bulk_max_operations=10, bulk_max_payload=100_000)
+        loader = Loader(client_for(fake, []), use_patch=True, bulk=caps)
+        loader.index, loader.index_attribute = {}, "userName"
+        actions = [
+            Action("create", f"s-{name}", name, "new", {"userName": name})
+            for name in ("ann", "root")
+        ]
+        outcomes, rest = loader.run_bulk(actions)
+        assert {o.action.user_name: o.ok for o in outcomes} == {"ann": True, "root": False}
+        assert rest == []
+
+
+def test_a_hung_ldaps_server_is_unreachable_not_a_tls_mistake() -> None:
+    """A TLS handshake that times out said "check ca_file" (no retry, no failover)."""
+    import socket
+
+    from tasks.config import parse_config
+    from tasks.errors import SourceUnavailable
+    from tasks.extract import connect
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    config = parse_config(
+        {
+            "source": {
+                "url": f"ldaps://127.0.0.1:{port}",
+                "connect_timeout": 1,
+                "users": {"base_dn": "ou=people,dc=x"},
+            },
+            "targets": [{"name": "app", "url": "https://app.example.org/scim/v2"}],
+        }
+    )
+    try:
+        with pytest.raises(SourceUnavailable):
+            connect(config.source)
+    finally:
+        listener.close()
+
+
+def test_a_big_group_on_a_target_without_patch_is_created_in_one_post(
+    serve: Any, tmp_path: Any
+) -> None:
+    """Without PATCH, the members past max_members were still sent by PATCH: the group was
+    created part-filled and reported failed. Now one POST carries them all."""
+    from tasks.groups import GroupAction
+    from tasks.load_groups import GroupLoader
+    from tasks.state import StateStore
+
+    def script(request: BaseHTTPRequestHandler, n: int):
+        if request.command == "GET":
+            return 200, {}, listing()
+        if request.command == "POST":
+            return 201, {}, {**request.body, "id": "g1"}  # type: ignore[attr-defined]
+        return 501, {}, {"status": "501", "detail": "no PATCH"}
+
+    fake = serve(script)
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    loader = GroupLoader(client_for(fake, []), store, use_patch=False, max_members=2)
+    members = frozenset(f"u{n}" for n in range(5))
+    outcome = loader.run(GroupAction("create", "g-src", "staff", members))
+    store.close()
+    assert outcome.ok and outcome.added == 5
+    assert [m for m, _ in fake.requests] == ["GET", "POST"]

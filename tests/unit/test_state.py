@@ -42,3 +42,27 @@ def test_a_new_state_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
         path = tmp_path / name
         if path.exists():
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+
+
+def test_a_user_back_in_scope_then_provisioned_disabled_is_not_deprovisioned(
+    tmp_path: Path,
+) -> None:
+    """disabled_since answers only when the latest confirmed write is a disable; pruning the
+    audit log keeps the disable of a user still disabled."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from tasks.state import AuditEntry, audit_log
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    for sid in ("back", "gone"):
+        record = StateRecord(sid, f"scim-{sid}", sid, "h", {"userName": sid}, "disabled")
+        store.apply("app", [record], [], [AuditEntry("user", "disable", sid, sid, None, "ok")])
+    store.apply("app", [], [], [AuditEntry("user", "update", "back", "back", None, "ok")])
+    assert set(store.disabled_since("app", ["back", "gone"])) == {"gone"}
+    with store.engine.begin() as conn:  # everything a year old
+        conn.execute(sa.update(audit_log).values(at=datetime.now(UTC) - timedelta(days=365)))
+    store.prune_audit(datetime.now(UTC) - timedelta(days=180))
+    assert set(store.disabled_since("app", ["back", "gone"])) == {"gone"}
+    store.close()
