@@ -37,7 +37,7 @@ from tasks.report import LoadProgress, TargetReport, final_state, headline, publ
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities
 from tasks.state import StateRecord, StateStore
-from tasks.target import discover, reach, uses_bulk, uses_patch
+from tasks.target import discover, reached, uses_bulk, uses_patch
 from tasks.transform import DesiredUser, Rejection, transform_users
 
 TRANSFORM_BATCH = 2000
@@ -139,8 +139,7 @@ def sync_target(
     when there are such references, a second, small plan after the creates fills them in.
     """
     started = time.monotonic()
-    client = reach(target)  # nothing is said about a target this run did not reach
-    try:
+    with reached(target) as client:  # nothing is said about a target this run did not reach
         return _sync_target(
             client,
             extraction,
@@ -152,8 +151,6 @@ def sync_target(
             transformed=transformed,
             state=state,
         )
-    finally:
-        client.close()
 
 
 def _sync_target(
@@ -214,24 +211,22 @@ def _sync_target(
         index_target(loader, creates, capabilities)
         try:
             load_actions(loader, store, plan.actions, report, "batch")
+            if plan.deferred and report.done["create"]:
+                state = store.records(target.name, lazy=True)
+                follow_up = make_plan(
+                    target,
+                    as_is(desired),
+                    as_is(rejected),
+                    as_is(state),
+                    as_is(gone),
+                    as_is(expired),
+                )
+                updates = [a for a in follow_up.actions if a.kind == "update"]
+                report.planned["update"] += len(updates)
+                if updates:
+                    load_actions(loader, store, updates, report, "references")
         finally:
-            report.notes.extend(loader.notes)
-        if plan.deferred and report.done["create"]:
-            state = store.records(target.name, lazy=True)
-            follow_up = make_plan(
-                target,
-                as_is(desired),
-                as_is(rejected),
-                as_is(state),
-                as_is(gone),
-                as_is(expired),
-            )
-            updates = [a for a in follow_up.actions if a.kind == "update"]
-            report.planned["update"] += len(updates)
-            if updates:
-                notes = len(loader.notes)
-                load_actions(loader, store, updates, report, "references")
-                report.notes.extend(loader.notes[notes:])
+            report.notes.extend(loader.patch.notes)
     report.seconds = time.monotonic() - started
     return report
 

@@ -46,7 +46,7 @@ from tasks.plan import by_status
 from tasks.report import GroupReport, LoadProgress, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.state import GroupRecord, StateRecord, StateStore
-from tasks.target import discover, reach, uses_group_patch
+from tasks.target import discover, reached, uses_group_patch
 
 
 def _run_name() -> str:
@@ -87,8 +87,7 @@ def sync_groups_target(
     state store knows (by their DN). Group deletions go through the mass-deprovisioning guard.
     """
     started = time.monotonic()
-    client = reach(target)  # nothing is said about a target this run did not reach
-    try:
+    with reached(target) as client:  # nothing is said about a target this run did not reach
         return _sync_groups_target(
             config,
             client,
@@ -99,8 +98,6 @@ def sync_groups_target(
             allow_mass_deprovisioning=allow_mass_deprovisioning,
             approval_timeout=approval_timeout,
         )
-    finally:
-        client.close()
 
 
 def _sync_groups_target(
@@ -168,7 +165,7 @@ def _sync_groups_target(
                     progress.advance(len(batch))
             finally:
                 progress.close()
-                report.notes.extend(loader.notes)
+                report.notes.extend(loader.patch.notes)
         finally:
             report.requests.update({k: n - before.get(k, 0) for k, n in client.stats.items()})
     report.seconds = time.monotonic() - started

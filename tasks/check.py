@@ -15,11 +15,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tasks.config import Config, SecretRef, TargetConfig, load_config
-from tasks.errors import ProvisionerError
+from tasks.errors import ProvisionerError, TargetUnreachable
 from tasks.extract import connect, paged_entries
-from tasks.scim.client import safe_url
+from tasks.scim.client import ScimClient, safe_url
 from tasks.state import make_engine
-from tasks.target import reach, unknown_extension_attributes
+from tasks.target import reached, unknown_extension_attributes
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,41 +104,42 @@ def check_source(config: Config) -> list[Finding]:
 def check_target(target: TargetConfig) -> list[Finding]:
     """Reach the target with its credentials, read what it supports, check the mapping's
     extension attributes against its /Schemas."""
+    try:
+        with reached(target) as client:
+            return _target_findings(target, client)
+    except TargetUnreachable as exc:
+        return [Finding(False, f"target {target.name}", str(exc))]
+
+
+def _target_findings(target: TargetConfig, client: ScimClient) -> list[Finding]:
     subject = f"target {target.name}"
+    users = client.users_at_probe
+    findings = [
+        Finding(
+            True,
+            subject,
+            f"{safe_url(target.url)} answers with these credentials"
+            + (f" ({users} users there now)" if users is not None else ""),
+        )
+    ]
     try:
-        client = reach(target)
+        capabilities = client.discover()
+        schemas = client.schemas()
     except ProvisionerError as exc:
-        return [Finding(False, subject, str(exc))]
-    try:
-        users = client.users_at_probe
-        findings = [
-            Finding(
-                True,
-                subject,
-                f"{safe_url(target.url)} answers with these credentials"
-                + (f" ({users} users there now)" if users is not None else ""),
-            )
-        ]
-        try:
-            capabilities = client.discover()
-            schemas = client.schemas()
-        except ProvisionerError as exc:
-            return [*findings, Finding(False, subject, f"discovery failed: {exc}")]
-        findings.append(Finding(True, subject, f"supports: {capabilities}"))
-        if schemas is None:
-            findings.append(
-                Finding(True, subject, "publishes no /Schemas: extension attributes unchecked")
-            )
-            return findings
-        unknown = unknown_extension_attributes(target.mapping, schemas, client.dialect)
-        if unknown:
-            text = f"the mapping uses attributes its /Schemas does not define: {', '.join(unknown)}"
-            findings.append(Finding(False, subject, text))
-        else:
-            findings.append(Finding(True, subject, "every mapped extension attribute is defined"))
+        return [*findings, Finding(False, subject, f"discovery failed: {exc}")]
+    findings.append(Finding(True, subject, f"supports: {capabilities}"))
+    if schemas is None:
+        findings.append(
+            Finding(True, subject, "publishes no /Schemas: extension attributes unchecked")
+        )
         return findings
-    finally:
-        client.close()
+    unknown = unknown_extension_attributes(target.mapping, schemas, client.dialect)
+    if unknown:
+        text = f"the mapping uses attributes its /Schemas does not define: {', '.join(unknown)}"
+        findings.append(Finding(False, subject, text))
+    else:
+        findings.append(Finding(True, subject, "every mapped extension attribute is defined"))
+    return findings
 
 
 def check_state(config: Config) -> list[Finding]:

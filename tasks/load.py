@@ -122,6 +122,31 @@ def adoption_refused(
     return None
 
 
+class PatchSwitch:
+    """PATCH or PUT for one kind of change on one target, shared by a loader's threads: a
+    target that advertised PATCH but answers it 405 or 501 (:data:`PATCH_REFUSED`) gets PUT
+    for the rest of the run, said once in the log and in :attr:`notes` (the run's summary)."""
+
+    def __init__(self, on: bool, target: str, changes: str) -> None:
+        self.on = on
+        self.target = target
+        self.changes = changes
+        self.notes: list[str] = []
+        self._lock = threading.Lock()
+
+    def refused(self, exc: RejectedError) -> None:
+        with self._lock:
+            if not self.on:
+                return
+            self.on = False
+            note = (
+                f"the target answered PATCH with HTTP {exc.status} although it advertises "
+                f"PATCH: {self.changes} went as PUT for the rest of the run"
+            )
+            self.notes.append(note)
+        log.warning("target %s: %s", self.target, note)
+
+
 class Loader:
     """Carries out actions on one target; safe to call from several threads."""
 
@@ -150,14 +175,12 @@ class Loader:
         self.bulk = bulk
         self.etag = etag
         self.dialect = client.dialect
-        self.use_patch = use_patch
+        self.patch = PatchSwitch(use_patch, client.target.name, "user updates")
         self.target = client.target
         self.index: dict[str, str | None] | None = None
         self.claimed = set(managed_ids)
         self._lock = threading.Lock()
         self.index_attribute = ""
-        self.notes: list[str] = []
-        """What the run learnt about the target and acted on (a PATCH refused...)."""
 
     def prefetch(self, creates: int, capabilities: Capabilities) -> bool:
         """List the target's users once when that costs fewer requests than a look-up per
@@ -287,7 +310,7 @@ class Loader:
         if_match: str | None,
     ) -> str | None:
         path = self.dialect.users_path
-        if not self.use_patch:
+        if not self.patch.on:
             return self.client.replace(path, scim_id, new, if_match)
         operations = self.dialect.patch_operations(old, new)
         if adopting:
@@ -299,22 +322,8 @@ class Loader:
         except RejectedError as exc:
             if exc.status not in PATCH_REFUSED:
                 raise
-            self.patch_refused(exc)
+            self.patch.refused(exc)
             return self.client.replace(path, scim_id, new, if_match)
-
-    def patch_refused(self, exc: RejectedError) -> None:
-        """The target advertised PATCH but refuses it: PUT for the rest of the run, said
-        once in the log and in the run's summary."""
-        with self._lock:
-            if not self.use_patch:
-                return
-            self.use_patch = False
-            note = (
-                f"the target answered PATCH with HTTP {exc.status} although it advertises "
-                "PATCH: user updates went as PUT for the rest of the run"
-            )
-            self.notes.append(note)
-        log.warning("target %s: %s", self.target.name, note)
 
     def create(self, payload: dict[str, Any]) -> tuple[str, bool, str | None]:
         """Create or adopt the user; return (SCIM id, adopted, ETag).
@@ -382,7 +391,7 @@ class Loader:
         target = f"{path}/{action.scim_id}"
         if action.kind == "delete":
             return {"method": "DELETE", "path": target, "bulkId": bulk_id}
-        if not self.use_patch:
+        if not self.patch.on:
             data = self.dialect.to_wire(self.dialect.replace_body(str(action.scim_id), payload))
             put = {"method": "PUT", "path": target, "bulkId": bulk_id, "data": data}
             if self.etag and action.version:

@@ -31,6 +31,7 @@ from tasks.errors import (
     ScimError,
 )
 from tasks.groups import GroupAction
+from tasks.load import PatchSwitch
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, Scim20
 from tasks.state import AuditEntry, GroupRecord, StateStore
@@ -107,11 +108,9 @@ class GroupLoader:
         self.dialect = client.dialect
         self.target = client.target
         self.path = client.dialect.groups_path
-        self.use_patch = use_patch
+        self.patch = PatchSwitch(use_patch, client.target.name, "group changes")
         self.max_members = max_members
         self.additive = client.target.membership_mode == "additive"
-        self.notes: list[str] = []
-        """What the run learnt about the target and acted on (a PATCH refused...)."""
 
     def _save(self, record: GroupRecord) -> None:
         self.store.apply_groups(self.target.name, [record], [])
@@ -152,7 +151,7 @@ class GroupLoader:
         last one's record is returned (written with the audit entry)."""
         existing = self.find_existing(action)
         if existing is None:
-            per_request = self.max_members if self.use_patch else len(action.members) or 1
+            per_request = self.max_members if self.patch.on else len(action.members) or 1
             chunks = list(member_chunks(action.members, (), per_request)) or [([], [])]
             first, _ = chunks[0]
             body = self.dialect.group_body(action.display_name, action.source_id, first)
@@ -168,7 +167,7 @@ class GroupLoader:
                 record = GroupRecord(action.source_id, scim_id, action.display_name, members)
                 for add, _ in chunks[1:]:
                     self._save(record)
-                    if not self.use_patch:  # PATCH refused meanwhile: the rest by one PUT
+                    if not self.patch.on:  # PATCH refused meanwhile: the rest by one PUT
                         outcome, record = self.change(action, scim_id, members)
                         return replace(outcome, added=len(action.members)), record
                     ops = self.dialect.member_operations(add, ())
@@ -177,7 +176,7 @@ class GroupLoader:
                     except RejectedError as exc:
                         if exc.status not in PATCH_REFUSED:
                             raise
-                        self.patch_refused(exc)
+                        self.patch.refused(exc)
                         outcome, record = self.change(action, scim_id, members)
                         return replace(outcome, added=len(action.members)), record
                     members |= frozenset(add)
@@ -195,14 +194,14 @@ class GroupLoader:
         should = action.members | (keep & current) if self.additive else action.members
         add, remove = should - current, current - should
         rename = action.rename or adopting
-        if self.use_patch:
+        if self.patch.on:
             try:
                 members = self._patch(action, scim_id, current, add, remove, rename, keep)
             except RejectedError as exc:
                 if exc.status not in PATCH_REFUSED:
                     raise
-                self.patch_refused(exc)
-        if not self.use_patch:
+                self.patch.refused(exc)
+        if not self.patch.on:
             if add or remove or rename:
                 body = self.dialect.group_body(action.display_name, action.source_id, should)
                 self.client.replace(self.path, scim_id, body)
@@ -216,20 +215,6 @@ class GroupLoader:
             scim_id=scim_id,
         )
         return outcome, GroupRecord(action.source_id, scim_id, action.display_name, members, keep)
-
-    def patch_refused(self, exc: RejectedError) -> None:
-        """The target advertised PATCH but refuses it: the whole group by PUT for the rest of
-        the run, said once in the log and in the run's summary."""
-        with self._listing_lock:
-            if not self.use_patch:
-                return
-            self.use_patch = False
-            note = (
-                f"the target answered PATCH with HTTP {exc.status} although it advertises "
-                "PATCH: group changes went as PUT for the rest of the run"
-            )
-            self.notes.append(note)
-        log.warning("target %s: %s", self.target.name, note)
 
     def _patch(
         self,

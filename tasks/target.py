@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -30,9 +32,11 @@ def unknown_extension_attributes(
     return unknown
 
 
-def reach(target: TargetConfig) -> ScimClient:
+@contextmanager
+def reached(target: TargetConfig) -> Iterator[ScimClient]:
     """A client for the target, proven reachable and accepting its credentials by one
-    authenticated request. Every run calls this before it says anything about a target.
+    authenticated request, closed on leaving. Every run enters this before it says anything
+    about a target.
 
     Raises :class:`TargetUnreachable` naming the target and its URL (a missing secret too).
     """
@@ -44,10 +48,9 @@ def reach(target: TargetConfig) -> ScimClient:
         ) from exc
     try:
         client.probe()
-    except BaseException:
+        yield client
+    finally:
         client.close()
-        raise
-    return client
 
 
 @task(

@@ -204,11 +204,14 @@ def test_a_wrong_ca_file_is_named_in_one_line(tmp_path) -> None:
 def test_a_wrong_target_ca_file_makes_the_target_unreached(tmp_path) -> None:
     from tasks.config import TargetConfig
     from tasks.errors import TargetUnreachable
-    from tasks.target import reach
+    from tasks.target import reached
 
     target = TargetConfig(name="app", url="https://app.example.org/v2", ca_file=tmp_path / "x")
-    with pytest.raises(TargetUnreachable, match=r"target app .*ca_file .*/x: cannot be read"):
-        reach(target)
+    with (
+        pytest.raises(TargetUnreachable, match=r"target app .*ca_file .*/x: cannot be read"),
+        reached(target),
+    ):
+        pass
 
 
 def test_a_directory_that_accepts_but_never_answers_fails_within_connect_timeout() -> None:
