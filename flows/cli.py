@@ -18,23 +18,21 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.config import Config, load_config
+from tasks.config import load_config
 from tasks.errors import ConfigError, ProvisionerError
-from tasks.extract import connect, mapped_attributes, read_users
-from tasks.groups import GroupAction, GroupPlan, plan_groups, read_groups, resolve_groups
-from tasks.plan import Plan, plan_users
+from tasks.groups import GroupAction
 from tasks.report import labelled, print_summary, problems, text_console, unreached
-from tasks.scim.dialect import dialect_for
-from tasks.state import AuditQuery, AuditRow, StateRecord, StateStore, Status
-from tasks.transform import Rejection, transform_batch
+from tasks.state import AuditQuery, AuditRow, StateStore
+
+if TYPE_CHECKING:
+    from flows.pipeline import TargetPreview
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
 
@@ -48,7 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (
         ("sync", "run the provision_users flow (through Prefect) and print its summary"),
         ("groups", "run the sync_group_memberships flow (through Prefect): groups only"),
-        ("plan", "print what a sync would do; writes nothing, contacts no target"),
+        (
+            "plan",
+            "print what the next sync would do (the same reads, plans and guard); writes "
+            "nothing, contacts no target",
+        ),
         ("audit", "search the audit log: one entry per write attempted, newest first"),
         (
             "check",
@@ -81,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="DIR",
                 help="where the CSV of every difference goes (default: reports/ by the config)",
             )
-        if name in ("sync", "groups"):
+        if name in ("sync", "groups", "plan"):
             sub.add_argument(
                 "--full",
                 action="store_true",
@@ -161,59 +163,6 @@ def print_audit(rows: list[AuditRow], console: Console) -> None:
     console.print(table)
 
 
-@dataclass
-class TargetPlans:
-    users: Plan
-    groups: GroupPlan | None
-
-
-def projected_users(state: dict[str, StateRecord], plan: Plan) -> dict[str, StateRecord]:
-    """The user state as it would be after the plan ran (new users get placeholder ids)."""
-    projected = dict(state)
-    for action in plan.actions:
-        if action.kind == "delete":
-            projected.pop(action.source_id, None)
-            continue
-        payload = action.payload or {}
-        status: Status = "active" if payload.get("active", True) else "disabled"
-        scim_id = action.scim_id or f"(new: {action.user_name})"
-        projected[action.source_id] = StateRecord(
-            action.source_id, scim_id, action.user_name, "", payload, status
-        )
-    return projected
-
-
-def compute_plans(config: Config, target: str | None) -> list[TargetPlans]:
-    """Plans for the selected targets, from the directory and a read-only state store."""
-    targets = config.target(target)
-    conn = connect(config.source)
-    try:
-        extraction = read_users(conn, config.source, mapped_attributes(t.mapping for t in targets))
-        groups = read_groups(conn, config.source) if config.source.groups else None
-    finally:
-        conn.unbind()
-    store = StateStore(config.state.url, read_only=True)
-    plans = []
-    try:
-        for t in targets:
-            desired, rejected = transform_batch(
-                extraction.users, t.mapping, dialect_for(t.scim_version, t.dialect)
-            )
-            rejected += [Rejection("", dn, reason) for dn, reason in extraction.invalid]
-            state = store.records(t.name)
-            users = plan_users(t, desired, rejected, state)
-            group_plan = None
-            if groups is not None and config.source.groups is not None and t.sync_groups:
-                wanted, warnings = resolve_groups(groups, extraction.users, config.source.groups)
-                group_plan = plan_groups(
-                    t, wanted, projected_users(state, users), store.groups(t.name), warnings
-                )
-            plans.append(TargetPlans(users, group_plan))
-    finally:
-        store.close()
-    return plans
-
-
 def _group_change(action: GroupAction) -> str:
     parts = []
     if action.rename:
@@ -226,7 +175,13 @@ def _group_change(action: GroupAction) -> str:
     return ", ".join(parts)
 
 
-def _print_plans(plans: list[TargetPlans], console: Console) -> None:
+def _print_plans(plans: list[TargetPreview], console: Console) -> None:
+    if plans:
+        read = plans[0].directory
+        console.print(
+            f"directory: {read['mode']}, {read['read']} users read, {read['gone']} gone; "
+            "the state store's view: no target was contacted"
+        )
     for plan in plans:
         users = plan.users
         table = Table(title=Text(f"plan for target {users.target}"))
@@ -247,19 +202,39 @@ def _print_plans(plans: list[TargetPlans], console: Console) -> None:
                 table.add_row(f"skip {gskip.would} group", gskip.display_name, gskip.reason)
         console.print(table)
         console.print("users: " + ", ".join(f"{k}: {v}" for k, v in users.counts().items()))
+        if users.deferred:
+            console.print(
+                f"{users.deferred} users refer to users this sync creates (a manager): "
+                "updated right after the creates"
+            )
+        if plan.held_back:
+            console.print(
+                labelled("guard", "red", f"{plan.held_back} deprovisionings would be held back")
+            )
         if groups is not None:
             console.print("groups: " + ", ".join(f"{k}: {v}" for k, v in groups.counts().items()))
+            if plan.groups_held_back:
+                console.print(
+                    labelled(
+                        "guard",
+                        "red",
+                        f"{plan.groups_held_back} group deletions would be held back",
+                    )
+                )
             for warning in groups.warnings:
                 console.print(labelled("warning", "yellow", warning))
 
 
-def _plan_json(plans: list[TargetPlans]) -> list[dict[str, Any]]:
+def _plan_json(plans: list[TargetPreview]) -> list[dict[str, Any]]:
     out = []
     for plan in plans:
         users = plan.users
         item: dict[str, Any] = {
             "target": users.target,
+            "directory": plan.directory,
             "counts": users.counts(),
+            "held_back": plan.held_back,
+            "deferred": users.deferred,
             "actions": [
                 {"action": a.kind, "user": a.user_name, "why": a.reason} for a in users.actions
             ],
@@ -271,6 +246,7 @@ def _plan_json(plans: list[TargetPlans]) -> list[dict[str, Any]]:
         if plan.groups is not None:
             item["groups"] = {
                 "counts": plan.groups.counts(),
+                "held_back": plan.groups_held_back,
                 "actions": [
                     {
                         "action": g.kind,
@@ -414,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
                 print_audit(rows, console)
             return EXIT_OK
         if args.command == "plan":
-            plans = compute_plans(config, args.target)
+            from flows.pipeline import preview
+
+            plans = preview(config, args.target, full=args.full)
             if args.json:
                 print(json.dumps(_plan_json(plans), indent=2))
             else:

@@ -34,16 +34,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.provision_users import TRANSFORM_BATCH, sync_target
-from flows.sync_group_memberships import open_store, sync_groups_target
+from flows.pipeline import (
+    TRANSFORM_BATCH,
+    GroupRead,
+    Mode,
+    TargetPipeline,
+    open_store,
+)
 from tasks.batching import as_is
 from tasks.changes import Changes, UserChanges
 from tasks.config import Config, TargetConfig, load_config
-from tasks.errors import SourceUnavailable, retry_on
-from tasks.extract import Extraction, SourceUser, connect, mapped_attributes, stream_users
-from tasks.groups import DesiredGroup, GroupExtraction, extract_groups, plan_groups, resolve_groups
+from tasks.errors import SourceUnavailable, TargetUnreachable, retry_on
+from tasks.extract import SourceUser, connect, mapped_attributes, stream_users
+from tasks.groups import DesiredGroup, GroupExtraction, extract_groups, resolve_groups
 from tasks.load import LIST_PAGE_SIZE
-from tasks.plan import plan_users
 from tasks.reconcile import (
     Difference,
     GroupReconciliation,
@@ -57,11 +61,12 @@ from tasks.reconcile import (
     reconcile_groups,
     target_user,
 )
-from tasks.report import LoadProgress, final_state, headline, publish
+from tasks.report import GroupReport, LoadProgress, TargetReport, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
+from tasks.scope import Scope, read_scopes
 from tasks.state import StateRecord, StateStore
-from tasks.target import discover
+from tasks.target import discover, reached
 from tasks.transform import Rejection, transform_batch
 
 PROGRESS_EVERY = 20_000
@@ -135,6 +140,12 @@ class Side:
     state: StateTable
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall time of this target's steps (listing, state), for the summary."""
+    scope: Scope = field(default_factory=Scope)
+    """The users and groups in the target's scope (``None``: not narrowed)."""
+
+    def in_scope(self, users: list[SourceUser]) -> list[SourceUser]:
+        wanted = self.scope.users
+        return users if wanted is None else [u for u in users if u.source_id in wanted]
 
 
 @dataclass(slots=True)
@@ -212,7 +223,8 @@ def classify_users(
             invalid = [Rejection("", dn, reason) for dn, reason in batch.invalid]
             for side in sides:
                 name = side.target.name
-                desired, bad = transform_batch(batch.users, side.target.mapping, dialects[name])
+                mine = side.in_scope(batch.users)
+                desired, bad = transform_batch(mine, side.target.mapping, dialects[name])
                 streamed.reconcilers[name].add(desired, bad)
                 streamed.rejected[name] += invalid + bad
             if keep_members:
@@ -226,9 +238,10 @@ def classify_users(
         if wanted:  # rare: in-step users whose manager was re-linked or moved
             log.info("reading %d users again: their references changed", len(wanted))
             for batch in stream_users(conn, source, attributes, TRANSFORM_BATCH):
-                chosen = [u for u in batch.users if u.source_id in wanted]
+                everyone = [u for u in batch.users if u.source_id in wanted]
                 for side in sides:
                     name = side.target.name
+                    chosen = side.in_scope(everyone)
                     if chosen:
                         desired, _ = transform_batch(chosen, side.target.mapping, dialects[name])
                         streamed.reconcilers[name].recheck(
@@ -302,6 +315,9 @@ def reconcile_target(
     rejected = streamed.rejected[target.name]
     users = reconciler.classify()
     read_differing(client, as_is(users))
+    if groups is not None and side.scope.groups is not None:  # the target's groups only
+        mine = [g for g in groups.groups if g.source_id in side.scope.groups]
+        groups = GroupExtraction(mine, groups.invalid)
     with_groups = groups is not None and target.sync_groups
     group_result: GroupReconciliation | None = None
     wanted: list[DesiredGroup] = []
@@ -349,50 +365,59 @@ def reconcile_target(
         "counts": counts,
         "report_file": str(csv_path),
     }
-    if dry_run:  # the plan sees the truth records only: tell it what the others settle
+    mode = Mode(allow_mass_deprovisioning, approval_timeout, preview=dry_run)
+    pipeline = TargetPipeline(target, store, mode)
+    gone: UserChanges = Changes(
+        [], [], complete=False, deleted=frozenset(users.gone), mode="reconcile"
+    )
+    everyone = (
+        GroupRead(Changes(groups.groups, groups.invalid), streamed.members, {})
+        if groups is not None
+        else None
+    )
+    if dry_run:  # the state store is not corrected: the plan is given the truth records
         desired = [reconciler.partly_resolved(u) for u in users.desired]
         taken = reconciler.names_taken(desired, users)
         refused = {r.source_id for r in taken}
         desired = [u for u in desired if u.source_id not in refused]
-        plan = plan_users(target, desired, [*rejected, *taken], users.truth, users.gone)
-        result["would"] = {"users": {**plan.counts()}}
+        step = pipeline.plan_users(
+            desired, [*rejected, *taken], changes=gone, state=dict(users.truth)
+        )
+        result["would"] = {"users": {**step.plan.counts()}}
         result["would"]["users"]["unchanged"] += users.unchanged
         if group_result is not None:
+            assert groups is not None and config.source.groups is not None
             members_state = {
                 sid: StateRecord(sid, scim_id, "", "", "{}", "active")
                 for sid, scim_id in active.items()
             }
-            group_plan = plan_groups(target, wanted, members_state, group_result.truth)
-            result["would"]["groups"] = group_plan.counts()
+            assert everyone is not None
+            group_step = pipeline.plan_groups(
+                config.source.groups, everyone, members_state, dict(group_result.truth)
+            )
+            result["would"]["groups"] = group_step.plan.counts()
     else:
         store.correct(target.name, list(users.truth.values()), users.drop)
         if group_result is not None:
             store.rebuild_groups(target.name, list(group_result.truth.values()))
-        changes: UserChanges = Changes(
-            [], [], complete=False, deleted=frozenset(users.gone), mode="reconcile"
-        )
-        report = sync_target(
-            target,
-            Extraction([], []),
-            store,
-            allow_mass_deprovisioning=allow_mass_deprovisioning,
-            approval_timeout=approval_timeout,
-            changes=changes,
-            transformed=(users.desired, rejected),
-        )
+        step_started = time.monotonic()
+        try:
+            with reached(target) as repair_client:
+                step = pipeline.plan_users(users.desired, rejected, changes=gone)
+                report = pipeline.apply_users(repair_client, step, step_started)
+        except TargetUnreachable as exc:
+            report = TargetReport.not_reached(target.name, str(exc))
         result["repair"] = report.as_dict()
         if with_groups:
-            assert groups is not None
-            everyone = Changes(groups.groups, groups.invalid)  # a full pass
-            result["group_repair"] = sync_groups_target(
-                config,
-                target,
-                streamed.members,
-                everyone,
-                store,
-                allow_mass_deprovisioning=allow_mass_deprovisioning,
-                approval_timeout=approval_timeout,
-            ).as_dict()
+            assert everyone is not None and config.source.groups is not None
+            try:
+                with reached(target) as repair_client:
+                    records = store.records(target.name, lazy=True)
+                    group_step = pipeline.plan_groups(config.source.groups, everyone, records)
+                    group_report = pipeline.apply_groups(repair_client, group_step, step_started)
+            except TargetUnreachable as exc:
+                group_report = GroupReport.not_reached(target.name, str(exc))
+            result["group_repair"] = group_report.as_dict()
     result["seconds"] = round(time.monotonic() - started, 3)
     result["steps_seconds"] = {**side.seconds, "report_and_repair": result["seconds"]}
     return result
@@ -426,10 +451,13 @@ def run_reconcile(
     groups = extract_groups(config.source) if config.source.groups is not None else None
     store = StateStore(config.state.url, read_only=True) if dry_run else open_store(config)
     sides: list[Side] = []
+    scoped_targets = [t for t in targets if t.scope and (t.scope.users or t.scope.groups)]
+    scopes = read_scopes(config.source, scoped_targets) if scoped_targets else {}
     try:
         for t in targets:
             client = ScimClient(t)
             side = Side(t, client, discover(t), TargetTable(), StateTable(()))
+            side.scope = scopes.get(t.name, Scope())
             sides.append(side)
             started = time.monotonic()
             side.listed = list_target_users(client, side.capabilities)

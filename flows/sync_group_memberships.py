@@ -16,207 +16,46 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
-from uuid import UUID
 
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from tasks.batching import as_is, batches
-from tasks.changes import Changes, UserChanges, start_of
+from flows.pipeline import (
+    GroupRead,
+    Mode,
+    TargetPipeline,
+    cycle_succeeded,
+    name_run,
+    open_store,
+    read_groups,
+    run_label,
+)
+from tasks.changes import UserChanges
 from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError, TargetUnreachable
-from tasks.extract import SourceUser, extract_users
-from tasks.groups import (
-    DesiredGroup,
-    GroupExtraction,
-    GroupPlan,
-    SourceGroup,
-    extract_group_changes,
-    group_fingerprint,
-    incremental_groups,
-    plan_groups,
-    resolve_groups,
-)
-from tasks.guard import apply_group_guard
-from tasks.load_groups import GroupLoader, load_groups, max_members
-from tasks.plan import by_status
-from tasks.report import GroupReport, LoadProgress, final_state, headline, publish
-from tasks.scim.client import ScimClient
-from tasks.state import GroupRecord, StateRecord, StateStore
-from tasks.target import discover, reached, uses_group_patch
+from tasks.report import GroupReport, final_state, headline, publish
+from tasks.state import StateStore
+from tasks.target import reached
 
 
 def _run_name() -> str:
-    target = flow_run.parameters.get("target") or "all-targets"
-    mode = "full" if flow_run.parameters.get("full") else "incremental"
-    return f"sync-group-memberships-{target}-{mode}"
-
-
-@task(name="plan-groups", cache_policy=NO_CACHE)
-def make_group_plan(
-    target: TargetConfig,
-    desired: list[DesiredGroup],
-    users: dict[str, StateRecord],
-    groups: dict[str, GroupRecord],
-    warnings: list[str],
-    gone: set[str] | None = None,
-    disabled_members: frozenset[str] = frozenset(),
-) -> GroupPlan:
-    """Compare the directory's groups with the state store (always fresh: never cached)."""
-    plan = plan_groups(target, desired, users, groups, warnings, gone, disabled_members)
-    get_run_logger().info("group plan for %s: %s", target.name, plan.counts())
-    return plan
+    return run_label(flow_run.parameters, "sync-group-memberships")
 
 
 def sync_groups_target(
-    config: Config,
-    target: TargetConfig,
-    users: list[SourceUser],
-    groups: Changes[SourceGroup],
-    store: StateStore,
-    *,
-    allow_mass_deprovisioning: bool = False,
-    approval_timeout: int = 0,
+    config: Config, target: TargetConfig, read: GroupRead, store: StateStore, mode: Mode
 ) -> GroupReport:
-    """Plan and load one target's groups; return the report.
-
-    ``users``: the users read in this run; the other members are found among the users the
-    state store knows (by their DN). Group deletions go through the mass-deprovisioning guard.
-    """
-    started = time.monotonic()
-    with reached(target) as client:  # nothing is said about a target this run did not reach
-        return _sync_groups_target(
-            config,
-            client,
-            users,
-            groups,
-            store,
-            started,
-            allow_mass_deprovisioning=allow_mass_deprovisioning,
-            approval_timeout=approval_timeout,
-        )
-
-
-def _sync_groups_target(
-    config: Config,
-    client: ScimClient,
-    users: list[SourceUser],
-    groups: Changes[SourceGroup],
-    store: StateStore,
-    started: float,
-    *,
-    allow_mass_deprovisioning: bool,
-    approval_timeout: int,
-) -> GroupReport:
-    target = client.target
-    before = dict(client.stats)  # the report counts the group step's requests, not the probe
+    """Plan and load one target's groups (members resolved against the user records as they
+    are now, after any user step); return the report."""
     query = config.source.groups
     assert query is not None
-    records = store.records(target.name, lazy=True)  # no payloads needed
-    known = {r.dn: r.source_id for r in by_status(records.values()) if r.dn}  # normalized
-    extraction = GroupExtraction(groups.entries, groups.invalid)
-    desired, warnings = resolve_groups(extraction, users, query, known)
-    state = store.groups(target.name)
-    plan = make_group_plan(
-        target,
-        as_is(desired),
-        as_is(records),
-        as_is(state),
-        warnings,
-        as_is(groups.gone(state)),
-        as_is(disabled_members(target, records, store)),
-    )
-    plan, held_back = apply_group_guard(
-        target.name,
-        plan,
-        len(state),
-        target.deprovision_guard,
-        allow=allow_mass_deprovisioning,
-        approval_timeout=approval_timeout,
-    )
-    report = GroupReport(target.name, plan, held_back=held_back)
-    if plan.actions:
-        try:
-            capabilities = discover(target)
-            loader = GroupLoader(
-                client,
-                store,
-                use_patch=uses_group_patch(target, capabilities),
-                max_members=max_members(target, capabilities, client.dialect),
-                filtering=capabilities.filter,
-                managed_users=(r.scim_id for r in records.values()),
-                page_size=min(1000, capabilities.max_page_size or 1000),
-                cursor=capabilities.cursor,
-            )
-            artifact = create_progress_artifact(
-                progress=0.0, description=f"{len(plan.actions)} group changes into {target.name}"
-            )
-            progress = LoadProgress(len(plan.actions), f"{target.name} groups", artifact)
-            try:
-                for number, batch in enumerate(batches(plan.actions, target.batch_size), 1):
-                    outcomes = load_groups.with_options(
-                        task_run_name=f"load-groups-{target.name}-{number}"
-                    )(loader, as_is(batch))
-                    for outcome in outcomes:
-                        report.add(outcome)
-                    progress.advance(len(batch))
-            finally:
-                progress.close()
-                report.notes.extend(loader.patch.notes)
-        finally:
-            report.requests.update({k: n - before.get(k, 0) for k, n in client.stats.items()})
-    report.seconds = time.monotonic() - started
-    return report
-
-
-def name_run(prefix: str, full: bool) -> None:
-    """Name the flow run after the pass it turned out to be: a first cycle, a new filter or a
-    full user pass is a full pass though nobody asked for one (``--full``)."""
-    target = flow_run.parameters.get("target") or "all-targets"
-    name = f"{prefix}-{target}-{'full' if full else 'incremental'}"
-    run_id = flow_run.get_id()
-    if run_id is None or flow_run.get_name() == name:
-        return
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as client:
-            client.update_flow_run(UUID(run_id), name=name)
-    except Exception as exc:  # a name is not worth failing a run for
-        get_run_logger().warning("could not rename the flow run to %s: %s", name, exc)
-
-
-def disabled_members(
-    target: TargetConfig, records: dict[str, StateRecord], store: StateStore
-) -> frozenset[str]:
-    """With ``disabled_users_keep_groups``: the users provisioned disabled (pre-hires, locked
-    accounts in scope), who keep their groups; never those this provisioner deprovisioned
-    (their confirmed ``disable`` is in the audit log)."""
-    if not (target.provision_disabled_users and target.disabled_users_keep_groups):
-        return frozenset()
-    disabled = [sid for sid, record in records.items() if record.status == "disabled"]
-    deprovisioned = store.disabled_since(target.name, disabled)
-    return frozenset(sid for sid in disabled if sid not in deprovisioned)
-
-
-def open_store(config: Config) -> StateStore:
-    """The state store of this flow run (its audit entries carry the run's id)."""
-    run_id = flow_run.get_id()
-    return StateStore.for_run(config.state.url, run_id, config.state.audit_retention_days)
-
-
-def member_dns(users: UserChanges, records: dict[str, StateRecord]) -> set[str]:
-    """DNs of the users an incremental user cycle changed, or found gone among one target's
-    ``records``: the groups listing them are read again (a user's membership on the target
-    follows its status). Take them before the user load forgets deleted users."""
-    if users.complete:
-        return set()
-    dns = {u.dn for u in users.entries}
-    dns.update(d for sid in users.gone(records) or () if (d := records[sid].dn))
-    return dns
+    started = time.monotonic()
+    pipeline = TargetPipeline(target, store, mode)
+    with reached(target) as client:  # nothing is said about a target this run did not reach
+        records = store.records(target.name, lazy=True)  # no payloads needed
+        step = pipeline.plan_groups(query, read, records)
+        return pipeline.apply_groups(client, step, started)
 
 
 def run_group_sync(
@@ -227,61 +66,31 @@ def run_group_sync(
     full: bool = False,
     users: UserChanges | None = None,
     users_dns: Iterable[str] = (),
-    allow_mass_deprovisioning: bool = False,
-    approval_timeout: int = 0,
+    mode: Mode | None = None,
 ) -> list[dict[str, Any]]:
     """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
     target that takes groups; ``users``: the user cycle this follows, if any, and
-    ``users_dns`` the DNs of the users it changed or found gone (:func:`member_dns`, taken
-    before the user load forgot deleted users)."""
+    ``users_dns`` the DNs of the users it changed or found gone (taken before the user load
+    forgot deleted users)."""
     wanted = [t for t in targets if t.sync_groups]
-    query = config.source.groups
-    if query is None or not wanted:
+    if config.source.groups is None or not wanted:
         return []
-    source = config.source
-    method = source.change_detection if incremental_groups(query) else "full"
-    prints = {t.name: group_fingerprint(source, t) for t in wanted}
-    marks = {t.name: store.watermark(t.name, "groups") for t in wanted}
-    # a full user pass says nothing of which users changed: their groups are all read again
-    after_full_users = users is not None and users.complete
-    start = start_of(
-        method,  # type: ignore[arg-type]
-        marks,
-        prints,
-        full=full or after_full_users,
-        full_because=(
-            "a full pass was asked for (--full)" if full else "the user cycle was a full pass"
-        ),
+    read = read_groups(
+        config, wanted, store, full=full, preview=False, users=users, users_dns=users_dns
     )
-    groups = extract_group_changes(source, start, sorted(users_dns))
     if users is None:  # a user cycle names its run itself
-        name_run("sync-group-memberships", groups.complete)
-    read: list[SourceUser] = users.entries if users is not None else []
-    if (users is None or not users.complete) and (
-        query.members_from == "user_member_of" or any(store.lacks_dns(t.name) for t in wanted)
-    ):
-        # memberOf of every user is needed, or the state store does not know every
-        # provisioned user's DN yet (a store from before DNs were kept)
-        read = extract_users(source, []).users
+        name_run("sync-group-memberships", read.groups.complete)
     reports = []
     for t in wanted:
         try:
-            report = sync_groups_target(
-                config,
-                t,
-                read,
-                groups,
-                store,
-                allow_mass_deprovisioning=allow_mass_deprovisioning,
-                approval_timeout=approval_timeout,
-            )
+            report = sync_groups_target(config, t, read, store, mode or Mode())
         except TargetUnreachable as exc:  # the other targets go on; the run exits 2
             get_run_logger().error("%s", exc)
             report = GroupReport.not_reached(t.name, str(exc))
         reports.append(report.as_dict())
-        done = not sum(report.failed.values()) and not report.held_back and not report.unreachable
-        if groups.watermark is not None and done:
-            store.set_watermark(t.name, "groups", replace(groups.watermark, server=prints[t.name]))
+        if read.groups.watermark is not None and cycle_succeeded(report):
+            mark = replace(read.groups.watermark, server=read.prints[t.name])
+            store.set_watermark(t.name, "groups", mark)
     return reports
 
 
@@ -316,8 +125,7 @@ def sync_group_memberships(
                 targets,
                 store,
                 full=full,
-                allow_mass_deprovisioning=allow_mass_deprovisioning,
-                approval_timeout=approval_timeout,
+                mode=Mode(allow_mass_deprovisioning, approval_timeout),
             )
         }
     finally:

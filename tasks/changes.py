@@ -143,6 +143,10 @@ def fingerprint(source: LdapSource, target: TargetConfig, attributes: Iterable[s
         "mapping": target.mapping,
         "scim": [target.scim_version, target.dialect, target.provision_disabled_users],
     }
+    if target.scope is not None and target.scope.users:  # a new scope: a full pass
+        document["scope"] = target.scope.model_dump(
+            mode="json", include={"users_filter", "member_of", "nested"}
+        )
     text = json.dumps(document, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 

@@ -373,6 +373,54 @@ class DeprovisionGuard(_Model):
     min_count: int = Field(10, ge=1, description="Below this many, the share alone never halts.")
 
 
+class TargetScope(_Model):
+    """Which of the source's users and groups this target receives (PingFederate's
+    per-channel source location and "Group DN" option). The directory is still read once per
+    run for every target; the directory server evaluates the filters."""
+
+    users_filter: LdapFilter | None = Field(
+        None,
+        description="An LDAP filter the target's users must match too, on top of "
+        "source.users.filter, e.g. (departmentNumber=Sales).",
+    )
+    member_of: tuple[str, ...] = Field(
+        (),
+        description="Group DNs: the target receives only users who are members of at least "
+        "one of them (read from the groups' member attributes; works without memberOf).",
+    )
+    nested: bool = Field(
+        False, description="member_of counts the members of nested groups too (any depth)."
+    )
+    groups_filter: LdapFilter | None = Field(
+        None,
+        description="An LDAP filter the target's groups must match too, on top of "
+        "source.groups.filter, e.g. (cn=app-*).",
+    )
+    group_dns: tuple[str, ...] = Field(
+        (), description="Only these groups (their DNs) are provisioned to the target."
+    )
+
+    @field_validator("member_of", "group_dns")
+    @classmethod
+    def _dns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for dn in value:
+            if "=" not in dn:
+                raise ValueError(
+                    f"{dn!r} is not a DN (like cn=app-users,ou=groups,dc=example,dc=org)"
+                )
+        return value
+
+    @property
+    def users(self) -> bool:
+        """Whether this scope narrows the users."""
+        return self.users_filter is not None or bool(self.member_of)
+
+    @property
+    def groups(self) -> bool:
+        """Whether this scope narrows the groups."""
+        return self.groups_filter is not None or bool(self.group_dns)
+
+
 class TargetConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str = Field(description="Base URL of the SCIM service, e.g. https://app/scim/v2.")
@@ -506,6 +554,11 @@ class TargetConfig(_Model):
     mapping: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_USER_MAPPING), validate_default=True
     )
+    scope: TargetScope | None = Field(
+        None,
+        description="Narrow the users and groups this target receives; a user leaving the "
+        "scope is deprovisioned here (remove action, guard) and stays in the other targets.",
+    )
     allow_insecure_http: bool = Field(
         False,
         description="Send this target's credentials over plain http:// to a host other than "
@@ -602,6 +655,15 @@ class Config(_Model):
     source: LdapSource
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
     state: StateConfig = StateConfig()
+
+    @model_validator(mode="after")
+    def _group_scope_needs_groups(self) -> Config:
+        for t in self.targets:
+            if t.scope is not None and t.scope.groups and self.source.groups is None:
+                raise ValueError(
+                    f"targets[{t.name}].scope narrows groups, but the source has no groups section"
+                )
+        return self
 
     @model_validator(mode="after")
     def _grace_within_retention(self) -> Config:

@@ -23,13 +23,14 @@ from ldap3.core import exceptions as ldap_exc
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.conv import to_unicode
 from ldap3.utils.dn import parse_dn
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks import expressions
 from tasks.ad import UserAccountControl, guid_text
 from tasks.config import LdapSource, MultiValuedRule, TlsMode
 from tasks.errors import SourceError, SourceUnavailable, retry_on
+from tasks.logs import run_logger
 
 log = logging.getLogger(__name__)
 
@@ -435,7 +436,7 @@ def read_users(conn: ldap3.Connection, source: LdapSource, attributes: Iterable[
 
 def log_warnings(users: Iterable[SourceUser]) -> Any:
     """Log the warnings of the first 20 users that have some; return the run logger."""
-    logger = get_run_logger()
+    logger = run_logger()
     for user in [u for u in users if u.warnings][:20]:
         logger.warning("%s: %s", user.dn, "; ".join(user.warnings))
     return logger

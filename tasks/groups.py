@@ -18,7 +18,6 @@ from typing import Literal
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 from ldap3.utils.conv import escape_filter_chars
-from prefect import get_run_logger
 
 from tasks.ad import parse_range, ranged_values
 from tasks.changes import Changes, Reader, Start, read_changes
@@ -31,6 +30,7 @@ from tasks.extract import (
     normalize_dn,
     source_id,
 )
+from tasks.logs import run_logger
 from tasks.state import GroupRecord, StateRecord
 
 # -- extract ---------------------------------------------------------------------------------
@@ -55,9 +55,7 @@ class GroupExtraction:
     invalid: list[tuple[str, str]]
 
 
-def _fetch_range(
-    conn: ldap3.Connection, dn: str
-) -> Callable[[str], tuple[str, list[bytes]] | None]:
+def fetch_range(conn: ldap3.Connection, dn: str) -> Callable[[str], tuple[str, list[bytes]] | None]:
     def fetch(attribute: str) -> tuple[str, list[bytes]] | None:
         try:
             conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=[attribute])
@@ -89,7 +87,7 @@ def entry_to_group(
         if base not in member_attributes:
             continue
         if ranged is not None and conn is not None:
-            values = ranged_values(name, list(values), _fetch_range(conn, dn))
+            values = ranged_values(name, list(values), fetch_range(conn, dn))
         members += [normalize_dn(v.decode("utf-8", errors="replace")) for v in values]
     try:
         ident = source_id(id_attribute, ids)
@@ -142,6 +140,10 @@ def group_fingerprint(source: LdapSource, target: TargetConfig) -> str:
         "users": [source.users.base_dn.lower(), source.users.filter],
         "target": [target.group_name_source, target.membership_mode],
     }
+    if target.scope is not None and target.scope.groups:  # a new scope: a full group pass
+        document["scope"] = target.scope.model_dump(
+            mode="json", include={"groups_filter", "group_dns"}
+        )
     text = json.dumps(document, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -178,7 +180,7 @@ def extract_group_changes(
             )
     finally:
         conn.unbind()
-    get_run_logger().info(
+    run_logger().info(
         "groups: %s: %d read, %d gone (%d searches)",
         changes.mode,
         len(changes.entries),
@@ -196,7 +198,7 @@ def extract_groups(source: LdapSource) -> GroupExtraction:
         extraction = read_groups(conn, source)
     finally:
         conn.unbind()
-    get_run_logger().info("read %d groups in scope", len(extraction.groups))
+    run_logger().info("read %d groups in scope", len(extraction.groups))
     return extraction
 
 

@@ -149,13 +149,19 @@ def apply_guard(
     *,
     allow: bool,
     approval_timeout: int,
+    preview: bool = False,
 ) -> tuple[Plan, int]:
-    """The user plan to carry out and how many deprovisionings were held back."""
+    """The user plan to carry out and how many deprovisionings were held back; with
+    ``preview`` (``plan``), what a run would hold back without asking anyone."""
     verdict = check_deprovisioning(plan, managed, guard)
     sample = [
         (a.user_name, a.kind, a.reason) for a in plan.actions if a.kind in ("disable", "delete")
     ]
-    if approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout):
+    if (
+        (not verdict.exceeded or allow)
+        if preview
+        else approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout)
+    ):
         return plan, 0
     return hold_back(plan, verdict), verdict.count
 
@@ -168,15 +174,21 @@ def apply_group_guard(
     *,
     allow: bool,
     approval_timeout: int,
+    preview: bool = False,
 ) -> tuple[GroupPlan, int]:
-    """The group plan to carry out and how many group deletions were held back."""
+    """The group plan to carry out and how many group deletions were held back (with
+    ``preview``: would be, without asking anyone)."""
     verdict = check_group_deletions(plan, managed, guard)
     sample = [
         (a.display_name, "delete", "no longer in the directory's groups in scope")
         for a in plan.actions
         if a.kind == "delete"
     ]
-    if approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout):
+    if (
+        (not verdict.exceeded or allow)
+        if preview
+        else approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout)
+    ):
         return plan, 0
     kept = [a for a in plan.actions if a.kind != "delete"]
     held = [

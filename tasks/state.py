@@ -420,12 +420,23 @@ class StateStore:
                     row.source_id, row.scim_id, row.user_name, row.content_hash, row.status, row.dn
                 )
 
+    def source_ids(self, target: str) -> frozenset[str]:
+        """The source ids of the users provisioned to ``target`` (any status)."""
+        t = provisioned_users
+        if self.read_only and not self._has_table(t):
+            return frozenset()
+        query = sa.select(t.c.source_id).where(t.c.target == target)
+        with self.engine.connect() as conn:
+            return frozenset(conn.execute(query).scalars())
+
     def load_bodies(self, target: str, records: Iterable[StateRecord]) -> None:
         """Fetch the bodies of these lazily read records at once (500 a query) rather than
         one query each on first use."""
         t = provisioned_users
         waiting = {r.source_id: r for r in records if not r.loaded}
         ids = sorted(waiting)
+        if not ids:
+            return
         with self.engine.connect() as conn:
             for at in range(0, len(ids), 500):
                 query = sa.select(t.c.source_id, t.c.payload).where(
@@ -506,6 +517,8 @@ class StateStore:
         """Whether some user of ``target`` has no DN recorded (written by a version that did
         not keep them)."""
         t = provisioned_users
+        if self.read_only and not self._has_table(t):
+            return False
         query = sa.select(t.c.source_id).where((t.c.target == target) & t.c.dn.is_(None)).limit(1)
         with self.engine.connect() as conn:
             return conn.execute(query).first() is not None
