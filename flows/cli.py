@@ -27,9 +27,9 @@ from rich.text import Text
 
 from tasks.config import load_config
 from tasks.errors import ConfigError, ProvisionerError
-from tasks.groups import GroupAction
 from tasks.report import labelled, print_summary, problems, text_console, unreached
-from tasks.state import AuditQuery, AuditRow, StateStore
+from tasks.state.store import AuditQuery, AuditRow, StateStore
+from tasks.sync.group_plan import GroupAction
 
 if TYPE_CHECKING:
     from flows.pipeline import TargetPreview

@@ -27,32 +27,29 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from tasks.batching import as_is, batches
-from tasks.changes import Changes, UserChanges, extract_changes, fingerprint, start_of
 from tasks.config import Config, GroupsQuery, TargetConfig
-from tasks.extract import Extraction, SourceUser, extract_users, mapped_attributes
-from tasks.groups import (
-    DesiredGroup,
+from tasks.ldap.changes import Changes, UserChanges, extract_changes, fingerprint, start_of
+from tasks.ldap.extract import Extraction, SourceUser, extract_users, mapped_attributes
+from tasks.ldap.groups import (
     GroupExtraction,
-    GroupPlan,
     SourceGroup,
     extract_group_changes,
     group_fingerprint,
     incremental_groups,
-    plan_groups,
-    resolve_groups,
 )
-from tasks.guard import apply_group_guard, apply_guard
-from tasks.load import Loader, load_batch
-from tasks.load_groups import GroupLoader, load_groups, max_members
+from tasks.ldap.scope import Scope, narrow, read_entering, read_scopes, scoped
 from tasks.logs import run_logger
-from tasks.plan import Action, Plan, by_status, plan_users
 from tasks.report import GroupReport, LoadProgress, TargetReport
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
-from tasks.scope import Scope, narrow, read_entering, read_scopes, scoped
-from tasks.state import GroupRecord, StateRecord, StateStore, Status
-from tasks.target import discover, uses_bulk, uses_group_patch, uses_patch
-from tasks.transform import DesiredUser, Rejection, transform_batch, transform_users
+from tasks.scim.target import discover, uses_bulk, uses_group_patch, uses_patch
+from tasks.state.store import GroupRecord, StateRecord, StateStore, Status
+from tasks.sync.group_plan import DesiredGroup, GroupPlan, plan_groups, resolve_groups
+from tasks.sync.guard import apply_group_guard, apply_guard
+from tasks.sync.load import Loader, load_batch
+from tasks.sync.load_groups import GroupLoader, load_groups, max_members
+from tasks.sync.plan import Action, Plan, by_status, plan_users
+from tasks.sync.transform import DesiredUser, Rejection, transform_batch, transform_users
 
 TRANSFORM_BATCH = 2000
 

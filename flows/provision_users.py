@@ -34,9 +34,9 @@ from flows.pipeline import (
 from flows.sync_group_memberships import run_group_sync
 from tasks.config import Config, load_config
 from tasks.errors import TargetUnreachable
-from tasks.extract import Extraction
+from tasks.ldap.extract import Extraction
 from tasks.report import TargetReport, final_state, headline, publish
-from tasks.target import reached
+from tasks.scim.target import reached
 
 
 def _run_name() -> str:

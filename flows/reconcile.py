@@ -3,11 +3,12 @@
 list each target's users and groups (paged, cursors when offered; one compact row per user:
 ids, matching values, a fingerprint of what we manage) and read its state records (without
 payloads) → stream the directory in batches past them, transforming and classifying each batch
-at once; only users that may differ are kept whole (:class:`tasks.reconcile.UserReconciler`;
-pandas joins link them) → read the few target users that differ → report (Prefect artifacts
-and a CSV of every difference) → unless ``dry_run``: correct the state records that differ from
-the truth and run the plan → guard → load path of ``provision_users`` on the differing users
-only (and ``sync_group_memberships``), which repairs exactly the differences.
+at once; only users that may differ are kept whole
+(:class:`tasks.reconcile.classify.UserReconciler`; pandas joins link them) → read the few
+target users that differ → report (Prefect artifacts and a CSV of every difference) → unless
+``dry_run``: correct the state records that differ from the truth and run the per-target
+pipeline (flows/pipeline.py) on the differing users only, users then groups, which repairs
+exactly the differences; a dry run asks the same pipeline what it would do.
 
 Memory grows by a few hundred bytes per user in step (see docs/performance.md); a user that
 differs is held whole (a few kilobytes).
@@ -42,13 +43,13 @@ from flows.pipeline import (
     open_store,
 )
 from tasks.batching import as_is
-from tasks.changes import Changes, UserChanges
 from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import SourceUnavailable, TargetUnreachable, retry_on
-from tasks.extract import SourceUser, connect, mapped_attributes, stream_users
-from tasks.groups import DesiredGroup, GroupExtraction, extract_groups, resolve_groups
-from tasks.load import LIST_PAGE_SIZE
-from tasks.reconcile import (
+from tasks.ldap.changes import Changes, UserChanges
+from tasks.ldap.extract import SourceUser, connect, mapped_attributes, stream_users
+from tasks.ldap.groups import GroupExtraction, extract_groups
+from tasks.ldap.scope import Scope, read_scopes
+from tasks.reconcile.classify import (
     Difference,
     GroupReconciliation,
     StateTable,
@@ -64,10 +65,11 @@ from tasks.reconcile import (
 from tasks.report import GroupReport, LoadProgress, TargetReport, final_state, headline, publish
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
-from tasks.scope import Scope, read_scopes
-from tasks.state import StateRecord, StateStore
-from tasks.target import discover, reached
-from tasks.transform import Rejection, transform_batch
+from tasks.scim.target import discover, reached
+from tasks.state.store import StateRecord, StateStore
+from tasks.sync.group_plan import DesiredGroup, resolve_groups
+from tasks.sync.load import LIST_PAGE_SIZE
+from tasks.sync.transform import Rejection, transform_batch
 
 PROGRESS_EVERY = 20_000
 SAMPLE_ROWS = 20
@@ -176,8 +178,9 @@ def classify_users(
     config: Config, sides: list[Side], store: StateStore, attributes: list[str]
 ) -> Streamed:
     """Stream the directory in batches: transform each batch for every target and classify it
-    at once (:class:`tasks.reconcile.UserReconciler`), keeping whole only the users that may
-    differ. A retry (the directory went away) starts the stream again from the beginning."""
+    at once (:class:`tasks.reconcile.classify.UserReconciler`), keeping whole only the users
+    that may differ. A retry (the directory went away) starts the stream again from the
+    beginning."""
     log = get_run_logger()
     source = config.source
     groups = source.groups

@@ -31,12 +31,12 @@ from flows.pipeline import (
     read_groups,
     run_label,
 )
-from tasks.changes import UserChanges
 from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError, TargetUnreachable
+from tasks.ldap.changes import UserChanges
 from tasks.report import GroupReport, final_state, headline, publish
-from tasks.state import StateStore
-from tasks.target import reached
+from tasks.scim.target import reached
+from tasks.state.store import StateStore
 
 
 def _run_name() -> str:

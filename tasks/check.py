@@ -16,10 +16,10 @@ import sqlalchemy as sa
 
 from tasks.config import Config, SecretRef, TargetConfig, load_config
 from tasks.errors import ProvisionerError, TargetUnreachable
-from tasks.extract import connect, paged_entries
+from tasks.ldap.extract import connect, paged_entries
 from tasks.scim.client import ScimClient, safe_url
-from tasks.state import make_engine
-from tasks.target import reached, unknown_extension_attributes
+from tasks.scim.target import reached, unknown_extension_attributes
+from tasks.state.store import make_engine
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ attributes to read) and the transform step (what value to build).
     alternative  := function "(" alternative ")"            lower, upper, trim
                   | "=" text                                a constant
                   | "$id" | "$dn"                           the entry's source id / DN
-                  | "@" attribute                           a reference (see tasks.transform)
+                  | "@" attribute                           a reference (see tasks.sync.transform)
                   | template                                "{givenName} {sn}"
                   | attribute                               an LDAP attribute
 

@@ -17,10 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from tasks.groups import GroupPlan
-from tasks.load import Outcome
-from tasks.load_groups import GroupOutcome
-from tasks.plan import Plan
+from tasks.sync.group_plan import GroupPlan
+from tasks.sync.load import Outcome
+from tasks.sync.load_groups import GroupOutcome
+from tasks.sync.plan import Plan
 
 SAMPLE = 50
 """How many failures, skips and rejections a summary lists in full."""

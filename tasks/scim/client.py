@@ -3,7 +3,7 @@
 This is the only place that talks HTTP to a target. It turns every outcome into the error
 taxonomy of :mod:`tasks.errors`; idempotent requests (GET, PUT, PATCH, DELETE) are retried
 here on transient failures with exponential backoff, full jitter and ``Retry-After``. A POST is
-never blindly re-sent: its caller looks the resource up first (see :mod:`tasks.load`).
+never blindly re-sent: its caller looks the resource up first (see :mod:`tasks.sync.load`).
 """
 
 from __future__ import annotations

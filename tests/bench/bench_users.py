@@ -32,8 +32,8 @@ import requests
 import yaml
 
 from tasks.config import TargetConfig
-from tasks.extract import SourceUser
-from tasks.transform import build_user
+from tasks.ldap.extract import SourceUser
+from tasks.sync.transform import build_user
 from tests.support.servers import ScimServer, Slapd, ou_ldif, person_ldif
 
 PEOPLE = "ou=people,dc=example,dc=org"

@@ -397,7 +397,7 @@ class Bench:
     # 4
     def extraction(self) -> dict[str, Any]:
         from tasks.config import load_config
-        from tasks.extract import (
+        from tasks.ldap.extract import (
             connect,
             mapped_attributes,
             paged_entries,

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import load_config
-from tasks.extract import connect, mapped_attributes, normalize_dn, stream_users
+from tasks.ldap.dn import normalize_dn
+from tasks.ldap.extract import connect, mapped_attributes, stream_users
 from tasks.scim.dialect import dialect_for
-from tasks.state import StateRecord, StateStore
-from tasks.transform import content_hash, transform_batch
+from tasks.state.store import StateRecord, StateStore
+from tasks.sync.transform import content_hash, transform_batch
 from tests.support.scim_sqlite import seed
 
 NAMESPACE = uuid.UUID("6f1c1e0a-4b7e-4c38-9d55-3b1f0f6c2a11")

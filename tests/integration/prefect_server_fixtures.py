@@ -39,7 +39,7 @@ import yaml
 
 from deployments.prefect_server import PrefectServer, drop_database, ensure_database
 from deployments.processes import free_port, log_tail
-from tasks.state import StateStore
+from tasks.state.store import StateStore
 from tests.conftest import CUSTOM_URN, LDAP_PASSWORD, add_people, sample_people, write_config
 from tests.fault_proxy import FaultProxy
 from tests.support.servers import ScimServer, Slapd

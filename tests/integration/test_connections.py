@@ -181,7 +181,7 @@ def test_runs_starting_side_by_side_create_the_postgresql_store_once(postgres_ur
     PostgreSQL's catalog and one of them errors)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks.state import StateStore
+    from tasks.state.store import StateStore
 
     def open_store(_: int) -> None:
         StateStore(postgres_url).close()

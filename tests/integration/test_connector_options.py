@@ -113,7 +113,7 @@ def test_every_ldap_server_down_is_one_line_naming_them(tmp_path: Path) -> None:
     from deployments.processes import free_port
     from tasks.config import parse_config
     from tasks.errors import SourceUnavailable
-    from tasks.extract import connect
+    from tasks.ldap.extract import connect
 
     first, second = (f"ldap://127.0.0.1:{free_port()}" for _ in range(2))
     config = parse_config(

@@ -110,5 +110,5 @@ def test_plan_lists_the_writes_of_the_next_sync(
     assert third["directory"]["mode"].startswith("full pass")
     assert [(a["action"], a["user"]) for a in third["actions"]] == [("update", "fay")]
 
-    fourth, summary = plan_then_sync(config, capsys)
+    fourth, _ = plan_then_sync(config, capsys)
     assert fourth["actions"] == [] and fourth["groups"]["actions"] == []

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from tasks import syncrepl
-from tasks.changes import (
+from tasks.config import parse_config
+from tasks.ldap import syncrepl
+from tasks.ldap.changes import (
     Changes,
     fingerprint,
     generalized_time,
@@ -18,10 +19,9 @@ from tasks.changes import (
     start_of,
     timestamp_filter,
 )
-from tasks.config import parse_config
-from tasks.extract import SourceUser
-from tasks.plan import plan_users
-from tasks.state import StateRecord, Watermark
+from tasks.ldap.extract import SourceUser
+from tasks.state.store import StateRecord, Watermark
+from tasks.sync.plan import plan_users
 from tests.unit.test_plan import desired, kinds, record, target
 
 # -- syncrepl BER -----------------------------------------------------------------------------
@@ -276,7 +276,7 @@ def test_a_read_only_store_from_an_earlier_version_is_read(tmp_path: Any) -> Non
     the DN and ETag columns existed still gives its records."""
     import sqlalchemy as sa
 
-    from tasks.state import StateStore
+    from tasks.state.store import StateStore
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = sa.create_engine(url)

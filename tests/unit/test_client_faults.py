@@ -19,9 +19,9 @@ import pytest
 
 from tasks.config import TargetConfig
 from tasks.errors import FatalError, RejectedError, TargetUnreachable, TransientError
-from tasks.load import Loader
-from tasks.plan import Action
 from tasks.scim.client import ScimClient
+from tasks.sync.load import Loader
+from tasks.sync.plan import Action
 
 Handler = Callable[[BaseHTTPRequestHandler, int], tuple[int, dict[str, str], Any] | None]
 
@@ -264,9 +264,9 @@ def test_bulk_results_are_mapped_back_and_conflicts_retried_one_by_one(serve) ->
 def test_a_bulk_answer_the_store_fails_to_record_does_not_skip_the_others(serve: Any) -> None:
     """Three Bulk requests answered; recording the first fails (the state store went away):
     the other two are still recorded, then the error stops the batch."""
-    from tasks.load import Loader
-    from tasks.plan import Action
     from tasks.scim.dialect import Capabilities
+    from tasks.sync.load import Loader
+    from tasks.sync.plan import Action
 
     def script(request: BaseHTTPRequestHandler, n: int):
         op = request.body["Operations"][0]  # type: ignore[attr-defined]
@@ -296,8 +296,8 @@ def test_a_bulk_answer_the_store_fails_to_record_does_not_skip_the_others(serve:
 
 
 def test_bulk_chunks_respect_operations_and_payload_limits() -> None:
-    from tasks.load import bulk_chunks
     from tasks.scim.dialect import Capabilities
+    from tasks.sync.load import bulk_chunks
 
     ops = [{"method": "POST", "bulkId": f"b{n}", "data": {"x": "y" * 100}} for n in range(25)]
     by_count = list(bulk_chunks(ops, Capabilities(bulk=True, bulk_max_operations=10)))
@@ -361,8 +361,8 @@ def test_circuit_breaker_stops_a_batch_when_the_target_keeps_failing(serve, tmp_
     """After N requests in a row failed even after retries, the run stops with a clear error
     instead of hammering the target; nothing unconfirmed is recorded."""
     from tasks.errors import FatalError
-    from tasks.load import run_batch
-    from tasks.state import StateStore
+    from tasks.state.store import StateStore
+    from tasks.sync.load import run_batch
 
     fake = serve(lambda r, n: (503, {}, b"down"))
     client = client_for(fake, [], circuit_breaker=3)
@@ -637,7 +637,7 @@ def test_a_hung_ldaps_server_is_unreachable_not_a_tls_mistake() -> None:
 
     from tasks.config import parse_config
     from tasks.errors import SourceUnavailable
-    from tasks.extract import connect
+    from tasks.ldap.extract import connect
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -665,9 +665,9 @@ def test_a_big_group_on_a_target_without_patch_is_created_in_one_post(
 ) -> None:
     """Without PATCH, the members past max_members were still sent by PATCH: the group was
     created part-filled and reported failed. Now one POST carries them all."""
-    from tasks.groups import GroupAction
-    from tasks.load_groups import GroupLoader
-    from tasks.state import StateStore
+    from tasks.state.store import StateStore
+    from tasks.sync.group_plan import GroupAction
+    from tasks.sync.load_groups import GroupLoader
 
     def script(request: BaseHTTPRequestHandler, n: int):
         if request.command == "GET":

@@ -110,8 +110,8 @@ class TestVendorProfiles:
 
     def test_aws_keeps_one_value_per_multi_valued_attribute_and_100_members(self) -> None:
         from tasks.config import TargetConfig
-        from tasks.load_groups import max_members
         from tasks.scim.dialect import AwsIdentityCenter
+        from tasks.sync.load_groups import max_members
 
         aws = AwsIdentityCenter()
         user = {

@@ -9,7 +9,7 @@ from ldap3.core import exceptions as ldap_exc
 
 from tasks.config import TlsMode, parse_config
 from tasks.errors import SourceUnavailable
-from tasks.extract import connect, entry_to_user, mapped_attributes, paged_entries
+from tasks.ldap.extract import connect, entry_to_user, mapped_attributes, paged_entries
 
 
 def source(directory_type: str = "openldap", **status: object):
@@ -98,7 +98,7 @@ def test_mapped_attributes_reads_only_what_the_mappings_use() -> None:
 
 
 def test_dn_comparison_ignores_how_special_characters_are_escaped() -> None:
-    from tasks.extract import normalize_dn
+    from tasks.ldap.dn import normalize_dn
 
     hex_escaped = r"UID=O\2BBrien\2CJR\22ZO\C3\AB, ou=People,dc=example,dc=org"
     char_escaped = r"uid=o\+brien\,jr\"zoë,ou=people,dc=example,dc=org"
@@ -165,7 +165,7 @@ def test_a_fractional_receive_timeout_reaches_ldap3_in_whole_seconds(
 
 
 def test_plain_dns_take_the_fast_path_to_the_same_form() -> None:
-    from tasks.extract import _parsed_dn, normalize_dn
+    from tasks.ldap.dn import _parsed_dn, normalize_dn
 
     for dn in [
         "uid=user0000001,ou=people,dc=example,dc=org",
@@ -184,7 +184,7 @@ def test_a_wrong_ca_file_is_named_in_one_line(tmp_path) -> None:
     a source error naming source.ca_file and its path."""
     from tasks.config import parse_config
     from tasks.errors import SourceError
-    from tasks.extract import connect
+    from tasks.ldap.extract import connect
 
     missing = tmp_path / "no-such-ca.pem"
     config = parse_config(
@@ -204,7 +204,7 @@ def test_a_wrong_ca_file_is_named_in_one_line(tmp_path) -> None:
 def test_a_wrong_target_ca_file_makes_the_target_unreached(tmp_path) -> None:
     from tasks.config import TargetConfig
     from tasks.errors import TargetUnreachable
-    from tasks.target import reached
+    from tasks.scim.target import reached
 
     target = TargetConfig(name="app", url="https://app.example.org/v2", ca_file=tmp_path / "x")
     with (
@@ -222,7 +222,7 @@ def test_a_directory_that_accepts_but_never_answers_fails_within_connect_timeout
 
     from tasks.config import parse_config
     from tasks.errors import SourceUnavailable
-    from tasks.extract import connect
+    from tasks.ldap.extract import connect
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -265,7 +265,7 @@ def test_a_service_that_is_not_ldap_is_named_in_one_line(answer: bytes) -> None:
 
     from tasks.config import parse_config
     from tasks.errors import SourceError
-    from tasks.extract import connect
+    from tasks.ldap.extract import connect
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -4,13 +4,14 @@ from typing import Any
 
 import pytest
 
-from tasks.ad import parse_range, ranged_values
 from tasks.config import parse_config
-from tasks.extract import SourceUser
-from tasks.groups import GroupExtraction, SourceGroup, plan_groups, resolve_groups
-from tasks.load_groups import member_chunks
+from tasks.ldap.ad import parse_range, ranged_values
+from tasks.ldap.extract import SourceUser
+from tasks.ldap.groups import GroupExtraction, SourceGroup
 from tasks.scim.dialect import Scim20
-from tasks.state import GroupRecord, StateRecord
+from tasks.state.store import GroupRecord, StateRecord
+from tasks.sync.group_plan import plan_groups, resolve_groups
+from tasks.sync.load_groups import member_chunks
 
 
 def config(groups: dict[str, Any] | None = None, **target: Any):

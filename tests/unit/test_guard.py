@@ -1,8 +1,8 @@
 """The mass-deprovisioning guard's arithmetic."""
 
 from tasks.config import DeprovisionGuard
-from tasks.guard import check_deprovisioning, hold_back
-from tasks.plan import Action, Plan
+from tasks.sync.guard import check_deprovisioning, hold_back
+from tasks.sync.plan import Action, Plan
 
 
 def plan_with(disables: int, creates: int = 1) -> Plan:

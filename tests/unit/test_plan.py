@@ -3,9 +3,9 @@
 from typing import Any
 
 from tasks.config import parse_config
-from tasks.plan import plan_users
-from tasks.state import StateRecord
-from tasks.transform import DesiredUser, Rejection, content_hash
+from tasks.state.store import StateRecord
+from tasks.sync.plan import plan_users
+from tasks.sync.transform import DesiredUser, Rejection, content_hash
 
 
 def target(**switches: Any):
@@ -117,7 +117,7 @@ def test_rejected_entry_is_not_deprovisioned() -> None:
 
 def test_manager_reference_resolved_or_deferred() -> None:
     """A DN reference becomes the SCIM id of a provisioned user, else it is left out for now."""
-    from tasks.transform import REFERENCE
+    from tasks.sync.transform import REFERENCE
 
     ent = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
     boss = desired("1", "boss")

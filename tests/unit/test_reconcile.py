@@ -6,9 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.compact import CHUNK, Index, Strings, h64
 from tasks.config import TargetConfig
-from tasks.reconcile import (
+from tasks.reconcile.classify import (
     TargetUser,
     managed_hash,
     managed_shape,
@@ -16,9 +15,10 @@ from tasks.reconcile import (
     reconcile_users,
     target_user,
 )
+from tasks.reconcile.compact import CHUNK, Index, Strings, h64
 from tasks.scim.dialect import Scim20
-from tasks.state import StateRecord
-from tasks.transform import REFERENCE, DesiredUser, Rejection, content_hash
+from tasks.state.store import StateRecord
+from tasks.sync.transform import REFERENCE, DesiredUser, Rejection, content_hash
 
 MAPPING = {
     "userName": "uid",

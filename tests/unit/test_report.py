@@ -6,15 +6,15 @@ import io
 
 from rich.table import Table
 
-from tasks.plan import Action, Plan, Rejection
 from tasks.report import TargetReport, headline, print_summary, text_console
+from tasks.sync.plan import Action, Plan, Rejection
 
 
 def summary_with(user: str, error: str) -> dict[str, object]:
     plan = Plan("app", rejected=[Rejection("s2", f"uid={user},ou=people", "no userName")])
     report = TargetReport("app", plan.counts(), plan=plan)
     action = Action("create", "s1", user, "new", {"userName": user})
-    from tasks.load import Outcome
+    from tasks.sync.load import Outcome
 
     report.add(Outcome(action, False, error))
     summary: dict[str, object] = {"targets": [report.as_dict()]}

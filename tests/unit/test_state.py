@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from tasks.state import StateRecord, StateStore
+from tasks.state.store import StateRecord, StateStore
 
 
 def test_lazy_records_fetch_their_bodies_when_used(tmp_path: Path) -> None:
@@ -53,7 +53,7 @@ def test_a_user_back_in_scope_then_provisioned_disabled_is_not_deprovisioned(
 
     import sqlalchemy as sa
 
-    from tasks.state import AuditEntry, audit_log
+    from tasks.state.store import AuditEntry, audit_log
 
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     for sid in ("back", "gone"):

@@ -11,8 +11,8 @@ from tasks.config import (
     MultiValuedRule,
     parse_config,
 )
-from tasks.extract import SourceUser
-from tasks.transform import (
+from tasks.ldap.extract import SourceUser
+from tasks.sync.transform import (
     build_user,
     content_hash,
     oversize_reason,
@@ -182,8 +182,8 @@ class TestExpressions:
     an attribute name)."""
 
     def test_a_constant_a_default_and_functions(self) -> None:
-        from tasks.extract import SourceUser
-        from tasks.transform import evaluate
+        from tasks.ldap.extract import SourceUser
+        from tasks.sync.transform import evaluate
 
         user = SourceUser("1", "uid=Ada,ou=p", {"uid": ["Ada"], "mail": [" Ada@Example.ORG "]})
         assert evaluate("=Employee", user) == ["Employee"]
@@ -194,7 +194,7 @@ class TestExpressions:
         assert evaluate("upper(title) || upper(uid)", user) == ["ADA"]
 
     def test_only_the_attributes_read_are_requested(self) -> None:
-        from tasks.extract import mapped_attributes
+        from tasks.ldap.extract import mapped_attributes
 
         mapping = {"userType": "=Employee", "title": "title || =Staff", "nick": "lower({uid}x)"}
         assert mapped_attributes([mapping]) == {"title", "uid"}

@@ -21,8 +21,8 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.input import RunInput
 
 from tasks.config import DeprovisionGuard
-from tasks.groups import GroupPlan, GroupSkip
-from tasks.plan import Plan, Skipped
+from tasks.sync.group_plan import GroupPlan, GroupSkip
+from tasks.sync.plan import Plan, Skipped
 
 SAMPLE = 20
 

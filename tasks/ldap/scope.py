@@ -19,19 +19,13 @@ from typing import TypeVar
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 
-from tasks.ad import parse_range, ranged_values
-from tasks.changes import Changes, Identified, user_reader
 from tasks.config import LdapSource, TargetConfig, TargetScope
 from tasks.errors import ConfigError, SourceError
-from tasks.extract import (
-    SourceUser,
-    connect,
-    directory_task,
-    normalize_dn,
-    paged_entries,
-    source_id,
-)
-from tasks.groups import fetch_range
+from tasks.ldap.ad import parse_range, ranged_values
+from tasks.ldap.changes import Changes, Identified, user_reader
+from tasks.ldap.dn import normalize_dn
+from tasks.ldap.extract import SourceUser, connect, directory_task, paged_entries, source_id
+from tasks.ldap.groups import fetch_range
 from tasks.logs import run_logger
 
 E = TypeVar("E", bound=Identified)

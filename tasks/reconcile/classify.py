@@ -22,15 +22,15 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from tasks.compact import Index, Strings, as_numpy, column, h64
 from tasks.config import MultiValuedRule, TargetConfig
-from tasks.extract import normalize_dn
-from tasks.groups import DesiredGroup, display_name
-from tasks.load import _lookup_value
-from tasks.plan import resolve_references
+from tasks.ldap.dn import normalize_dn
+from tasks.reconcile.compact import Index, Strings, as_numpy, column, h64
 from tasks.scim.dialect import Scim20, name_key
-from tasks.state import GroupRecord, StateRecord, Status, UserRow
-from tasks.transform import REFERENCE, DesiredUser, Rejection, content_hash
+from tasks.state.store import GroupRecord, StateRecord, Status, UserRow
+from tasks.sync.group_plan import DesiredGroup, display_name
+from tasks.sync.load import lookup_value
+from tasks.sync.plan import resolve_references
+from tasks.sync.transform import REFERENCE, DesiredUser, Rejection, content_hash
 
 Shape = dict[str, Any]
 """The attributes we manage: key → ``None`` (a simple value), a sub-shape (a complex
@@ -137,7 +137,7 @@ class TargetUser:
 def target_user(
     resource: dict[str, Any], shape: Shape, match_attribute: str, dialect: Scim20
 ) -> TargetUser:
-    match = _lookup_value(resource, match_attribute)
+    match = lookup_value(resource, match_attribute)
     return TargetUser(
         scim_id=str(resource.get("id") or ""),
         external_id=str(resource["externalId"]) if resource.get("externalId") else None,
@@ -238,7 +238,7 @@ def _frame(rows: Iterable[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 
 
 def _match_value(payload: dict[str, Any], attribute: str, dialect: Scim20) -> str | None:
-    value = _lookup_value(payload, attribute)
+    value = lookup_value(payload, attribute)
     return dialect.match_key(attribute, value) if value else None
 
 

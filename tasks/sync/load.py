@@ -38,11 +38,11 @@ from tasks.errors import (
     TransientError,
     shorten,
 )
-from tasks.plan import Action
 from tasks.scim.client import ScimClient, etag_of
 from tasks.scim.dialect import Capabilities, name_key
-from tasks.state import AuditEntry, StateRecord, StateStore
-from tasks.transform import content_hash
+from tasks.state.store import AuditEntry, StateRecord, StateStore
+from tasks.sync.plan import Action
+from tasks.sync.transform import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class BatchResult:
     requests: dict[str, int]
 
 
-def _lookup_value(payload: dict[str, Any], attribute: str) -> str | None:
+def lookup_value(payload: dict[str, Any], attribute: str) -> str | None:
     """The desired value of the matching attribute (``emails`` means the primary email)."""
     node: Any = payload
     for part in attribute.split("."):
@@ -111,8 +111,8 @@ def adoption_refused(
         ours, theirs = payload.get("externalId"), existing.get("externalId")
         if ours and ours == theirs:
             return None
-        mine = _lookup_value(payload, "emails.value")
-        other = _lookup_value(existing, "emails.value")
+        mine = lookup_value(payload, "emails.value")
+        other = lookup_value(existing, "emails.value")
         if mine and other and mine.casefold() == other.casefold():
             return None
         return (
@@ -256,7 +256,7 @@ class Loader:
             if by_user_name:
                 table, key = self.names, name_key(str(payload["userName"]))
             else:
-                value = _lookup_value(payload, self.target.user_match_attribute)
+                value = lookup_value(payload, self.target.user_match_attribute)
                 table = self.index
                 key = self.dialect.match_key(self.index_attribute, value) if value else ""
             if key not in table:
@@ -269,7 +269,7 @@ class Loader:
         if by_user_name:
             filter_ = self.dialect.match_filter('userName eq "%s"', str(payload["userName"]))
         else:
-            value = _lookup_value(payload, self.target.user_match_attribute)
+            value = lookup_value(payload, self.target.user_match_attribute)
             if value is None:
                 return None
             filter_ = self.dialect.match_filter(self.target.user_match_filter, value)
@@ -381,7 +381,7 @@ class Loader:
         path = self.dialect.users_path
         payload = action.payload or {}
         if action.kind == "create":
-            value = _lookup_value(payload, self.target.user_match_attribute)
+            value = lookup_value(payload, self.target.user_match_attribute)
             if self.index is None or value is None:
                 return None
             if self.dialect.match_key(self.index_attribute, value) in self.index:

@@ -35,11 +35,11 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 
-from tasks import syncrepl
-from tasks.ad import guid_text
 from tasks.config import LdapSource, TargetConfig
 from tasks.errors import SourceError, SourceUnavailable
-from tasks.extract import (
+from tasks.ldap import syncrepl
+from tasks.ldap.ad import guid_text
+from tasks.ldap.extract import (
     Extraction,
     SourceUser,
     connect,
@@ -50,7 +50,7 @@ from tasks.extract import (
     source_id,
     user_attributes,
 )
-from tasks.state import Watermark
+from tasks.state.store import Watermark
 
 Method = Literal["full", "timestamp", "timestamp_no_negation", "ad_usn", "syncrepl"]
 SHOW_DELETED = "1.2.840.113556.1.4.417"

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tasks.config import TargetConfig
-from tasks.extract import normalize_dn
+from tasks.ldap.dn import normalize_dn
 from tasks.scim.dialect import name_key
-from tasks.state import StateRecord
-from tasks.transform import REFERENCE, DesiredUser, Rejection, oversize_reason
+from tasks.state.store import StateRecord
+from tasks.sync.transform import REFERENCE, DesiredUser, Rejection, oversize_reason
 
 ActionKind = Literal["create", "update", "disable", "delete"]
 

@@ -30,11 +30,11 @@ from tasks.errors import (
     RejectedError,
     ScimError,
 )
-from tasks.groups import GroupAction
-from tasks.load import PatchSwitch
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, Scim20
-from tasks.state import AuditEntry, GroupRecord, StateStore
+from tasks.state.store import AuditEntry, GroupRecord, StateStore
+from tasks.sync.group_plan import GroupAction
+from tasks.sync.load import PatchSwitch
 
 log = logging.getLogger(__name__)
 

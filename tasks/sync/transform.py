@@ -10,7 +10,7 @@ The mapping has the shape of the SCIM JSON it produces. Each leaf is a *source e
 - ``@manager``           a reference: the SCIM id, on this target, of the directory user whose
                          DN the LDAP attribute holds (for the enterprise ``manager.value``).
                          Until that user is provisioned the attribute is left out (see
-                         :func:`tasks.plan.resolve_references`).
+                         :func:`tasks.sync.plan.resolve_references`).
 
 A list of ``{value, type, primary}`` rules builds a multi-valued attribute (emails, phoneNumbers):
 every value of the source attribute becomes an entry, so nothing is dropped. Keys that are schema
@@ -36,7 +36,8 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import expressions
 from tasks.config import CORE_USER_SCHEMA, MultiValuedRule
-from tasks.extract import SourceUser, mapped_attributes, normalize_dn
+from tasks.ldap.dn import normalize_dn
+from tasks.ldap.extract import SourceUser, mapped_attributes
 from tasks.scim.dialect import Scim20, dialect_for
 
 _TEMPLATE_FIELD = re.compile(r"\{([^{}]+)\}")

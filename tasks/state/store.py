@@ -218,7 +218,7 @@ class StateRecord:
     version: str | None
     """The target's ETag of the user after our last write, when it has ETags."""
     dn: str | None
-    """The entry's DN when it was last seen, normalized (``tasks.extract.normalize_dn``): it
+    """The entry's DN when it was last seen, normalized (``tasks.ldap.dn.normalize_dn``): it
     resolves references and group members without reading every user."""
 
     def __init__(
