@@ -43,7 +43,7 @@ from ldap3 import (
     Server,
     Tls,
 )
-from ldap3.core.exceptions import LDAPBindError, LDAPException
+from ldap3.core.exceptions import LDAPBindError, LDAPCommunicationError, LDAPException
 from ldap3.utils.dn import escape_rdn
 
 from deployments.processes import Child, free_port, log_tail, run
@@ -533,16 +533,32 @@ class SambaDC(Stoppable):
             entries.append(self._user_entry(sam, prefix, str(number), mail, disabled))
         started = _now()
         connection = self.connection(client_strategy=ASYNC)
+        reconnects = 0
         try:
-            for first in range(0, n, PIPELINE_WINDOW):
+            first = 0
+            while first < n:
                 window = entries[first : first + PIPELINE_WINDOW]
-                message_ids = [connection.add(dn, attributes=values) for dn, values in window]
-                for message_id, (dn, _) in zip(message_ids, window, strict=True):
-                    _, result = connection.get_response(message_id)
-                    if result["result"] != 0:
-                        raise RuntimeError(f"adding {dn} failed: {result['description']}")
+                try:
+                    message_ids = [connection.add(dn, attributes=values) for dn, values in window]
+                    for message_id, (dn, _) in zip(message_ids, window, strict=True):
+                        _, result = connection.get_response(message_id)
+                        # 68: already there (the window is redone after a lost connection)
+                        if result["result"] not in (0, 68):
+                            raise RuntimeError(f"adding {dn} failed: {result['description']}")
+                except LDAPCommunicationError:
+                    # Samba under load sometimes drops the pipelining connection: redo the
+                    # window on a new one (a few times at most)
+                    reconnects += 1
+                    if reconnects > 3:
+                        raise
+                    with contextlib.suppress(Exception):
+                        connection.unbind()
+                    connection = self.connection(client_strategy=ASYNC)
+                    continue
+                first += PIPELINE_WINDOW
         finally:
-            connection.unbind()
+            with contextlib.suppress(Exception):
+                connection.unbind()
         self.timings[f"add {n} users"] = _now() - started
         return [dn for dn, _ in entries]
 
