@@ -17,9 +17,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import State
 
 from flows.pipeline import (
     GroupRead,

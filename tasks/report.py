@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect.states import State
+from prefect import State
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -177,7 +177,7 @@ def problems(summary: dict[str, Any]) -> int:
     groups = sum(
         sum(g["failed"].values()) + g.get("held_back", 0) for g in summary.get("groups", [])
     )
-    return users + groups + len(unreached(summary))
+    return int(users + groups) + len(unreached(summary))
 
 
 def unreached(summary: dict[str, Any]) -> list[str]:

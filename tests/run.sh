@@ -7,6 +7,7 @@ source deployments/setup.sh
 "$VENV_PYTHON" -m ruff check --quiet .
 "$VENV_PYTHON" -m ruff format --check --quiet .
 "$VENV_PYTHON" -m mypy
+"$VENV_PYTHON" -m mypy --strict flows tasks   # the product code: strict
 status=0
 "$VENV_PYTHON" -m pytest "$@" || status=$?
 if [ "$status" -eq 5 ]; then

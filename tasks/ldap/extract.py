@@ -13,15 +13,15 @@ import math
 import socket
 import ssl
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 from ldap3.utils.conv import to_unicode
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks import expressions
@@ -392,7 +392,11 @@ def log_warnings(users: Iterable[SourceUser]) -> Any:
     return logger
 
 
-def directory_task(name: str) -> Any:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def directory_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     """The decorator of a task reading the directory: retried when the directory was
     unreachable, its result persisted and cached for the flow run (a retried run reuses it)."""
     return task(

@@ -161,7 +161,8 @@ class ScimClient:
         """Seconds to wait before retry ``attempt`` (1-based)."""
         if retry_after is not None:
             return min(retry_after, MAX_RETRY_AFTER)
-        return random.uniform(0.5, 1.0) * min(self.target.max_backoff, 0.5 * 2 ** (attempt - 1))
+        ceiling = min(self.target.max_backoff, 0.5 * 2.0 ** (attempt - 1))
+        return random.uniform(0.5, 1.0) * ceiling
 
     def send(
         self,
