@@ -19,7 +19,7 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -27,7 +27,7 @@ from rich.text import Text
 
 from tasks.config import load_config
 from tasks.errors import ConfigError, ProvisionerError
-from tasks.report import labelled, print_summary, problems, text_console, unreached
+from tasks.report import RunSummary, labelled, print_summary, text_console
 from tasks.state.store import AuditQuery, AuditRow, StateStore
 from tasks.sync.group_plan import GroupAction
 
@@ -124,25 +124,25 @@ def since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def print_reconciliation(summary: dict[str, Any], console: Console) -> None:
+def print_reconciliation(summary: RunSummary, console: Console) -> None:
     """Objects per class and target, where the CSV is, then the repair's summary."""
-    for result in summary["reconciliation"]:
-        table = Table(title=Text(f"reconciliation of {result['target']}"))
+    for result in summary.reconciliation:
+        table = Table(title=Text(f"reconciliation of {result.target}"))
         for column in ("object", "class", "count"):
             table.add_column(column, justify="right" if column == "count" else "left")
-        for what, by_kind in result["counts"].items():
+        for what, by_kind in result.counts.items():
             for kind, count in by_kind.items():
                 style = "" if kind == "in step" or not count else "yellow"
                 table.add_row(what, Text(kind, style=style), str(count))
         console.print(table)
-        console.print(f"every difference: {result['report_file']}")
-        for what, counts in result.get("would", {}).items():
+        console.print(f"every difference: {result.report_file}")
+        for what, counts in result.would.items():
             planned = ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
             console.print(f"a repair would do ({what}): {planned or 'nothing'}")
-    if summary["targets"]:
+    if summary.targets:
         print_summary(summary, console)
     else:
-        console.print(summary["headline"])
+        console.print(summary.headline)
 
 
 def print_audit(rows: list[AuditRow], console: Console) -> None:
@@ -294,7 +294,7 @@ class RunFailed(ProvisionerError):
         self.run_id = run_id
 
 
-def _run(args: argparse.Namespace) -> dict[str, Any]:
+def _run(args: argparse.Namespace) -> RunSummary:
     """Run the command's flow through Prefect and return its summary."""
     import prefect  # noqa: F401  (configures Prefect's logging, which is adjusted next)
 
@@ -334,7 +334,9 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     data = state.result(raise_on_failure=False)
     if isinstance(data, BaseException):
         raise RunFailed(data, state.state_details.flow_run_id) from data
-    return cast(dict[str, Any], data)
+    if not isinstance(data, RunSummary):
+        raise ProvisionerError(f"the flow run returned {type(data).__name__}, not a summary")
+    return data
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
@@ -426,17 +428,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scim-provisioner: {args.command} failed unexpectedly: {exc!r}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary.as_dict(), indent=2))
     elif args.command == "reconcile":
         print_reconciliation(summary, console)
     else:
         print_summary(summary, console)
-    missed = unreached(summary)
+    missed = summary.unreached()
     for reason in missed:  # the other targets were served; the run still could not finish
         print(f"scim-provisioner: {args.command}: {reason}", file=sys.stderr)
     if missed:
         return EXIT_ERROR
-    return EXIT_FAILURES if problems(summary) else EXIT_OK
+    return EXIT_FAILURES if summary.problems() else EXIT_OK
 
 
 if __name__ == "__main__":

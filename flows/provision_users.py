@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 
 from prefect import State, flow, get_run_logger
 from prefect.runtime import flow_run
@@ -34,7 +33,7 @@ from flows.sync_group_memberships import run_group_sync
 from tasks.config import Config, load_config
 from tasks.errors import TargetUnreachable
 from tasks.ldap.extract import Extraction
-from tasks.report import TargetReport, final_state, headline, publish
+from tasks.report import RunSummary, TargetReport, final_state, publish
 from tasks.scim.target import reached
 
 
@@ -48,7 +47,7 @@ def run_sync(
     allow_mass_deprovisioning: bool = False,
     approval_timeout: int = 0,
     full: bool = False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Read the directory's changes once, then plan and load every selected target; return
     the summary. Each target's watermark advances only when its cycle succeeded."""
     targets = config.target(target)
@@ -94,11 +93,7 @@ def run_sync(
         )
         # The user watermark waits for the groups too: the groups of the users changed in this
         # cycle are re-read only in this cycle.
-        groups_failed = {
-            g["target"]
-            for g in group_reports
-            if sum(g["failed"].values()) or g["held_back"] or g["unreachable"]
-        }
+        groups_failed = {g.target for g in group_reports if not cycle_succeeded(g)}
         for t, report in zip(targets, reports, strict=True):
             if changes.watermark is None or t.name in groups_failed:
                 continue
@@ -107,15 +102,13 @@ def run_sync(
                 store.set_watermark(t.name, "users", mark)
     finally:
         store.close()
-    summary: dict[str, Any] = {
-        "source_entries": len(changes.entries) + len(changes.invalid),
-        "directory": changes.summary(),
-        "targets": [r.as_dict() for r in reports],
-    }
-    if group_reports:
-        summary["groups"] = group_reports
-    summary["headline"] = headline(summary)
-    return summary
+    return RunSummary(
+        "sync",
+        targets=reports,
+        groups=group_reports,
+        source_entries=len(changes.entries) + len(changes.invalid),
+        directory=changes.summary(),
+    )
 
 
 @flow(name="provision_users", flow_run_name=_run_name, validate_parameters=True)
@@ -140,5 +133,5 @@ def provision_users(
     config = load_config(config_path)
     summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout, full)
     publish(summary, "provision-users")
-    get_run_logger().info("summary: %s", summary["headline"])
+    get_run_logger().info("summary: %s", summary.headline)
     return final_state(summary)

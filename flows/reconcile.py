@@ -61,7 +61,15 @@ from tasks.reconcile.classify import (
     reconcile_groups,
     target_user,
 )
-from tasks.report import GroupReport, LoadProgress, TargetReport, final_state, headline, publish
+from tasks.report import (
+    GroupReport,
+    LoadProgress,
+    Reconciliation,
+    RunSummary,
+    TargetReport,
+    final_state,
+    publish,
+)
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
 from tasks.scim.target import discover, reached
@@ -308,7 +316,7 @@ def reconcile_target(
     report_dir: Path,
     allow_mass_deprovisioning: bool,
     approval_timeout: int,
-) -> dict[str, Any]:
+) -> Reconciliation:
     """Classify, report, and (unless a dry run) correct the state and repair one target."""
     started = time.monotonic()
     log = get_run_logger()
@@ -361,12 +369,7 @@ def reconcile_target(
         description=f"reconciliation of {target.name}: objects per class",
     )
     log.info("reconciliation of %s: %s; every difference in %s", target.name, counts, csv_path)
-    result: dict[str, Any] = {
-        "target": target.name,
-        "differences": len(frame),
-        "counts": counts,
-        "report_file": str(csv_path),
-    }
+    result = Reconciliation(target.name, len(frame), counts, str(csv_path))
     mode = Mode(allow_mass_deprovisioning, approval_timeout, preview=dry_run)
     pipeline = TargetPipeline(target, store, mode)
     gone: UserChanges = Changes(
@@ -385,8 +388,8 @@ def reconcile_target(
         step = pipeline.plan_users(
             desired, [*rejected, *taken], changes=gone, state=dict(users.truth)
         )
-        result["would"] = {"users": {**step.plan.counts()}}
-        result["would"]["users"]["unchanged"] += users.unchanged
+        result.would = {"users": {**step.plan.counts()}}
+        result.would["users"]["unchanged"] += users.unchanged
         if group_result is not None:
             assert groups is not None and config.source.groups is not None
             members_state = {
@@ -397,7 +400,7 @@ def reconcile_target(
             group_step = pipeline.plan_groups(
                 config.source.groups, everyone, members_state, dict(group_result.truth)
             )
-            result["would"]["groups"] = group_step.plan.counts()
+            result.would["groups"] = group_step.plan.counts()
     else:
         store.correct(target.name, list(users.truth.values()), users.drop)
         if group_result is not None:
@@ -409,7 +412,7 @@ def reconcile_target(
                 report = pipeline.apply_users(repair_client, step, step_started)
         except TargetUnreachable as exc:
             report = TargetReport.not_reached(target.name, str(exc))
-        result["repair"] = report.as_dict()
+        result.repair = report
         if with_groups:
             assert everyone is not None and config.source.groups is not None
             try:
@@ -419,22 +422,15 @@ def reconcile_target(
                     group_report = pipeline.apply_groups(repair_client, group_step, step_started)
             except TargetUnreachable as exc:
                 group_report = GroupReport.not_reached(target.name, str(exc))
-            result["group_repair"] = group_report.as_dict()
-    result["seconds"] = round(time.monotonic() - started, 3)
-    result["steps_seconds"] = {**side.seconds, "report_and_repair": result["seconds"]}
+            result.group_repair = group_report
+    result.seconds = round(time.monotonic() - started, 3)
+    result.steps_seconds = {**side.seconds, "report_and_repair": result.seconds}
     return result
 
 
 def _key(name: str) -> str:
     """An artifact key from a target name (lowercase letters, digits and dashes)."""
     return "".join(c if c.isalnum() else "-" for c in name.lower())
-
-
-def reconcile_headline(summary: dict[str, Any]) -> str:
-    found = sum(r["differences"] for r in summary["reconciliation"])
-    if summary["dry_run"]:
-        return f"dry run: {found} differences found, nothing changed"
-    return f"{found} differences found; repair: {headline(summary)}"
 
 
 def run_reconcile(
@@ -445,7 +441,7 @@ def run_reconcile(
     report_dir: Path,
     allow_mass_deprovisioning: bool = False,
     approval_timeout: int = 0,
-) -> dict[str, Any]:
+) -> RunSummary:
     """List each target and read its state, stream the directory past them, then report and
     repair target by target."""
     targets = config.target(target)
@@ -489,17 +485,14 @@ def run_reconcile(
         for side in sides:
             side.client.close()
         store.close()
-    summary: dict[str, Any] = {
-        "dry_run": dry_run,
-        "source_entries": streamed.entries,
-        "reconciliation": results,
-        "targets": [r["repair"] for r in results if "repair" in r],
-    }
-    group_repairs = [r["group_repair"] for r in results if "group_repair" in r]
-    if group_repairs:
-        summary["groups"] = group_repairs
-    summary["headline"] = reconcile_headline(summary)
-    return summary
+    return RunSummary(
+        "reconcile",
+        targets=[r.repair for r in results if r.repair is not None],
+        groups=[r.group_repair for r in results if r.group_repair is not None],
+        source_entries=streamed.entries,
+        reconciliation=results,
+        dry_run=dry_run,
+    )
 
 
 @flow(name="reconcile", flow_run_name=_run_name, validate_parameters=True)
@@ -533,7 +526,7 @@ def reconcile(
         allow_mass_deprovisioning=allow_mass_deprovisioning,
         approval_timeout=approval_timeout,
     )
-    if summary["targets"]:
+    if summary.targets:
         publish(summary, "reconcile-repair")
-    get_run_logger().info("summary: %s", summary["headline"])
+    get_run_logger().info("summary: %s", summary.headline)
     return final_state(summary)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
 
 from prefect import State, flow, get_run_logger
 from prefect.runtime import flow_run
@@ -33,7 +32,7 @@ from flows.pipeline import (
 from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError, TargetUnreachable
 from tasks.ldap.changes import UserChanges
-from tasks.report import GroupReport, final_state, headline, publish
+from tasks.report import GroupReport, RunSummary, final_state, publish
 from tasks.scim.target import reached
 from tasks.state.store import StateStore
 
@@ -66,7 +65,7 @@ def run_group_sync(
     users: UserChanges | None = None,
     users_dns: Iterable[str] = (),
     mode: Mode | None = None,
-) -> list[dict[str, Any]]:
+) -> list[GroupReport]:
     """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
     target that takes groups; ``users``: the user cycle this follows, if any, and
     ``users_dns`` the DNs of the users it changed or found gone (taken before the user load
@@ -86,7 +85,7 @@ def run_group_sync(
         except TargetUnreachable as exc:  # the other targets go on; the run exits 2
             get_run_logger().error("%s", exc)
             report = GroupReport.not_reached(t.name, str(exc))
-        reports.append(report.as_dict())
+        reports.append(report)
         if read.groups.watermark is not None and cycle_succeeded(report):
             mark = replace(read.groups.watermark, server=read.prints[t.name])
             store.set_watermark(t.name, "groups", mark)
@@ -118,18 +117,16 @@ def sync_group_memberships(
     targets = config.target(target)
     store = open_store(config)
     try:
-        summary: dict[str, Any] = {
-            "groups": run_group_sync(
-                config,
-                targets,
-                store,
-                full=full,
-                mode=Mode(allow_mass_deprovisioning, approval_timeout),
-            )
-        }
+        reports = run_group_sync(
+            config,
+            targets,
+            store,
+            full=full,
+            mode=Mode(allow_mass_deprovisioning, approval_timeout),
+        )
     finally:
         store.close()
-    summary["headline"] = headline(summary)
+    summary = RunSummary("groups", groups=reports)
     publish(summary, "sync-group-memberships")
-    get_run_logger().info("summary: %s", summary["headline"])
+    get_run_logger().info("summary: %s", summary.headline)
     return final_state(summary)

@@ -1,7 +1,8 @@
 """Reporting: progress while loading, and the summary a person reads at the end of a run.
 
-The summary is plain data (JSON-ready): the flow returns it, the CLI prints it, and the Prefect
-artifacts are built from it. It holds user names and reasons, never secrets.
+The summary is typed (:class:`RunSummary` of :class:`TargetReport`, :class:`GroupReport` and
+:class:`Reconciliation`): the flow returns it, the CLI prints it (``--json``: its JSON form),
+and the Prefect artifacts are built from it. It holds user names and reasons, never secrets.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from prefect import State
 from rich.console import Console
@@ -26,6 +27,7 @@ SAMPLE = 50
 """How many failures, skips and rejections a summary lists in full."""
 
 KINDS = ("create", "update", "disable", "delete")
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
 @dataclass
@@ -67,8 +69,27 @@ class TargetReport:
                 {"user": outcome.action.user_name, "action": kind, "error": outcome.detail}
             )
 
+    @property
+    def writes(self) -> int:
+        return sum(self.requests[m] for m in WRITES)
+
+    def skipped(self) -> list[dict[str, str]]:
+        return [
+            {"user": s.user_name, "would": s.would, "reason": s.reason}
+            for s in (self.plan.skipped if self.plan else [])[:SAMPLE]
+        ]
+
+    def rejected(self) -> list[dict[str, str]]:
+        return [
+            {"entry": r.dn, "reason": r.reason}
+            for r in (self.plan.rejected if self.plan else [])[:SAMPLE]
+        ]
+
+    def problems(self) -> int:
+        """Users that did not reach the desired state: failed, rejected, held back."""
+        return sum(self.failed.values()) + self.planned.get("rejected", 0) + self.held_back
+
     def as_dict(self) -> dict[str, Any]:
-        plan = self.plan
         return {
             "target": self.target,
             "planned": self.planned,
@@ -77,16 +98,10 @@ class TargetReport:
             "adopted": self.adopted,
             "adoptions": self.adoptions[:SAMPLE],
             "failures": self.failures[:SAMPLE],
-            "skipped": [
-                {"user": s.user_name, "would": s.would, "reason": s.reason}
-                for s in (plan.skipped if plan else [])[:SAMPLE]
-            ],
-            "rejected": [
-                {"entry": r.dn, "reason": r.reason}
-                for r in (plan.rejected if plan else [])[:SAMPLE]
-            ],
+            "skipped": self.skipped(),
+            "rejected": self.rejected(),
             "requests": dict(self.requests),
-            "writes": sum(self.requests[m] for m in ("POST", "PUT", "PATCH", "DELETE")),
+            "writes": self.writes,
             "seconds": round(self.seconds, 2),
             "held_back": self.held_back,
             "unreachable": self.unreachable,
@@ -134,6 +149,26 @@ class GroupReport:
                 {"group": outcome.action.display_name, "action": kind, "error": outcome.detail}
             )
 
+    @property
+    def writes(self) -> int:
+        return sum(self.requests[m] for m in WRITES)
+
+    def skipped(self) -> list[dict[str, str]]:
+        return [
+            {"group": s.display_name, "would": s.would, "reason": s.reason}
+            for s in self.plan.skipped[:SAMPLE]
+        ]
+
+    def not_provisioned(self) -> list[dict[str, Any]]:
+        return [
+            {"group": name, "members": count}
+            for name, count in self.plan.not_provisioned_members.most_common(SAMPLE)
+        ]
+
+    def problems(self) -> int:
+        """Groups that did not reach the desired state: failed, held back."""
+        return sum(self.failed.values()) + self.held_back
+
     def as_dict(self) -> dict[str, Any]:
         plan = self.plan
         return {
@@ -146,17 +181,11 @@ class GroupReport:
             "members_removed": self.removed,
             "adopted": self.adopted,
             "failures": self.failures[:SAMPLE],
-            "skipped": [
-                {"group": s.display_name, "would": s.would, "reason": s.reason}
-                for s in plan.skipped[:SAMPLE]
-            ],
-            "not_provisioned_members": [
-                {"group": name, "members": count}
-                for name, count in plan.not_provisioned_members.most_common(SAMPLE)
-            ],
+            "skipped": self.skipped(),
+            "not_provisioned_members": self.not_provisioned(),
             "warnings": plan.warnings[:SAMPLE],
             "requests": dict(self.requests),
-            "writes": sum(self.requests[m] for m in ("POST", "PUT", "PATCH", "DELETE")),
+            "writes": self.writes,
             "seconds": round(self.seconds, 2),
             "held_back": self.held_back,
             "unreachable": self.unreachable,
@@ -167,30 +196,97 @@ class GroupReport:
 GROUP_KINDS = ("create", "update", "delete")
 
 
-def problems(summary: dict[str, Any]) -> int:
-    """Users and groups that did not reach the desired state (failed, rejected, held back),
-    plus one per target the run could not reach."""
-    users = sum(
-        sum(t["failed"].values()) + t["planned"].get("rejected", 0) + t.get("held_back", 0)
-        for t in summary.get("targets", [])
-    )
-    groups = sum(
-        sum(g["failed"].values()) + g.get("held_back", 0) for g in summary.get("groups", [])
-    )
-    return int(users + groups) + len(unreached(summary))
+@dataclass
+class Reconciliation:
+    """What reconciling one target found, and what its repair did (or would do)."""
+
+    target: str
+    differences: int
+    counts: dict[str, dict[str, int]]
+    """Objects per class: {"users": {"in step": n, ...}, "groups": {...}}."""
+    report_file: str
+    would: dict[str, dict[str, int]] = field(default_factory=dict)
+    """A dry run: what a repair would do, per object."""
+    repair: TargetReport | None = None
+    group_repair: GroupReport | None = None
+    seconds: float = 0.0
+    steps_seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "target": self.target,
+            "differences": self.differences,
+            "counts": self.counts,
+            "report_file": self.report_file,
+        }
+        if self.would:
+            out["would"] = self.would
+        if self.repair is not None:
+            out["repair"] = self.repair.as_dict()
+        if self.group_repair is not None:
+            out["group_repair"] = self.group_repair.as_dict()
+        out["seconds"] = self.seconds
+        out["steps_seconds"] = self.steps_seconds
+        return out
 
 
-def unreached(summary: dict[str, Any]) -> list[str]:
-    """Why each target this run could not reach was not reached (one line each)."""
-    reasons = [
-        r["unreachable"]
-        for r in (*summary.get("targets", []), *summary.get("groups", []))
-        if r.get("unreachable")
-    ]
-    return list(dict.fromkeys(reasons))
+Command = Literal["sync", "groups", "reconcile"]
 
 
-def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+@dataclass
+class RunSummary:
+    """What one run did: returned by the flow, printed by the CLI, published as artifacts;
+    :meth:`as_dict` is its JSON form (``--json``)."""
+
+    command: Command
+    targets: list[TargetReport] = field(default_factory=list)
+    groups: list[GroupReport] = field(default_factory=list)
+    source_entries: int = 0
+    directory: dict[str, Any] = field(default_factory=dict)
+    """How the directory was read (:meth:`tasks.ldap.changes.Changes.summary`)."""
+    reconciliation: list[Reconciliation] = field(default_factory=list)
+    dry_run: bool = False
+
+    def problems(self) -> int:
+        """Users and groups that did not reach the desired state (failed, rejected, held
+        back), plus one per target the run could not reach."""
+        reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]
+        return sum(r.problems() for r in reports) + len(self.unreached())
+
+    def unreached(self) -> list[str]:
+        """Why each target this run could not reach was not reached (one line each)."""
+        reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]
+        reasons = [r.unreachable for r in reports if r.unreachable]
+        return list(dict.fromkeys(reasons))
+
+    @property
+    def headline(self) -> str:
+        if self.command != "reconcile":
+            return _headline(self)
+        found = sum(r.differences for r in self.reconciliation)
+        if self.dry_run:
+            return f"dry run: {found} differences found, nothing changed"
+        return f"{found} differences found; repair: {_headline(self)}"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.command == "reconcile":
+            out["dry_run"] = self.dry_run
+        if self.command != "groups":
+            out["source_entries"] = self.source_entries
+        if self.command == "sync":
+            out["directory"] = self.directory
+        if self.command == "reconcile":
+            out["reconciliation"] = [r.as_dict() for r in self.reconciliation]
+        if self.command != "groups":
+            out["targets"] = [t.as_dict() for t in self.targets]
+        if self.groups or self.command == "groups":
+            out["groups"] = [g.as_dict() for g in self.groups]
+        out["headline"] = self.headline
+        return out
+
+
+def summary_rows(summary: RunSummary) -> list[dict[str, Any]]:
     """One row per target and action: planned, succeeded, failed."""
     rows: list[dict[str, Any]] = []
 
@@ -205,29 +301,21 @@ def summary_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
-    for t in summary.get("targets", []):
+    for t in summary.targets:
         for kind in KINDS:
-            row(t["target"], kind, t["planned"][kind], t["succeeded"][kind], t["failed"][kind])
+            row(t.target, kind, t.planned[kind], t.done[kind], t.failed[kind])
         for other in ("unchanged", "skipped", "rejected", "not provisioned (disabled)"):
-            row(t["target"], other, t["planned"][other])
-    for g in summary.get("groups", []):
+            row(t.target, other, t.planned[other])
+    for g in summary.groups:
+        planned = g.plan.counts()
         for kind in GROUP_KINDS:
-            row(
-                g["target"],
-                f"{kind} group",
-                g["planned"][kind],
-                g["succeeded"][kind],
-                g["failed"][kind],
-            )
-        row(g["target"], "groups renamed", g["planned"]["renames"], g["renamed"])
-        row(g["target"], "members added", g["planned"]["members to add"], g["members_added"])
-        row(g["target"], "members removed", g["planned"]["members to remove"], g["members_removed"])
+            row(g.target, f"{kind} group", planned[kind], g.done[kind], g.failed[kind])
+        row(g.target, "groups renamed", planned["renames"], g.renamed)
+        row(g.target, "members added", planned["members to add"], g.added)
+        row(g.target, "members removed", planned["members to remove"], g.removed)
         for other in ("unchanged", "skipped", "members not provisioned"):
-            row(
-                g["target"],
-                f"groups: {other}" if other != "members not provisioned" else other,
-                g["planned"][other],
-            )
+            label = f"groups: {other}" if other != "members not provisioned" else other
+            row(g.target, label, planned[other])
     return rows
 
 
@@ -241,71 +329,72 @@ def _table(title: str, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> 
     return lines
 
 
-def details_markdown(summary: dict[str, Any]) -> str:
+def details_markdown(summary: RunSummary) -> str:
     """Failures, skipped actions and rejected entries, as markdown for a Prefect artifact."""
-    lines = [f"# {summary['headline']}", ""]
-    for t in summary.get("targets", []):
-        lines.append(f"## Users on target `{t['target']}`")
+    lines = [f"# {summary.headline}", ""]
+    for t in summary.targets:
+        lines.append(f"## Users on target `{t.target}`")
         lines.append(
-            f"{t['writes']} write requests, {sum(t['requests'].values())} requests in all, "
-            f"{t['seconds']} s; {t['adopted']} existing users adopted."
+            f"{t.writes} write requests, {sum(t.requests.values())} requests in all, "
+            f"{round(t.seconds, 2)} s; {t.adopted} existing users adopted."
         )
-        lines += [f"- note: {n}" for n in t.get("notes", [])]
-        lines += _table("Failed", ("user", "action", "error"), t["failures"])
+        lines += [f"- note: {n}" for n in t.notes]
+        lines += _table("Failed", ("user", "action", "error"), t.failures[:SAMPLE])
         lines += _table(
             "Accounts already on the target, adopted",
             ("user",),
-            [{"user": name} for name in t.get("adoptions", [])],
+            [{"user": name} for name in t.adoptions[:SAMPLE]],
         )
-        lines += _table("Skipped by a switch", ("user", "would", "reason"), t["skipped"])
-        lines += _table("Rejected directory entries", ("entry", "reason"), t["rejected"])
+        lines += _table("Skipped by a switch", ("user", "would", "reason"), t.skipped())
+        lines += _table("Rejected directory entries", ("entry", "reason"), t.rejected())
         lines.append("")
-    for g in summary.get("groups", []):
-        lines.append(f"## Groups on target `{g['target']}`")
+    for g in summary.groups:
+        lines.append(f"## Groups on target `{g.target}`")
         lines.append(
-            f"{g['members_added']} members added, {g['members_removed']} removed; "
-            f"{g['writes']} write requests, {sum(g['requests'].values())} requests in all, "
-            f"{g['seconds']} s; {g['adopted']} existing groups adopted."
+            f"{g.added} members added, {g.removed} removed; "
+            f"{g.writes} write requests, {sum(g.requests.values())} requests in all, "
+            f"{round(g.seconds, 2)} s; {g.adopted} existing groups adopted."
         )
-        lines += [f"- note: {n}" for n in g.get("notes", [])]
-        lines += _table("Failed", ("group", "action", "error"), g["failures"])
-        lines += _table("Skipped by a switch", ("group", "would", "reason"), g["skipped"])
+        lines += [f"- note: {n}" for n in g.notes]
+        lines += _table("Failed", ("group", "action", "error"), g.failures[:SAMPLE])
+        lines += _table("Skipped by a switch", ("group", "would", "reason"), g.skipped())
         lines += _table(
             "Members that are not provisioned users (left out)",
             ("group", "members"),
-            g["not_provisioned_members"],
+            g.not_provisioned(),
         )
-        lines += _table("Warnings", ("warning",), [{"warning": w} for w in g["warnings"]])
+        warnings = [{"warning": w} for w in g.plan.warnings[:SAMPLE]]
+        lines += _table("Warnings", ("warning",), warnings)
         lines.append("")
     return "\n".join(lines)
 
 
-def headline(summary: dict[str, Any]) -> str:
+def _headline(summary: RunSummary) -> str:
     counts: Counter[str] = Counter()
-    for t in summary.get("targets", []):
-        counts.update(t["succeeded"])
+    for t in summary.targets:
+        counts.update(t.done)
     parts = [f"{counts[k]} {k}d" for k in KINDS if counts[k]]
-    held = sum(t.get("held_back", 0) for t in summary.get("targets", []))
+    held = sum(t.held_back for t in summary.targets)
     if held:
         parts.append(f"{held} deprovisionings held back by the guard")
-    held_groups = sum(g.get("held_back", 0) for g in summary.get("groups", []))
+    held_groups = sum(g.held_back for g in summary.groups)
     if held_groups:
         parts.append(f"{held_groups} group deletions held back by the guard")
     groups: Counter[str] = Counter()
-    for g in summary.get("groups", []):
-        groups.update(g["succeeded"])
-        groups["members added"] += g["members_added"]
-        groups["members removed"] += g["members_removed"]
+    for g in summary.groups:
+        groups.update(g.done)
+        groups["members added"] += g.added
+        groups["members removed"] += g.removed
     parts += [f"{groups[k]} groups {k}d" for k in GROUP_KINDS if groups[k]]
-    renamed = sum(g.get("renamed", 0) for g in summary.get("groups", []))
+    renamed = sum(g.renamed for g in summary.groups)
     if renamed:
         parts.append(f"{renamed} renamed")
     parts += [f"{groups[k]} {k}" for k in ("members added", "members removed") if groups[k]]
     done = ", ".join(parts) or "no changes"
-    reports = (*summary.get("targets", []), *summary.get("groups", []))
-    missed = sorted({r["target"] for r in reports if r.get("unreachable")})
-    bad = problems(summary) - len(unreached(summary))
-    one, many = ("user or group", "users or groups") if summary.get("groups") else ("user", "users")
+    reports: list[TargetReport | GroupReport] = [*summary.targets, *summary.groups]
+    missed = sorted({r.target for r in reports if r.unreachable})
+    bad = summary.problems() - len(summary.unreached())
+    one, many = ("user or group", "users or groups") if summary.groups else ("user", "users")
     trouble = f"{bad} {_plural(bad, one, many)} with problems"
     if missed:  # never "in step" about a target this run did not reach
         named = f"{len(missed)} {_plural(len(missed), 'target')} not reached ({', '.join(missed)})"
@@ -330,10 +419,10 @@ def labelled(label: str, style: str, text: str) -> Text:
     return Text.assemble((label, style), " ", text)
 
 
-def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
+def print_summary(summary: RunSummary, console: Console | None = None) -> None:
     """A table per run for the terminal."""
     console = console or text_console()
-    table = Table(title=Text(summary["headline"]))
+    table = Table(title=Text(summary.headline))
     for column in ("target", "action", "planned", "succeeded", "failed"):
         table.add_column(column, justify="left" if column in ("target", "action") else "right")
     for row in summary_rows(summary):
@@ -342,37 +431,38 @@ def print_summary(summary: dict[str, Any], console: Console | None = None) -> No
                 *(Text(str(row[c])) for c in ("target", "action", "planned", "succeeded", "failed"))
             )
     console.print(table)
-    for report in (*summary.get("targets", []), *summary.get("groups", [])):
-        for note in dict.fromkeys(report.get("notes", [])):
-            console.print(labelled("note", "yellow", f"{report['target']}: {note}"))
-    for t in summary.get("targets", []):
-        for f in t["failures"][:10]:
-            line = f"{t['target']}: {f['action']} {f['user']}: {f['error']}"
+    reports: list[TargetReport | GroupReport] = [*summary.targets, *summary.groups]
+    for report in reports:
+        for note in dict.fromkeys(report.notes):
+            console.print(labelled("note", "yellow", f"{report.target}: {note}"))
+    for t in summary.targets:
+        for f in t.failures[:10]:
+            line = f"{t.target}: {f['action']} {f['user']}: {f['error']}"
             console.print(labelled("failed", "red", line))
-        for name in t.get("adoptions", [])[:10]:
-            line = f"{t['target']}: {name} (an account already on the target, now managed)"
+        for name in t.adoptions[:10]:
+            line = f"{t.target}: {name} (an account already on the target, now managed)"
             console.print(labelled("adopted", "yellow", line))
-        for r in t["rejected"][:10]:
+        for r in t.rejected()[:10]:
             console.print(labelled("rejected", "yellow", f"{r['entry']}: {r['reason']}"))
-        for s in t["skipped"][:10]:
+        for s in t.skipped()[:10]:
             console.print(labelled("skipped", "yellow", f"{s['would']} {s['user']}: {s['reason']}"))
-    for g in summary.get("groups", []):
-        for f in g["failures"][:10]:
-            line = f"{g['target']}: {f['action']} group {f['group']}: {f['error']}"
+    for g in summary.groups:
+        for f in g.failures[:10]:
+            line = f"{g.target}: {f['action']} group {f['group']}: {f['error']}"
             console.print(labelled("failed", "red", line))
-        for s in g["skipped"][:10]:
+        for s in g.skipped()[:10]:
             line = f"{s['would']} group {s['group']}: {s['reason']}"
             console.print(labelled("skipped", "yellow", line))
-        for w in g["warnings"][:10]:
-            console.print(labelled("warning", "yellow", f"{g['target']}: {w}"))
+        for w in g.plan.warnings[:10]:
+            console.print(labelled("warning", "yellow", f"{g.target}: {w}"))
 
 
-def publish(summary: dict[str, Any], key: str) -> None:
+def publish(summary: RunSummary, key: str) -> None:
     """The run's summary as Prefect artifacts: a table of counts and the details."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_table_artifact(
-        key=f"{key}-summary", table=summary_rows(summary), description=summary["headline"]
+        key=f"{key}-summary", table=summary_rows(summary), description=summary.headline
     )
     create_markdown_artifact(
         key=f"{key}-details",
@@ -381,13 +471,13 @@ def publish(summary: dict[str, Any], key: str) -> None:
     )
 
 
-def final_state(summary: dict[str, Any]) -> State:
+def final_state(summary: RunSummary) -> State:
     """Completed when everything is in step, Failed (with the same summary) otherwise."""
     from prefect.states import Completed, Failed
 
-    if problems(summary):
-        return Failed(message=summary["headline"], data=summary)
-    return Completed(message=summary["headline"], data=summary)
+    if summary.problems():
+        return Failed(message=summary.headline, data=summary)
+    return Completed(message=summary.headline, data=summary)
 
 
 class LoadProgress:

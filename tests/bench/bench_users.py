@@ -26,7 +26,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import requests
 import yaml
@@ -102,7 +102,7 @@ def run_flow(config: Path) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     state = provision_users(config_path=str(config), return_state=True)
     seconds = time.perf_counter() - started
-    summary = cast(dict[str, Any], state.result(raise_on_failure=False))
+    summary = state.result(raise_on_failure=False).as_dict()
     if not state.is_completed():
         raise SystemExit(f"the sync failed: {state.message}")
     return seconds, summary

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import requests
 import yaml
@@ -135,7 +135,7 @@ def run(flow: Any, config: Path, **parameters: Any) -> tuple[float, dict[str, An
     started = time.perf_counter()
     state = flow(config_path=str(config), return_state=True, **parameters)
     seconds = time.perf_counter() - started
-    summary = cast(dict[str, Any], state.result(raise_on_failure=False))
+    summary = state.result(raise_on_failure=False).as_dict()
     if not state.is_completed():
         raise SystemExit(f"{flow.name} failed: {state.message}")
     return seconds, summary, state.state_details.flow_run_id
@@ -245,7 +245,7 @@ def provision_direct(config: Path) -> tuple[float, dict[str, Any]]:
 
     started = time.perf_counter()
     with without_prefect():
-        summary = run_sync(load_config(str(config)), None)
+        summary = run_sync(load_config(str(config)), None).as_dict()
     return time.perf_counter() - started, summary
 
 
@@ -635,7 +635,7 @@ def reconcile_child_main(config: str, repair: bool) -> None:
             config_path=config, dry_run=not repair, report_dir=reports, return_state=True
         )
         seconds = time.perf_counter() - started
-    summary = cast(dict[str, Any], state.result(raise_on_failure=False))
+    summary = state.result(raise_on_failure=False).as_dict()
     if not state.is_completed():
         raise SystemExit(f"reconcile failed: {state.message}")
     result = summary["reconciliation"][0]

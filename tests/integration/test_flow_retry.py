@@ -53,7 +53,7 @@ def test_retry_uses_the_cached_extract_and_creates_no_duplicate(
         )
     finally:
         repair.join()
-    summary = state.result(raise_on_failure=False)
+    summary = state.result(raise_on_failure=False).as_dict()
     assert state.is_completed(), summary
     users = target_users(scim, headers={"Authorization": f"Bearer {BEARER_TOKEN}"})
     assert sorted(users) == ["ada", "bob", "dee"]

@@ -6,20 +6,18 @@ import io
 
 from rich.table import Table
 
-from tasks.report import TargetReport, headline, print_summary, text_console
+from tasks.report import KINDS, RunSummary, TargetReport, print_summary, text_console
 from tasks.sync.plan import Action, Plan, Rejection
 
 
-def summary_with(user: str, error: str) -> dict[str, object]:
+def summary_with(user: str, error: str) -> RunSummary:
     plan = Plan("app", rejected=[Rejection("s2", f"uid={user},ou=people", "no userName")])
     report = TargetReport("app", plan.counts(), plan=plan)
     action = Action("create", "s1", user, "new", {"userName": user})
     from tasks.sync.load import Outcome
 
     report.add(Outcome(action, False, error))
-    summary: dict[str, object] = {"targets": [report.as_dict()]}
-    summary["headline"] = headline(summary)
-    return summary
+    return RunSummary("sync", targets=[report])
 
 
 class TestPrintSummary:
@@ -45,5 +43,24 @@ class TestPrintSummary:
 class TestHeadline:
     def test_a_target_not_reached_is_never_in_step(self) -> None:
         report = TargetReport.not_reached("app", "target app (https://x/scim) not reached: 401")
-        summary = {"targets": [report.as_dict()]}
-        assert headline(summary) == "no changes; 1 target not reached (app)"
+        summary = RunSummary("sync", targets=[report])
+        assert summary.headline == "no changes; 1 target not reached (app)"
+
+
+class TestJsonForm:
+    def test_each_command_keeps_the_keys_scripts_read(self) -> None:
+        """``--json`` prints :meth:`RunSummary.as_dict`: the keys each command printed when
+        summaries were dictionaries, so scripts reading them keep working."""
+        from tasks.report import Reconciliation
+
+        report = TargetReport("app", Plan("app").counts(), plan=Plan("app"))
+        sync = RunSummary("sync", targets=[report], directory={"mode": "full pass"}).as_dict()
+        assert list(sync) == ["source_entries", "directory", "targets", "headline"]
+        assert sync["targets"][0]["succeeded"] == {k: 0 for k in KINDS}
+        assert sync["headline"] == "no changes; every user in step"
+        assert list(RunSummary("groups").as_dict()) == ["groups", "headline"]
+        found = Reconciliation("app", 3, {"users": {"in step": 2}}, "r.csv")
+        dry = RunSummary("reconcile", reconciliation=[found], dry_run=True).as_dict()
+        assert list(dry) == ["dry_run", "source_entries", "reconciliation", "targets", "headline"]
+        assert dry["reconciliation"][0]["report_file"] == "r.csv"
+        assert dry["headline"] == "dry run: 3 differences found, nothing changed"
