@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -43,7 +43,7 @@ from flows.pipeline import (
 )
 from tasks.batching import as_is
 from tasks.config import Config, TargetConfig, load_config
-from tasks.errors import SourceUnavailable, TargetUnreachable, retry_on
+from tasks.errors import SourceUnavailable, retry_on
 from tasks.ldap.changes import Changes, UserChanges
 from tasks.ldap.extract import SourceUser, connect, mapped_attributes, stream_users
 from tasks.ldap.groups import GroupExtraction, extract_groups
@@ -72,9 +72,9 @@ from tasks.report import (
 )
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
-from tasks.scim.target import discover, reached
-from tasks.state.store import StateRecord, StateStore
-from tasks.sync.group_plan import DesiredGroup, resolve_groups
+from tasks.scim.target import discover
+from tasks.state.store import GroupRecord, StateRecord, StateStore
+from tasks.sync.group_plan import DesiredGroup, display_name, resolve_groups
 from tasks.sync.load import LIST_PAGE_SIZE
 from tasks.sync.transform import Rejection, transform_batch
 
@@ -136,6 +136,65 @@ def list_target_groups(client: ScimClient, capabilities: Capabilities) -> list[T
         )
         for g in pages
     ]
+
+
+EVERY_PAIR_UP_TO = 5_000
+"""On a target that never returns members (AWS), every provisioned user is asked about every
+group when there are at most this many pairs; above, only the expected and recorded ones."""
+
+
+@task(name="verify-group-members", cache_policy=NO_CACHE)
+def verify_members(
+    client: ScimClient,
+    listed: list[TargetGroup],
+    wanted: list[DesiredGroup],
+    active: dict[str, str],
+    state: dict[str, GroupRecord],
+) -> list[TargetGroup]:
+    """The listed groups with their true members, on a target whose group reads never carry
+    them (AWS): each member a group may have (the directory's, those the state store
+    recorded, and, in small tenants, every provisioned user) is asked with ``members eq``."""
+    target, dialect = client.target, client.dialect
+    recorded = {r.scim_id: r for r in state.values()}
+    by_source = {g.source_id: g for g in wanted}
+    by_name = {display_name(g, target): g for g in wanted}
+    everyone = frozenset(active.values())
+    small = len(listed) * len(everyone) <= EVERY_PAIR_UP_TO
+    pairs: list[tuple[str, str]] = []
+    for group in listed:
+        record = recorded.get(group.scim_id)
+        desired = (
+            by_source.get(record.source_id)
+            if record is not None
+            else by_source.get(group.external_id or "") or by_name.get(group.display_name)
+        )
+        candidates = set(record.members) if record is not None else set()
+        if desired is not None:
+            candidates |= {active[m] for m in desired.members if m in active}
+        if small:
+            candidates |= everyone
+        pairs += [(group.scim_id, user) for user in sorted(candidates)]
+
+    def member(pair: tuple[str, str]) -> bool:
+        return bool(client.find(dialect.groups_path, dialect.membership_filter(*pair)))
+
+    with ThreadPoolExecutor(max_workers=target.concurrency) as pool:
+        answers = list(pool.map(member, pairs))
+    members: dict[str, set[str]] = {}
+    for (group_id, user), yes in zip(pairs, answers, strict=True):
+        if yes:
+            members.setdefault(group_id, set()).add(user)
+    get_run_logger().info(
+        "%s returns no group members: asked %d memberships of %d groups one by one%s",
+        target.name,
+        len(pairs),
+        len(listed),
+        ""
+        if small
+        else " (the expected and recorded ones only: members nobody expects "
+        "cannot be found on such a target)",
+    )
+    return [replace(g, members=frozenset(members.get(g.scim_id, ()))) for g in listed]
 
 
 @dataclass(slots=True)
@@ -305,6 +364,131 @@ def report_markdown(target: str, dry_run: bool, counts: dict[str, Any], frame: p
     return "\n".join(lines)
 
 
+@dataclass(slots=True)
+class Found:
+    """One target classified: its users, its groups (when reconciled) and what resolves them."""
+
+    users: UserReconciliation
+    rejected: list[Rejection]
+    groups: GroupReconciliation | None = None
+    everyone: GroupRead | None = None
+    """Every group in the target's scope, for the group plan."""
+    active: dict[str, str] = field(default_factory=dict)
+    """Source id → SCIM id of the active members, as the target's truth says."""
+
+
+def classify_target(
+    config: Config,
+    side: Side,
+    streamed: Streamed,
+    groups: GroupExtraction | None,
+    store: StateStore,
+) -> Found:
+    """Classify one target's users (reading the few that differ) and groups."""
+    target, client = side.target, side.client
+    reconciler = streamed.reconcilers[target.name]
+    users = reconciler.classify()
+    read_differing(client, as_is(users))
+    found = Found(users, streamed.rejected[target.name])
+    query = config.source.groups
+    if groups is None or query is None or not target.sync_groups:
+        return found
+    if side.scope.groups is not None:  # the target's groups only
+        mine = [g for g in groups.groups if g.source_id in side.scope.groups]
+        groups = GroupExtraction(mine, groups.invalid)
+    found.everyone = GroupRead(Changes(groups.groups, groups.invalid), streamed.members, {})
+    wanted, _ = resolve_groups(groups, streamed.members, query)
+    members = set().union(*(g.members for g in wanted)) if wanted else set()
+    found.active = reconciler.active_scim_ids(members, users.truth)
+    listed = list_target_groups(client, side.capabilities)
+    state = store.groups(target.name)
+    if not client.dialect.members_readable:  # AWS: members are asked, never listed
+        listed = verify_members(client, listed, wanted, found.active, state)
+    found.groups = reconcile_groups(target, wanted, found.active, state, listed)
+    return found
+
+
+def write_report(target: str, dry_run: bool, found: Found, report_dir: Path) -> Reconciliation:
+    """The CSV of every difference, and the Prefect artifacts: counts and samples."""
+    counts: dict[str, Any] = {"users": found.users.counts}
+    differences = list(found.users.differences)
+    if found.groups is not None:
+        counts["groups"] = found.groups.counts
+        differences += found.groups.differences
+    frame = differences_frame(differences)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    csv_path = report_dir / f"reconcile-{target}-{stamp}.csv"
+    frame.to_csv(csv_path, index=False)
+    create_markdown_artifact(
+        key=f"reconcile-{_key(target)}",
+        markdown=report_markdown(target, dry_run, counts, frame),
+        description=f"{len(frame)} differences on {target}",
+    )
+    create_table_artifact(
+        key=f"reconcile-{_key(target)}-counts",
+        table=[
+            {"object": what, "class": kind, "count": count}
+            for what, by_kind in counts.items()
+            for kind, count in by_kind.items()
+        ],
+        description=f"reconciliation of {target}: objects per class",
+    )
+    get_run_logger().info(
+        "reconciliation of %s: %s; every difference in %s", target, counts, csv_path
+    )
+    return Reconciliation(target, len(frame), counts, str(csv_path))
+
+
+def predict(
+    config: Config, pipeline: TargetPipeline, reconciler: UserReconciler, found: Found
+) -> dict[str, dict[str, int]]:
+    """What a repair would do, asked of the pipeline in preview: the state store is not
+    corrected, so the plan is given the truth records."""
+    users, gone = found.users, _gone(found.users)
+    desired = [reconciler.partly_resolved(u) for u in users.desired]
+    taken = reconciler.names_taken(desired, users)
+    refused = {r.source_id for r in taken}
+    desired = [u for u in desired if u.source_id not in refused]
+    rejected = [*found.rejected, *taken]
+    step = pipeline.plan_users(desired, rejected, changes=gone, state=dict(users.truth))
+    would = {"users": {**step.plan.counts()}}
+    would["users"]["unchanged"] += users.unchanged
+    query = config.source.groups
+    if found.groups is not None and found.everyone is not None and query is not None:
+        members = {
+            sid: StateRecord(sid, scim_id, "", "", "{}", "active")
+            for sid, scim_id in found.active.items()
+        }
+        truth = dict(found.groups.truth)
+        would["groups"] = pipeline.plan_groups(query, found.everyone, members, truth).plan.counts()
+    return would
+
+
+def repair(
+    config: Config, pipeline: TargetPipeline, client: ScimClient, found: Found
+) -> tuple[TargetReport, GroupReport | None]:
+    """Correct the state records that differ from the truth, then run the pipeline on the
+    differing users and the target's groups: exactly the differences are repaired."""
+    target, store = pipeline.target, pipeline.store
+    store.correct(target.name, list(found.users.truth.values()), found.users.drop)
+    if found.groups is not None:
+        store.rebuild_groups(target.name, list(found.groups.truth.values()))
+    started = time.monotonic()
+    step = pipeline.plan_users(found.users.desired, found.rejected, changes=_gone(found.users))
+    report = pipeline.apply_users(client, step, started)
+    query = config.source.groups
+    if found.everyone is None or query is None:
+        return report, None
+    records = store.records(target.name, lazy=True)
+    group_step = pipeline.plan_groups(query, found.everyone, records)
+    return report, pipeline.apply_groups(client, group_step, started)
+
+
+def _gone(users: UserReconciliation) -> UserChanges:
+    return Changes([], [], complete=False, deleted=frozenset(users.gone), mode="reconcile")
+
+
 def reconcile_target(
     config: Config,
     side: Side,
@@ -319,110 +503,15 @@ def reconcile_target(
 ) -> Reconciliation:
     """Classify, report, and (unless a dry run) correct the state and repair one target."""
     started = time.monotonic()
-    log = get_run_logger()
-    target, client = side.target, side.client
-    reconciler = streamed.reconcilers[target.name]
-    rejected = streamed.rejected[target.name]
-    users = reconciler.classify()
-    read_differing(client, as_is(users))
-    if groups is not None and side.scope.groups is not None:  # the target's groups only
-        mine = [g for g in groups.groups if g.source_id in side.scope.groups]
-        groups = GroupExtraction(mine, groups.invalid)
-    with_groups = groups is not None and target.sync_groups
-    group_result: GroupReconciliation | None = None
-    wanted: list[DesiredGroup] = []
-    active: dict[str, str] = {}
-    if with_groups:
-        assert groups is not None and config.source.groups is not None
-        wanted, _ = resolve_groups(groups, streamed.members, config.source.groups)
-        members = set().union(*(g.members for g in wanted)) if wanted else set()
-        active = reconciler.active_scim_ids(members, users.truth)
-        group_result = reconcile_groups(
-            target,
-            wanted,
-            active,
-            store.groups(target.name),
-            list_target_groups(client, side.capabilities),
-        )
-    counts: dict[str, Any] = {"users": users.counts}
-    differences = list(users.differences)
-    if group_result is not None:
-        counts["groups"] = group_result.counts
-        differences += group_result.differences
-    frame = differences_frame(differences)
-    report_dir.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    csv_path = report_dir / f"reconcile-{target.name}-{stamp}.csv"
-    frame.to_csv(csv_path, index=False)
-    create_markdown_artifact(
-        key=f"reconcile-{_key(target.name)}",
-        markdown=report_markdown(target.name, dry_run, counts, frame),
-        description=f"{len(frame)} differences on {target.name}",
-    )
-    create_table_artifact(
-        key=f"reconcile-{_key(target.name)}-counts",
-        table=[
-            {"object": what, "class": kind, "count": count}
-            for what, by_kind in counts.items()
-            for kind, count in by_kind.items()
-        ],
-        description=f"reconciliation of {target.name}: objects per class",
-    )
-    log.info("reconciliation of %s: %s; every difference in %s", target.name, counts, csv_path)
-    result = Reconciliation(target.name, len(frame), counts, str(csv_path))
+    target = side.target
+    found = classify_target(config, side, streamed, groups, store)
+    result = write_report(target.name, dry_run, found, report_dir)
     mode = Mode(allow_mass_deprovisioning, approval_timeout, preview=dry_run)
     pipeline = TargetPipeline(target, store, mode)
-    gone: UserChanges = Changes(
-        [], [], complete=False, deleted=frozenset(users.gone), mode="reconcile"
-    )
-    everyone = (
-        GroupRead(Changes(groups.groups, groups.invalid), streamed.members, {})
-        if groups is not None
-        else None
-    )
-    if dry_run:  # the state store is not corrected: the plan is given the truth records
-        desired = [reconciler.partly_resolved(u) for u in users.desired]
-        taken = reconciler.names_taken(desired, users)
-        refused = {r.source_id for r in taken}
-        desired = [u for u in desired if u.source_id not in refused]
-        step = pipeline.plan_users(
-            desired, [*rejected, *taken], changes=gone, state=dict(users.truth)
-        )
-        result.would = {"users": {**step.plan.counts()}}
-        result.would["users"]["unchanged"] += users.unchanged
-        if group_result is not None:
-            assert groups is not None and config.source.groups is not None
-            members_state = {
-                sid: StateRecord(sid, scim_id, "", "", "{}", "active")
-                for sid, scim_id in active.items()
-            }
-            assert everyone is not None
-            group_step = pipeline.plan_groups(
-                config.source.groups, everyone, members_state, dict(group_result.truth)
-            )
-            result.would["groups"] = group_step.plan.counts()
-    else:
-        store.correct(target.name, list(users.truth.values()), users.drop)
-        if group_result is not None:
-            store.rebuild_groups(target.name, list(group_result.truth.values()))
-        step_started = time.monotonic()
-        try:
-            with reached(target) as repair_client:
-                step = pipeline.plan_users(users.desired, rejected, changes=gone)
-                report = pipeline.apply_users(repair_client, step, step_started)
-        except TargetUnreachable as exc:
-            report = TargetReport.not_reached(target.name, str(exc))
-        result.repair = report
-        if with_groups:
-            assert everyone is not None and config.source.groups is not None
-            try:
-                with reached(target) as repair_client:
-                    records = store.records(target.name, lazy=True)
-                    group_step = pipeline.plan_groups(config.source.groups, everyone, records)
-                    group_report = pipeline.apply_groups(repair_client, group_step, step_started)
-            except TargetUnreachable as exc:
-                group_report = GroupReport.not_reached(target.name, str(exc))
-            result.group_repair = group_report
+    if dry_run:
+        result.would = predict(config, pipeline, streamed.reconcilers[target.name], found)
+    else:  # the client listed the target moments ago: it is reached
+        result.repair, result.group_repair = repair(config, pipeline, side.client, found)
     result.seconds = round(time.monotonic() - started, 3)
     result.steps_seconds = {**side.seconds, "report_and_repair": result.seconds}
     return result

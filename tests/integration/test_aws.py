@@ -134,6 +134,50 @@ def test_an_existing_aws_group_is_adopted_by_asking_its_members(
     assert true_memberships(scim)["engineers"] == ["ada", "bob"]
 
 
+def test_reconcile_on_aws_asks_members_and_finds_only_the_real_drift(
+    tmp_path: Path,
+    directory: Slapd,
+    scim: ScimServer,
+    aws: AwsLikeProxy,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """AWS never lists members, so reconcile asks them one by one (``members eq``): bob taken
+    out of engineers and dee put in by hand are the only difference found (before: every
+    group read came back empty and every member of every group was reported missing); the
+    repair restores the directory's memberships and the next reconcile finds nothing."""
+    config = aws_config(tmp_path, directory, scim, aws)
+    assert sync(config, capsys)[0] == 0
+    ids = {
+        u["userName"]: u["id"]
+        for u in requests.get(f"{scim.base_url}/Users", timeout=10).json()["Resources"]
+    }
+    engineers = _group_id(scim, "engineers")
+    requests.patch(
+        f"{scim.base_url}/Groups/{engineers}",
+        json={
+            "schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+            "Operations": [
+                {"op": "remove", "path": f'members[value eq "{ids["bob"]}"]'},
+                {"op": "add", "path": "members", "value": [{"value": ids["dee"]}]},
+            ],
+        },
+        timeout=10,
+    ).raise_for_status()
+    assert true_memberships(scim)["engineers"] == ["ada", "dee"]
+
+    code, summary = sync(config, capsys, "--dry-run", command="reconcile")
+    assert code == 0, summary
+    counts = summary["reconciliation"][0]["counts"]["groups"]
+    assert {k: v for k, v in counts.items() if v} == {"in step": 3, "membership drifted": 1}
+    assert aws.requests["GET Groups"] > 4  # the listing, then one question per membership
+
+    code, summary = sync(config, capsys, command="reconcile")
+    assert code == 0, summary
+    assert true_memberships(scim)["engineers"] == ["ada", "bob"]
+    code, summary = sync(config, capsys, "--dry-run", command="reconcile")
+    assert summary["reconciliation"][0]["differences"] == 0, summary
+
+
 def _group_id(scim: ScimServer, name: str) -> str:
     found = requests.get(
         f"{scim.base_url}/Groups", params={"filter": f'displayName eq "{name}"'}, timeout=10
