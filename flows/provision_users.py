@@ -14,6 +14,7 @@ that a failed run already confirmed is never redone.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import replace
 
 from prefect import State, flow, get_run_logger
@@ -34,6 +35,7 @@ from tasks.config import Config, load_config
 from tasks.errors import TargetUnreachable
 from tasks.ldap.extract import Extraction
 from tasks.report import RunSummary, TargetReport, final_state, publish
+from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
 
 
@@ -53,7 +55,9 @@ def run_sync(
     targets = config.target(target)
     mode = Mode(allow_mass_deprovisioning, approval_timeout)
     store = open_store(config)
-    try:
+    clients: dict[str, ScimClient] = {}  # each target reached once, kept for the group step
+    with ExitStack() as closing:
+        closing.callback(store.close)
         read = read_users(config, targets, store, full=full, preview=False)
         changes = read.changes
         name_run("provision-users", changes.complete)
@@ -68,16 +72,16 @@ def run_sync(
             if with_groups:  # before the load, which forgets deleted users
                 dns |= member_dns(mine, state)
             started = time.monotonic()
-            try:
-                with reached(t) as client:  # nothing is said about a target not reached
-                    desired, rejected = pipeline.transform(Extraction(mine.entries, mine.invalid))
-                    changed = None if mine.complete else mine
-                    step = pipeline.plan_users(desired, rejected, changes=changed, state=state)
-                    report = pipeline.apply_users(client, step, started)
+            try:  # nothing is said about a target this run did not reach
+                client = clients[t.name] = closing.enter_context(reached(t))
             except TargetUnreachable as exc:  # the other targets go on; the run exits 2
                 get_run_logger().error("%s", exc)
-                report = TargetReport.not_reached(t.name, str(exc))
-            reports.append(report)
+                reports.append(TargetReport.not_reached(t.name, str(exc)))
+                continue
+            desired, rejected = pipeline.transform(Extraction(mine.entries, mine.invalid))
+            changed = None if mine.complete else mine
+            step = pipeline.plan_users(desired, rejected, changes=changed, state=state)
+            reports.append(pipeline.apply_users(client, step, started))
         group_reports = (
             run_group_sync(
                 config,
@@ -87,6 +91,7 @@ def run_sync(
                 users=changes,
                 users_dns=dns,
                 mode=mode,
+                clients=clients,
             )
             if with_groups
             else []
@@ -100,8 +105,6 @@ def run_sync(
             if cycle_succeeded(report):
                 mark = replace(changes.watermark, server=read.prints[t.name])
                 store.set_watermark(t.name, "users", mark)
-    finally:
-        store.close()
     return RunSummary(
         "sync",
         targets=reports,

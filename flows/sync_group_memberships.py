@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import replace
 
 from prefect import State, flow, get_run_logger
@@ -33,6 +34,7 @@ from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError, TargetUnreachable
 from tasks.ldap.changes import UserChanges
 from tasks.report import GroupReport, RunSummary, final_state, publish
+from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
 from tasks.state.store import StateStore
 
@@ -42,15 +44,23 @@ def _run_name() -> str:
 
 
 def sync_groups_target(
-    config: Config, target: TargetConfig, read: GroupRead, store: StateStore, mode: Mode
+    config: Config,
+    target: TargetConfig,
+    read: GroupRead,
+    store: StateStore,
+    mode: Mode,
+    client: ScimClient | None = None,
 ) -> GroupReport:
     """Plan and load one target's groups (members resolved against the user records as they
-    are now, after any user step); return the report."""
+    are now, after any user step); return the report. ``client``: the target reached by the
+    user step of this run (else it is reached here)."""
     query = config.source.groups
     assert query is not None
     started = time.monotonic()
     pipeline = TargetPipeline(target, store, mode)
-    with reached(target) as client:  # nothing is said about a target this run did not reach
+    with ExitStack() as closing:
+        if client is None:  # nothing is said about a target this run did not reach
+            client = closing.enter_context(reached(target))
         records = store.records(target.name, lazy=True)  # no payloads needed
         step = pipeline.plan_groups(query, read, records)
         return pipeline.apply_groups(client, step, started)
@@ -65,6 +75,7 @@ def run_group_sync(
     users: UserChanges | None = None,
     users_dns: Iterable[str] = (),
     mode: Mode | None = None,
+    clients: dict[str, ScimClient] | None = None,
 ) -> list[GroupReport]:
     """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
     target that takes groups; ``users``: the user cycle this follows, if any, and
@@ -81,7 +92,8 @@ def run_group_sync(
     reports = []
     for t in wanted:
         try:
-            report = sync_groups_target(config, t, read, store, mode or Mode())
+            client = (clients or {}).get(t.name)
+            report = sync_groups_target(config, t, read, store, mode or Mode(), client)
         except TargetUnreachable as exc:  # the other targets go on; the run exits 2
             get_run_logger().error("%s", exc)
             report = GroupReport.not_reached(t.name, str(exc))

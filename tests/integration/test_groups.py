@@ -299,6 +299,20 @@ def test_plan_shows_group_changes(
     assert sum(scim.stats().values()) == 0
 
 
+def test_a_sync_with_groups_reaches_each_target_once(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One authenticated request proves a target reachable for the whole run: the group step
+    uses the client the user step reached (before: a second probe)."""
+    config = config_for(tmp_path, directory, scim)
+    assert sync(config, capsys)[0] == 0
+    scim.reset_stats()
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    sent = {method: n for method, n in scim.stats().items() if n}
+    assert sent == {"GET": 1}, sent
+
+
 def test_groups_command_without_groups_config(
     tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
