@@ -437,6 +437,11 @@ class TargetPipeline:
                     page_size=min(1000, capabilities.max_page_size or 1000),
                     cursor=capabilities.cursor,
                 )
+                creates = sum(1 for a in plan.actions if a.kind == "create")
+                if loader.prefetch(creates):
+                    run_logger().info(
+                        "listed the groups of %s to match %d creates", target.name, creates
+                    )
                 artifact = create_progress_artifact(
                     progress=0.0,
                     description=f"{len(plan.actions)} group changes into {target.name}",

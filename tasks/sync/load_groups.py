@@ -34,7 +34,7 @@ from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, Scim20
 from tasks.state.store import AuditEntry, GroupRecord, StateStore
 from tasks.sync.group_plan import GroupAction
-from tasks.sync.load import PatchSwitch
+from tasks.sync.load import PREFETCH_MIN_CREATES, PatchSwitch
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,8 @@ class GroupLoader:
         self.filtering = filtering
         self._listing: dict[str, str | None] | None = None
         self._listing_lock = threading.Lock()
+        self.use_listing = not filtering
+        """Groups are found in one listing of the target (see :meth:`prefetch`)."""
         self.store = store
         self.dialect = client.dialect
         self.target = client.target
@@ -115,12 +117,34 @@ class GroupLoader:
     def _save(self, record: GroupRecord) -> None:
         self.store.apply_groups(self.target.name, [record], [])
 
-    def find_existing(self, action: GroupAction) -> dict[str, Any] | None:
+    def prefetch(self, creates: int) -> bool:
+        """Before many creates, list the target's groups once instead of a look-up per
+        create (a plain ``attr eq "%s"`` matching filter on the matching attribute only).
+        A create not in the listing is POSTed at once; a 409 still looks the group up with
+        the filter and adopts it, so the listing never causes a duplicate."""
+        attribute = self.dialect.equality_attribute(self.target.group_match_filter)
+        if (
+            self.use_listing
+            or attribute != self.target.group_match_attribute
+            or creates < PREFETCH_MIN_CREATES
+        ):
+            return False
+        self._listed()
+        self.use_listing = True
+        return True
+
+    def _key(self, value: str) -> str:
+        """displayName compares without case (RFC 7643: caseExact false); externalId exactly."""
+        return value.casefold() if self.target.group_match_attribute == "displayName" else value
+
+    def find_existing(self, action: GroupAction, *, fresh: bool = False) -> dict[str, Any] | None:
+        """The target's group matching the action: from the listing when there is one (not
+        with ``fresh``, on a target that filters), else by the matching filter."""
         value = action.display_name
         if self.target.group_match_attribute == "externalId":
             value = action.source_id
-        if not self.filtering:
-            found_id = self._listed().get(value, "")
+        if self.use_listing and not (fresh and self.filtering):
+            found_id = self._listed().get(self._key(value), "")
             if found_id is None:
                 raise RejectedError(f"several groups on the target have {value!r}")
             return self.client.get(self.path, found_id) if found_id else None
@@ -131,7 +155,7 @@ class GroupLoader:
         return found[0] if found else None
 
     def _listed(self) -> dict[str, str | None]:
-        """The target's groups by the matching attribute, listed once (no-filter targets)."""
+        """The target's groups by the matching attribute, listed once."""
         attribute = self.target.group_match_attribute
         with self._listing_lock:
             if self._listing is None:
@@ -142,7 +166,8 @@ class GroupLoader:
                 for group in pages:
                     value = group.get(attribute)
                     if isinstance(value, str) and group.get("id"):
-                        listing[value] = None if value in listing else str(group["id"])
+                        key = self._key(value)
+                        listing[key] = None if key in listing else str(group["id"])
                 self._listing = listing
             return self._listing
 
@@ -158,7 +183,7 @@ class GroupLoader:
             try:
                 created = self.client.create(self.path, body)
             except ConflictError:
-                existing = self.find_existing(action)
+                existing = self.find_existing(action, fresh=True)
                 if existing is None:
                     raise
             else:

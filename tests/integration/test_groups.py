@@ -299,6 +299,34 @@ def test_plan_shows_group_changes(
     assert sum(scim.stats().values()) == 0
 
 
+def test_many_new_groups_are_matched_against_one_listing(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """60 new groups: the target's groups are listed once instead of one look-up per create
+    (before: 64 filter GETs); one already on the target under another case ("TEAM07") is
+    adopted, never duplicated."""
+    from tests.conftest import group_ldif, person
+
+    directory.modify(
+        "".join(
+            group_ldif(f"team{n:02d}", [person("ada")]).replace("\n", "\nchangetype: add\n", 1)
+            for n in range(60)
+        )
+    )
+    requests.post(
+        f"{scim.base_url}/Groups",
+        json={"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": "TEAM07"},
+        timeout=10,
+    ).raise_for_status()
+    scim.reset_stats()
+    code, summary = sync(config_for(tmp_path, directory, scim), capsys)
+    assert code == 0, summary
+    assert scim.stats()["GET"] < 15, scim.stats()
+    names = [g.casefold() for g in target_groups(scim)]
+    assert len(names) == 64 and names.count("team07") == 1
+    assert groups_summary(summary)["adopted"] == 1
+
+
 def test_a_sync_with_groups_reaches_each_target_once(
     tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
 ) -> None:

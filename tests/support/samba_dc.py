@@ -43,7 +43,12 @@ from ldap3 import (
     Server,
     Tls,
 )
-from ldap3.core.exceptions import LDAPBindError, LDAPCommunicationError, LDAPException
+from ldap3.core.exceptions import (
+    LDAPBindError,
+    LDAPCommunicationError,
+    LDAPEntryAlreadyExistsResult,
+    LDAPException,
+)
 from ldap3.utils.dn import escape_rdn
 
 from deployments.processes import Child, free_port, log_tail, run
@@ -541,8 +546,10 @@ class SambaDC(Stoppable):
                 try:
                     message_ids = [connection.add(dn, attributes=values) for dn, values in window]
                     for message_id, (dn, _) in zip(message_ids, window, strict=True):
-                        _, result = connection.get_response(message_id)
-                        # 68: already there (the window is redone after a lost connection)
+                        try:
+                            _, result = connection.get_response(message_id)
+                        except LDAPEntryAlreadyExistsResult:
+                            continue  # added before the connection was lost; window redone
                         if result["result"] not in (0, 68):
                             raise RuntimeError(f"adding {dn} failed: {result['description']}")
                 except LDAPCommunicationError:

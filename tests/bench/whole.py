@@ -1,0 +1,231 @@
+"""Benchmark: a whole ``scim-provisioner sync`` (users and groups, the command as a user runs
+it), side by side in one run with the target's raw capacity and a hand-written script.
+
+    .venv/bin/python -m tests.bench.whole --users 10000 [--groups 300] [--concurrency 4]
+
+Starts its own slapd (``slapadd -q``: N users, every 20th locked; G groups, one holding
+every active user, the others ~50 members each) and scim2-server (gunicorn), then measures:
+
+1. **raw**: bare ``POST /Users`` of the payloads the provisioner sends, ``concurrency`` at a
+   time on keep-alive sessions: the target's capacity, in writes/s;
+2. **script**: :data:`SCRIPT`, a sequential script as an administrator would write it (ldap3
+   paged search, requests, one POST per active user, one POST per group with its members),
+   run as its own process into an empty target;
+3. **sync**: ``scim-provisioner sync --config FILE`` as its own process into an empty target
+   (no ``PREFECT_API_URL``: the temporary Prefect server it starts is part of its time), with
+   Bulk as the target advertises it and with ``use_bulk: never``.
+
+Each writes the same users and groups; the figure compared is users/s of the whole command
+(N / wall time). The raw bound for the same writes is N / (writes / raw writes/s). Goals
+(issue 19): sync ≥ 0.9 x the raw bound and ≥ 1.5 x the script. Prints one JSON document, then
+a table flagging every missed goal. Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.bench.bench_users import PEOPLE, raw_capacity
+from tests.bench.run import machine
+from tests.support.servers import ScimServer, Slapd, ou_ldif, person_ldif
+
+GROUPS = "ou=groups,dc=example,dc=org"
+LOCKED_EVERY = 20
+
+SCRIPT = r"""
+import sys, ldap3, requests
+ldap_url, ca, bind_dn, password, scim = sys.argv[1:6]
+tls = ldap3.Tls(ca_certs_file=ca)
+conn = ldap3.Connection(ldap3.Server(ldap_url, use_ssl=True, tls=tls), bind_dn, password,
+                        auto_bind=True)
+session = requests.Session()
+ids = {}
+search = conn.extend.standard.paged_search
+for e in search("ou=people,dc=example,dc=org", "(objectClass=inetOrgPerson)",
+        attributes=["uid", "cn", "givenName", "sn", "mail", "nsAccountLock"], paged_size=1000,
+        generator=True):
+    a = e["attributes"]
+    if a.get("nsAccountLock") in (True, "TRUE", ["TRUE"]):
+        continue
+    user = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": a["uid"][0],
+            "displayName": a["cn"][0], "name": {"givenName": a["givenName"][0],
+            "familyName": a["sn"][0]}, "emails": [{"value": a["mail"][0], "primary": True}],
+            "active": True}
+    r = session.post(scim + "/Users", json=user); r.raise_for_status()
+    ids[e["dn"].lower()] = r.json()["id"]
+for e in search("ou=groups,dc=example,dc=org", "(objectClass=groupOfNames)",
+        attributes=["cn", "member"], paged_size=1000, generator=True):
+    members = [{"value": ids[m.lower()]} for m in e["attributes"]["member"] if m.lower() in ids]
+    group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
+             "displayName": e["attributes"]["cn"][0], "members": members}
+    session.post(scim + "/Groups", json=group).raise_for_status()
+"""
+"""The hand-written script: 31 lines, sequential, no state, no retries, no guard."""
+
+
+def uid(n: int) -> str:
+    return f"user{n:07d}"
+
+
+def directory(users: int, groups: int) -> tuple[str, int, int]:
+    """The LDIF; the active users; the memberships of active users."""
+    people = ou_ldif(PEOPLE) + "".join(
+        person_ldif(
+            uid(n),
+            given_name=f"Given{n}",
+            surname=f"Family{n}",
+            mail=[f"{uid(n)}@example.org"],
+            ou_dn=PEOPLE,
+            extra={"title": ["Engineer"], "employeeNumber": [str(n)]},
+            locked=n % LOCKED_EVERY == LOCKED_EVERY - 1,
+        )
+        for n in range(users)
+    )
+    active = [n for n in range(users) if n % LOCKED_EVERY != LOCKED_EVERY - 1]
+    ldif = [ou_ldif(GROUPS)]
+    memberships = 0
+    for g in range(groups):
+        members = range(users) if g == 0 else range(g * 37 % users, users, max(1, users // 50))
+        chosen = list(members)[: users if g == 0 else 50]
+        memberships += sum(1 for n in chosen if n % LOCKED_EVERY != LOCKED_EVERY - 1)
+        lines = "".join(f"member: uid={uid(n)},{PEOPLE}\n" for n in chosen)
+        ldif.append(f"dn: cn=group{g:04d},{GROUPS}\nobjectClass: groupOfNames\n")
+        ldif.append(f"cn: group{g:04d}\n{lines}\n")
+    return people + "".join(ldif), len(active), memberships
+
+
+def config(path: Path, slapd: Slapd, scim: ScimServer, **target: Any) -> Path:
+    document = {
+        "source": {
+            "url": slapd.ldaps_url,
+            "ca_file": str(slapd.tls.ca_cert),
+            "bind_dn": slapd.admin_dn,
+            "bind_password": {"env": "BENCH_LDAP_PASSWORD"},
+            "users": {"base_dn": PEOPLE},
+            "account_status": {"method": "flag", "attribute": "nsAccountLock"},
+            "groups": {"base_dn": GROUPS},
+        },
+        "state": {"url": f"sqlite:///{path.with_suffix('.db')}"},
+        "targets": [
+            {
+                "name": "bench",
+                "url": scim.base_url,
+                "mapping": {
+                    "userName": "uid",
+                    "externalId": "$id",
+                    "displayName": "cn",
+                    "name": {"givenName": "givenName", "familyName": "sn"},
+                    "emails": [{"value": "mail", "type": "work", "primary": True}],
+                },
+                **target,
+            }
+        ],
+    }
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{command[:3]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return seconds
+
+
+def counted(scim: ScimServer) -> dict[str, int]:
+    return {method: n for method, n in scim.stats().items() if n}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--groups", type=int, default=300)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--raw-sample", type=int, default=3000)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {"users": args.users, "groups": args.groups, "machine": machine()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        with Slapd(work / "slapd") as slapd, ScimServer(work / "scim") as scim:
+            ldif, active, memberships = directory(args.users, args.groups)
+            slapd.start(ldif)
+            scim.start()
+            env["BENCH_LDAP_PASSWORD"] = slapd.admin_password
+            result["active_users"], result["memberships"] = active, memberships
+
+            scim.wipe()
+            raw = raw_capacity(scim, min(args.raw_sample, args.users), args.concurrency)
+            result["raw_writes_per_s"] = round(raw, 1)
+
+            scim.wipe()
+            script = work / "script.py"
+            script.write_text(SCRIPT)
+            seconds = timed(
+                [
+                    sys.executable,
+                    str(script),
+                    slapd.ldaps_url,
+                    str(slapd.tls.ca_cert),
+                    slapd.admin_dn,
+                    slapd.admin_password,
+                    scim.base_url,
+                ],
+                env,
+            )
+            result["script"] = {"seconds": round(seconds, 2), "requests": counted(scim)}
+
+            cli = str(Path(sys.executable).with_name("scim-provisioner"))
+            for name, options in (("sync_bulk_auto", {}), ("sync_no_bulk", {"use_bulk": "never"})):
+                scim.wipe()
+                path = config(work / f"{name}.yaml", slapd, scim, **options)
+                seconds = timed([cli, "sync", "--config", str(path)], env)
+                result[name] = {"seconds": round(seconds, 2), "requests": counted(scim)}
+
+    writes = sum(
+        n for m, n in result["sync_no_bulk"]["requests"].items() if m in ("POST", "PATCH", "PUT")
+    )
+    raw_bound = args.users / (writes / raw)
+    result["raw_bound_users_per_s"] = round(raw_bound, 1)
+    result["script"]["users_per_s"] = round(args.users / result["script"]["seconds"], 1)
+    for name in ("sync_bulk_auto", "sync_no_bulk"):
+        rate = args.users / result[name]["seconds"]
+        result[name]["users_per_s"] = round(rate, 1)
+        result[name]["ratio_to_raw_bound"] = round(rate / raw_bound, 3)
+        result[name]["ratio_to_script"] = round(rate / result["script"]["users_per_s"], 3)
+    document = json.dumps(result, indent=2)
+    if args.output:
+        args.output.write_text(document + "\n")
+    print(document)
+    print()
+    print(f"{'what':<48} {'users/s':>8}  goal")
+    print(f"{'raw bound (same writes at the raw POST rate)':<48} {raw_bound:>8.1f}")
+    print(f"{'hand-written sequential script':<48} {result['script']['users_per_s']:>8.1f}")
+    for name in ("sync_bulk_auto", "sync_no_bulk"):
+        figures = result[name]
+        met = figures["ratio_to_raw_bound"] >= 0.9 and figures["ratio_to_script"] >= 1.5
+        goal = "ok" if met else "MISSED"
+        line = f"scim-provisioner sync ({name.removeprefix('sync_').replace('_', ' ')})"
+        print(
+            f"{line:<48} {figures['users_per_s']:>8.1f}  ≥ 0.9 x raw "
+            f"({figures['ratio_to_raw_bound']:.2f}), ≥ 1.5 x script "
+            f"({figures['ratio_to_script']:.2f}): {goal}"
+        )
+
+
+if __name__ == "__main__":
+    main()
