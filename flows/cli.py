@@ -32,6 +32,7 @@ from tasks.state.store import AuditQuery, AuditRow, StateStore
 from tasks.sync.group_plan import GroupAction
 
 if TYPE_CHECKING:
+    from flows.launch import EarlyServer
     from flows.pipeline import TargetPreview
 
 EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
@@ -294,12 +295,23 @@ class RunFailed(ProvisionerError):
         self.run_id = run_id
 
 
-def _run(args: argparse.Namespace) -> RunSummary:
-    """Run the command's flow through Prefect and return its summary."""
+def _run(args: argparse.Namespace, early: EarlyServer | None = None) -> RunSummary:
+    """Run the command's flow through Prefect and return its summary; ``early``: Prefect's
+    temporary server, spawned at the start of the command (:mod:`flows.launch`)."""
     import prefect  # noqa: F401  (configures Prefect's logging, which is adjusted next)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if not args.verbose:
         _terminal_without_tracebacks()
+    if early is None or PREFECT_API_URL.value():  # a profile may name a Prefect server
+        if early is not None:
+            early.stop()
+        return _run_flow(args)
+    with temporary_settings(updates={PREFECT_API_URL: early.ready()}):
+        return _run_flow(args)
+
+
+def _run_flow(args: argparse.Namespace) -> RunSummary:
     if args.command == "reconcile":
         from flows.reconcile import reconcile
 
@@ -359,7 +371,7 @@ def _check(args: argparse.Namespace, console: Console) -> int:
     return EXIT_ERROR if problems_found else EXIT_OK
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, early: EarlyServer | None = None) -> int:
     args = _parser().parse_args(argv)
     # Prefect's anonymous telemetry: off in the temporary server the CLI may start (these
     # machines have no internet: every run printed "Failed to send telemetry").
@@ -404,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 "the config has no source.groups section: there are no groups to sync"
             )
-        summary = _run(args)
+        summary = _run(args, early)
     except RunFailed as failed:
         cause = failed.cause
         where = f" (flow run {failed.run_id}; its log holds the traceback)"

@@ -117,3 +117,22 @@ def test_a_scope_naming_a_missing_group_stops_with_one_line(
     assert code == 2
     assert f"targets[eng].scope.member_of: there is no group 'cn=nosuch,{GROUPS.lower()}'" in err
     assert target_users(eng) == {}
+
+
+@pytest.mark.parametrize(("nested", "expected"), [(False, {"dee"}), (True, {"ada", "bob", "dee"})])
+def test_member_of_counts_nested_groups_only_when_asked(
+    nested: bool,
+    expected: set[str],
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """staff lists dee and the engineers group (ada, bob): its members are dee, and with
+    ``nested`` the engineers too."""
+    scim = scim_servers.get("open")
+    scope = {"member_of": [f"cn=staff,{GROUPS}"], "nested": nested}
+    config = write_config(tmp_path / "c.yaml", directory, scim, scope=scope)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert set(target_users(scim)) == expected

@@ -1,0 +1,91 @@
+"""The ``scim-provisioner`` command's entry point: starts Prefect's temporary server first.
+
+With no Prefect server configured, Prefect starts a temporary one when the first flow runs:
+the command then waits for its own imports (~1.5 s), for Prefect's server module to be
+imported just to spawn that server (~1.5 s), then for the server to boot (~3 s), one after
+the other. Here the same server (Prefect's own app, the same ``PREFECT_HOME`` database, so
+the same run history in the UI) is spawned before anything heavy is imported, and boots while
+the provisioner loads. Only the standard library is imported before the spawn.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+RUNS_FLOWS = ("sync", "groups", "reconcile")
+
+
+class EarlyServer:
+    """Prefect's temporary API server, spawned as Prefect spawns it, stopped at the end."""
+
+    def __init__(self) -> None:
+        spec = importlib.util.find_spec("prefect")
+        assert spec is not None and spec.submodule_search_locations
+        package = Path(next(iter(spec.submodule_search_locations)))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
+        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(package.parent)]
+        command += ["--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1"]
+        command += ["--port", str(self.port), "--log-level", "error", "--lifespan", "on"]
+        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL
+        )
+
+    def ready(self, timeout: float = 60.0) -> str:
+        """Wait until the server answers its health check; return its API URL."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                raise RuntimeError("Prefect's temporary server exited while starting")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self.url
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"Prefect's temporary server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def main() -> int:
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+    early = (
+        EarlyServer() if command in RUNS_FLOWS and not os.environ.get("PREFECT_API_URL") else None
+    )
+    try:
+        from flows.cli import main as cli_main
+
+        return cli_main(early=early)
+    finally:
+        if early is not None:
+            early.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

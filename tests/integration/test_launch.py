@@ -1,0 +1,59 @@
+"""The ``scim-provisioner`` command itself (its console script, flows/launch.py), with no
+Prefect server configured: Prefect's temporary server is spawned before the heavy imports,
+used for the run (its history in PREFECT_HOME, as Prefect's own temporary server keeps it),
+and stopped when the command ends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LDAP_PASSWORD, target_users, write_config
+from tests.support.servers import ScimServer, Slapd
+
+pytestmark = [pytest.mark.integration]
+
+
+def processes_with(home: Path) -> list[int]:
+    """The processes whose environment names this PREFECT_HOME."""
+    marker = f"PREFECT_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
+    tmp_path: Path, directory: Slapd, scim: ScimServer
+) -> None:
+    config = write_config(tmp_path / "c.yaml", directory, scim)
+    home = tmp_path / "prefect-home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        TEST_LDAP_PASSWORD=LDAP_PASSWORD,
+    )
+    command = Path(sys.executable).with_name("scim-provisioner")
+    done = subprocess.run(
+        [str(command), "sync", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(target_users(scim)) == {"ada", "bob", "dee"}
+    assert "Starting temporary server" not in done.stderr  # Prefect did not start its own
+    assert (home / "prefect.db").exists()  # the run history, where Prefect keeps it
+    assert processes_with(home) == []  # the server stopped with the command
