@@ -20,6 +20,9 @@ them. :attr:`FaultProxy.stuck_listing` answers every page of a user listing with
 page and a ``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refuses
 ``attributes=`` with 400.
 
+:attr:`FaultProxy.latency` delays every forwarded request (a target far away),
+:attr:`FaultProxy.slow_bulk` every Bulk request (a target whose Bulk is slower than its
+single requests).
 :attr:`FaultProxy.refuse_patch` answers every PATCH itself (405, 501) and
 :attr:`FaultProxy.advertise_patch` claims PATCH support in /ServiceProviderConfig: targets
 that misstate what they support.
@@ -37,6 +40,7 @@ import random
 import re
 import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -103,6 +107,10 @@ class FaultProxy:
         """Say PATCH is supported in /ServiceProviderConfig, whatever the server says."""
         self.invalidate_cursors = 0
         """Answer this many GETs that carry a non-empty ``cursor`` with 400 invalidCursor."""
+        self.latency = 0.0
+        """When set, every forwarded request waits this long first (a target far away)."""
+        self.slow_bulk = 0.0
+        """When set, every Bulk request waits this long first (a target whose Bulk is slow)."""
         self.refuse_attributes = False
         """Answer a GET asking for ``attributes=`` with a SCIM 400, as some servers do."""
         self.stuck_listing = False
@@ -176,6 +184,10 @@ class FaultProxy:
         }
         if self.header_type is not None and "Authorization" in headers:
             headers["Authorization"] = "Bearer " + headers["Authorization"].split(" ", 1)[1]
+        if self.latency:
+            time.sleep(self.latency)
+        if self.slow_bulk and handler.path.startswith("/v2/Bulk"):
+            time.sleep(self.slow_bulk)
         return self._session.request(
             handler.command,
             self.upstream + handler.path,

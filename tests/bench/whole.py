@@ -144,6 +144,41 @@ def timed(command: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
+def startup(
+    command: list[str], config_file: Path, slapd: Slapd, env: dict[str, str]
+) -> dict[str, float]:
+    """Seconds from the command's start to its first directory connection (through a TCP
+    proxy in front of slapd), and its wall time; the config's directory URL is pointed at the
+    proxy for the run."""
+    import threading
+
+    from tests.tcp_proxy import TcpProxy
+
+    proxy = TcpProxy(("127.0.0.1", slapd.ldaps_port), after_bytes=1 << 62, action=lambda: None)
+    proxy.start()
+    document = yaml.safe_load(config_file.read_text())
+    document["source"]["url"] = f"ldaps://127.0.0.1:{proxy.port}"
+    probe = config_file.with_name(f"startup-{config_file.name}")
+    probe.write_text(yaml.safe_dump(document, sort_keys=False))
+    first: list[float] = []
+    started = time.perf_counter()
+
+    def watch() -> None:
+        while not first and time.perf_counter() - started < 120:
+            if proxy.connections:
+                first.append(time.perf_counter() - started)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        wall = timed([*command, "--config", str(probe)], env)
+    finally:
+        watcher.join(timeout=1)
+        proxy.stop()
+    return {"to_first_directory_read": round(first[0], 2) if first else -1, "wall": round(wall, 2)}
+
+
 def counted(scim: ScimServer) -> dict[str, int]:
     return {method: n for method, n in scim.stats().items() if n}
 
@@ -196,6 +231,15 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = timed([cli, "sync", "--config", str(path)], env)
                 result[name] = {"seconds": round(seconds, 2), "requests": counted(scim)}
 
+            # a cycle with nothing to do: how long before the first directory read, and in all
+            loaded = work / "sync_no_bulk.yaml"
+            result["no_change_cycle"] = {
+                "scim-provisioner sync": startup([cli, "sync"], loaded, slapd, env),
+                "python -m flows.cli sync (Prefect starts its temporary server)": startup(
+                    [sys.executable, "-m", "flows.cli", "sync"], loaded, slapd, env
+                ),
+            }
+
     writes = sum(
         n for m, n in result["sync_no_bulk"]["requests"].items() if m in ("POST", "PATCH", "PUT")
     )
@@ -224,6 +268,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{line:<48} {figures['users_per_s']:>8.1f}  ≥ 0.9 x raw "
             f"({figures['ratio_to_raw_bound']:.2f}), ≥ 1.5 x script "
             f"({figures['ratio_to_script']:.2f}): {goal}"
+        )
+    for how, figures in result["no_change_cycle"].items():
+        first = figures["to_first_directory_read"]
+        goal = "ok" if 0 <= first <= 3 else "MISSED"
+        print(
+            f"no-change cycle, {how}: first directory read after {first} s "
+            f"(goal <= 3 s: {goal}), {figures['wall']} s in all"
         )
 
 
