@@ -297,18 +297,15 @@ class RunFailed(ProvisionerError):
 
 def _run(args: argparse.Namespace, early: EarlyServer | None = None) -> RunSummary:
     """Run the command's flow through Prefect and return its summary; ``early``: Prefect's
-    temporary server, spawned at the start of the command (:mod:`flows.launch`)."""
+    temporary server, spawned at the start of the command (:mod:`flows.launch`), which the
+    flow waits for."""
     import prefect  # noqa: F401  (configures Prefect's logging, which is adjusted next)
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if not args.verbose:
         _terminal_without_tracebacks()
-    if early is None or PREFECT_API_URL.value():  # a profile may name a Prefect server
-        if early is not None:
-            early.stop()
-        return _run_flow(args)
-    with temporary_settings(updates={PREFECT_API_URL: early.ready()}):
-        return _run_flow(args)
+    if early is not None:
+        early.ready()
+    return _run_flow(args)
 
 
 def _run_flow(args: argparse.Namespace) -> RunSummary:

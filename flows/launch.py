@@ -10,12 +10,15 @@ the provisioner loads. Only the standard library is imported before the spawn.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -73,18 +76,54 @@ class EarlyServer:
         self.process = None
 
 
+def configured_elsewhere() -> bool:
+    """Whether a Prefect API URL may be set outside the environment: in the active profile,
+    a ``prefect.toml``, ``pyproject.toml``'s ``[tool.prefect]`` or a ``.env`` here. Then
+    Prefect decides, as always (checked without importing Prefect)."""
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    profiles = home / "profiles.toml"
+    if profiles.exists():
+        try:
+            data = tomllib.loads(profiles.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            return True
+        active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
+        if "PREFECT_API_URL" in data.get("profiles", {}).get(active, {}):
+            return True
+    if Path("prefect.toml").exists():
+        return True
+    for name, marker in ((".env", "PREFECT_API_URL"), ("pyproject.toml", "[tool.prefect")):
+        try:
+            if marker in Path(name).read_text(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def main() -> int:
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-    early = (
-        EarlyServer() if command in RUNS_FLOWS and not os.environ.get("PREFECT_API_URL") else None
-    )
-    try:
-        from flows.cli import main as cli_main
+    early = None
+    if (
+        command in RUNS_FLOWS
+        and not os.environ.get("PREFECT_API_URL")
+        and not configured_elsewhere()
+    ):
+        early = EarlyServer()
+        # The whole process uses it: set before Prefect is imported, since Prefect's
+        # background services (events, logs) run in their own threads and read the
+        # process's settings. Stopped at exit, after those services have sent the run's
+        # last events and logs to it (they drain first); SIGTERM exits the same way.
+        os.environ["PREFECT_API_URL"] = early.url
+        atexit.register(early.stop)
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    from flows.cli import main as cli_main
 
-        return cli_main(early=early)
-    finally:
-        if early is not None:
-            early.stop()
+    return cli_main(early=early)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

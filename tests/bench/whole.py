@@ -190,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--raw-sample", type=int, default=3000)
     parser.add_argument("--output", type=Path)
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        help="measure the sync of another checkout (e.g. a git worktree of an older commit) "
+        "with python -m flows.cli from there, instead of this one's scim-provisioner",
+    )
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"users": args.users, "groups": args.groups, "machine": machine()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
@@ -224,17 +230,21 @@ def main(argv: list[str] | None = None) -> None:
             )
             result["script"] = {"seconds": round(seconds, 2), "requests": counted(scim)}
 
-            cli = str(Path(sys.executable).with_name("scim-provisioner"))
+            cli_command = [str(Path(sys.executable).with_name("scim-provisioner"))]
+            if args.tree:
+                env["PYTHONPATH"] = str(args.tree.resolve())
+                cli_command = [sys.executable, "-m", "flows.cli"]
+                result["tree"] = str(args.tree)
             for name, options in (("sync_bulk_auto", {}), ("sync_no_bulk", {"use_bulk": "never"})):
                 scim.wipe()
                 path = config(work / f"{name}.yaml", slapd, scim, **options)
-                seconds = timed([cli, "sync", "--config", str(path)], env)
+                seconds = timed([*cli_command, "sync", "--config", str(path)], env)
                 result[name] = {"seconds": round(seconds, 2), "requests": counted(scim)}
 
             # a cycle with nothing to do: how long before the first directory read, and in all
             loaded = work / "sync_no_bulk.yaml"
             result["no_change_cycle"] = {
-                "scim-provisioner sync": startup([cli, "sync"], loaded, slapd, env),
+                "scim-provisioner sync": startup([*cli_command, "sync"], loaded, slapd, env),
                 "python -m flows.cli sync (Prefect starts its temporary server)": startup(
                     [sys.executable, "-m", "flows.cli", "sync"], loaded, slapd, env
                 ),

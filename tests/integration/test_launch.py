@@ -6,6 +6,7 @@ and stopped when the command ends."""
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -55,5 +56,10 @@ def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(target_users(scim)) == {"ada", "bob", "dee"}
     assert "Starting temporary server" not in done.stderr  # Prefect did not start its own
-    assert (home / "prefect.db").exists()  # the run history, where Prefect keeps it
+    # the run's history, where Prefect keeps it: the flow run and its logs (sent by Prefect's
+    # background services before the server was stopped)
+    with sqlite3.connect(home / "prefect.db") as db:
+        runs = db.execute("select count(*) from flow_run").fetchone()[0]
+        logs = db.execute("select count(*) from log").fetchone()[0]
+    assert runs == 1 and logs > 5, (runs, logs)
     assert processes_with(home) == []  # the server stopped with the command
