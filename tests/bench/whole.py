@@ -135,9 +135,9 @@ def config(path: Path, slapd: Slapd, scim: ScimServer, **target: Any) -> Path:
     return path
 
 
-def timed(command: list[str], env: dict[str, str]) -> float:
+def timed(command: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd=cwd)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{command[:3]} failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -145,7 +145,11 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 
 
 def startup(
-    command: list[str], config_file: Path, slapd: Slapd, env: dict[str, str]
+    command: list[str],
+    config_file: Path,
+    slapd: Slapd,
+    env: dict[str, str],
+    cwd: Path | None = None,
 ) -> dict[str, float]:
     """Seconds from the command's start to its first directory connection (through a TCP
     proxy in front of slapd), and its wall time; the config's directory URL is pointed at the
@@ -172,7 +176,7 @@ def startup(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        wall = timed([*command, "--config", str(probe)], env)
+        wall = timed([*command, "--config", str(probe)], env, cwd)
     finally:
         watcher.join(timeout=1)
         proxy.stop()
@@ -231,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             result["script"] = {"seconds": round(seconds, 2), "requests": counted(scim)}
 
             cli_command = [str(Path(sys.executable).with_name("scim-provisioner"))]
+            tree = args.tree.resolve() if args.tree else None  # python -m runs from its cwd
             if args.tree:
                 env["PYTHONPATH"] = str(args.tree.resolve())
                 cli_command = [sys.executable, "-m", "flows.cli"]
@@ -238,15 +243,15 @@ def main(argv: list[str] | None = None) -> None:
             for name, options in (("sync_bulk_auto", {}), ("sync_no_bulk", {"use_bulk": "never"})):
                 scim.wipe()
                 path = config(work / f"{name}.yaml", slapd, scim, **options)
-                seconds = timed([*cli_command, "sync", "--config", str(path)], env)
+                seconds = timed([*cli_command, "sync", "--config", str(path)], env, tree)
                 result[name] = {"seconds": round(seconds, 2), "requests": counted(scim)}
 
             # a cycle with nothing to do: how long before the first directory read, and in all
             loaded = work / "sync_no_bulk.yaml"
             result["no_change_cycle"] = {
-                "scim-provisioner sync": startup([*cli_command, "sync"], loaded, slapd, env),
+                "scim-provisioner sync": startup([*cli_command, "sync"], loaded, slapd, env, tree),
                 "python -m flows.cli sync (Prefect starts its temporary server)": startup(
-                    [sys.executable, "-m", "flows.cli", "sync"], loaded, slapd, env
+                    [sys.executable, "-m", "flows.cli", "sync"], loaded, slapd, env, tree
                 ),
             }
 
