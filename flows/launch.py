@@ -81,7 +81,8 @@ def configured_elsewhere() -> bool:
     a ``prefect.toml``, ``pyproject.toml``'s ``[tool.prefect]`` or a ``.env`` here. Then
     Prefect decides, as always (checked without importing Prefect)."""
     home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-    profiles = home / "profiles.toml"
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml")
+    profiles = profiles.expanduser()
     if profiles.exists():
         try:
             data = tomllib.loads(profiles.read_text())

@@ -150,15 +150,17 @@ def verify_members(
     wanted: list[DesiredGroup],
     active: dict[str, str],
     state: dict[str, GroupRecord],
+    provisioned: frozenset[str],
 ) -> list[TargetGroup]:
     """The listed groups with their true members, on a target whose group reads never carry
     them (AWS): each member a group may have (the directory's, those the state store
-    recorded, and, in small tenants, every provisioned user) is asked with ``members eq``."""
+    recorded, and, in small tenants, every active provisioned user: ``provisioned``, their
+    SCIM ids) is asked with ``members eq``."""
     target, dialect = client.target, client.dialect
     recorded = {r.scim_id: r for r in state.values()}
     by_source = {g.source_id: g for g in wanted}
     by_name = {display_name(g, target): g for g in wanted}
-    everyone = frozenset(active.values())
+    everyone = frozenset(provisioned)
     small = len(listed) * len(everyone) <= EVERY_PAIR_UP_TO
     pairs: list[tuple[str, str]] = []
     for group in listed:
@@ -403,7 +405,9 @@ def classify_target(
     listed = list_target_groups(client, side.capabilities)
     state = store.groups(target.name)
     if not client.dialect.members_readable:  # AWS: members are asked, never listed
-        listed = verify_members(client, listed, wanted, found.active, state)
+        table = side.state
+        provisioned = frozenset(table.scim_ids[i] for i in range(len(table)) if table.active[i])
+        listed = verify_members(client, listed, wanted, found.active, state, provisioned)
     found.groups = reconcile_groups(target, wanted, found.active, state, listed)
     return found
 
@@ -539,8 +543,8 @@ def run_reconcile(
     store = StateStore(config.state.url, read_only=True) if dry_run else open_store(config)
     sides: list[Side] = []
     scoped_targets = [t for t in targets if t.scope and (t.scope.users or t.scope.groups)]
-    scopes = read_scopes(config.source, scoped_targets) if scoped_targets else {}
     try:
+        scopes = read_scopes(config.source, scoped_targets) if scoped_targets else {}
         for t in targets:
             client = ScimClient(t)
             side = Side(t, client, discover(t), TargetTable(), StateTable(()))

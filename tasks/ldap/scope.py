@@ -20,7 +20,7 @@ import ldap3
 from ldap3.core import exceptions as ldap_exc
 
 from tasks.config import LdapSource, TargetConfig, TargetScope
-from tasks.errors import ConfigError, SourceError
+from tasks.errors import ConfigError, SourceError, SourceUnavailable
 from tasks.ldap.ad import parse_range, ranged_values
 from tasks.ldap.changes import Changes, Identified, user_reader
 from tasks.ldap.dn import normalize_dn
@@ -84,8 +84,10 @@ def member_values(conn: ldap3.Connection, dn: str, attributes: Iterable[str]) ->
     when there is no such entry."""
     try:
         conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=list(attributes))
-    except ldap_exc.LDAPNoSuchObjectResult:
-        return None
+    except (ldap_exc.LDAPNoSuchObjectResult, ldap_exc.LDAPReferralResult):
+        return None  # no such entry here (another domain's DN: not expanded)
+    except (ldap_exc.LDAPCommunicationError, ldap_exc.LDAPResponseTimeoutError) as exc:
+        raise SourceUnavailable(f"reading the members of {dn!r} failed: {exc}") from exc
     except ldap_exc.LDAPException as exc:
         raise SourceError(f"reading the members of {dn!r} failed: {exc}") from exc
     entries = [i for i in conn.response or [] if i.get("type") == "searchResEntry"]

@@ -420,12 +420,14 @@ class StateStore:
                     row.source_id, row.scim_id, row.user_name, row.content_hash, row.status, row.dn
                 )
 
-    def source_ids(self, target: str) -> frozenset[str]:
-        """The source ids of the users provisioned to ``target`` (any status)."""
+    def source_ids(self, target: str, *, status: Status | None = None) -> frozenset[str]:
+        """The source ids of the users provisioned to ``target`` (with ``status`` only)."""
         t = provisioned_users
         if self.read_only and not self._has_table(t):
             return frozenset()
         query = sa.select(t.c.source_id).where(t.c.target == target)
+        if status is not None:
+            query = query.where(t.c.status == status)
         with self.engine.connect() as conn:
             return frozenset(conn.execute(query).scalars())
 

@@ -83,6 +83,20 @@ def test_each_target_receives_its_scope_and_leavers_go_only_there(
     assert code == 0, third
     assert sum(t["writes"] for t in third["targets"]) == 0, third
 
+    # bob comes back by a group change alone: enabled again on eng (his record there was
+    # disabled, so "provisioned" must not hide him from the scope's newcomers)
+    directory.modify(
+        change(
+            directory,
+            f"cn=engineers,{GROUPS}",
+            member=[person("ada"), person("bob"), person("dee")],
+        )
+    )
+    code, fourth = sync(config, capsys)
+    assert code == 0, fourth
+    assert active(eng) == {"ada", "bob", "dee"}
+    assert target_groups(eng)["engineers"]["names"] == ["ada", "bob", "dee"]
+
 
 def test_narrowing_a_scope_to_nobody_is_held_back_by_the_guard(
     tmp_path: Path,
