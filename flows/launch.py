@@ -14,13 +14,14 @@ import atexit
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import tomllib
 import urllib.request
 from pathlib import Path
+
+from deployments.processes import free_port  # the standard library only
 
 RUNS_FLOWS = ("sync", "groups", "reconcile")
 
@@ -32,9 +33,7 @@ class EarlyServer:
         spec = importlib.util.find_spec("prefect")
         assert spec is not None and spec.submodule_search_locations
         package = Path(next(iter(spec.submodule_search_locations)))
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         env = {
             **os.environ,

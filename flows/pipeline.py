@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect import get_run_logger, task
@@ -52,6 +52,7 @@ from tasks.sync.plan import Action, Plan, by_status, plan_users
 from tasks.sync.transform import DesiredUser, Rejection, transform_batch, transform_users
 
 TRANSFORM_BATCH = 2000
+P = TypeVar("P", Plan, GroupPlan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,16 +325,27 @@ class TargetPipeline:
         store.load_bodies(target.name, [*differing, *leaving])
         expired = disabled_too_long(target, state, store)
         plan = self._plan(desired, rejected, state, gone, expired)
-        plan, held_back = apply_guard(
-            target.name,
+        plan, held_back = self._guard(apply_guard, plan, len(state))
+        return UserStep(plan, held_back, desired, rejected, gone, expired, state)
+
+    def plan_changes(self, mine: UserChanges, state: dict[str, StateRecord]) -> UserStep:
+        """The users' plan from what the directory read says of this target (``mine``:
+        :meth:`UserRead.of`): transformed, then :meth:`plan_users`."""
+        desired, rejected = self.transform(Extraction(mine.entries, mine.invalid))
+        changed = None if mine.complete else mine
+        return self.plan_users(desired, rejected, changes=changed, state=state)
+
+    def _guard(self, apply: Callable[..., tuple[P, int]], plan: P, managed: int) -> tuple[P, int]:
+        """The mass-deprovisioning guard on a user or group plan, as this run's mode says."""
+        return apply(
+            self.target.name,
             plan,
-            len(state),
-            target.deprovision_guard,
+            managed,
+            self.target.deprovision_guard,
             allow=self.mode.allow_mass_deprovisioning,
             approval_timeout=self.mode.approval_timeout,
             preview=self.mode.preview,
         )
-        return UserStep(plan, held_back, desired, rejected, gone, expired, state)
 
     def _plan(
         self,
@@ -412,15 +424,7 @@ class TargetPipeline:
             plan = make_group_plan(
                 target, as_is(desired), as_is(records), as_is(state), warnings, gone, keep
             )
-        plan, held_back = apply_group_guard(
-            target.name,
-            plan,
-            len(state),
-            target.deprovision_guard,
-            allow=self.mode.allow_mass_deprovisioning,
-            approval_timeout=self.mode.approval_timeout,
-            preview=self.mode.preview,
-        )
+        plan, held_back = self._guard(apply_group_guard, plan, len(state))
         return GroupStep(plan, held_back, records)
 
     def apply_groups(self, client: ScimClient, step: GroupStep, started: float) -> GroupReport:
@@ -659,9 +663,7 @@ def preview(config: Config, target: str | None, *, full: bool = False) -> list[T
             mine = read.of(t)  # narrowed to the target's scope
             if with_groups:
                 dns |= member_dns(mine, state)
-            desired, rejected = pipeline.transform(Extraction(mine.entries, mine.invalid))
-            changed = None if mine.complete else mine
-            steps.append(pipeline.plan_users(desired, rejected, changes=changed, state=state))
+            steps.append(pipeline.plan_changes(mine, state))
         directory = read.changes.summary()
         previews = [TargetPreview(s.plan, None, directory, s.held_back) for s in steps]
         wanted = [t for t in targets if t.sync_groups]

@@ -33,7 +33,6 @@ from flows.pipeline import (
 from flows.sync_group_memberships import run_group_sync
 from tasks.config import Config, load_config
 from tasks.errors import TargetUnreachable
-from tasks.ldap.extract import Extraction
 from tasks.report import RunSummary, TargetReport, final_state, publish
 from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
@@ -78,9 +77,7 @@ def run_sync(
                 get_run_logger().error("%s", exc)
                 reports.append(TargetReport.not_reached(t.name, str(exc)))
                 continue
-            desired, rejected = pipeline.transform(Extraction(mine.entries, mine.invalid))
-            changed = None if mine.complete else mine
-            step = pipeline.plan_users(desired, rejected, changes=changed, state=state)
+            step = pipeline.plan_changes(mine, state)
             reports.append(pipeline.apply_users(client, step, started))
         group_reports = (
             run_group_sync(

@@ -111,12 +111,16 @@ def approved(
     *,
     allow: bool,
     approval_timeout: int,
+    preview: bool = False,
 ) -> bool:
     """Whether the guarded changes may go: under the limit, ``allow`` (the CLI's explicit
     override), or an operator's approval in the Prefect UI while the flow run pauses for
-    ``approval_timeout`` seconds (0: no pause, held back at once)."""
+    ``approval_timeout`` seconds (0: no pause, held back at once). With ``preview``
+    (``plan``): what a run would decide without asking anyone, logging nothing."""
     if not verdict.exceeded or allow:
         return True
+    if preview:
+        return False
     logger = get_run_logger()
     if approval_timeout > 0:
         logger.warning(
@@ -157,10 +161,8 @@ def apply_guard(
     sample = [
         (a.user_name, a.kind, a.reason) for a in plan.actions if a.kind in ("disable", "delete")
     ]
-    if (
-        (not verdict.exceeded or allow)
-        if preview
-        else approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout)
+    if approved(
+        target, verdict, sample, allow=allow, approval_timeout=approval_timeout, preview=preview
     ):
         return plan, 0
     return hold_back(plan, verdict), verdict.count
@@ -184,10 +186,8 @@ def apply_group_guard(
         for a in plan.actions
         if a.kind == "delete"
     ]
-    if (
-        (not verdict.exceeded or allow)
-        if preview
-        else approved(target, verdict, sample, allow=allow, approval_timeout=approval_timeout)
+    if approved(
+        target, verdict, sample, allow=allow, approval_timeout=approval_timeout, preview=preview
     ):
         return plan, 0
     kept = [a for a in plan.actions if a.kind != "delete"]
