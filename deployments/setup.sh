@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the project needs on a fresh Debian/Ubuntu machine, then stay quiet on later runs:
-#   - Debian packages: slapd + ldap-utils (the demo's and the tests' real OpenLDAP), python3-venv;
+#   - Debian packages: slapd + ldap-utils (the demo's and the tests' real OpenLDAP), python3-venv,
+#     xmlsec1 (the SAML identity provider signs with it);
 #     for the tests only: samba-ad-dc + samba-ad-provision + socat + iproute2 (the Samba AD DC)
 #     and chromium + chromium-driver (the Prefect UI test);
 #   - a virtual environment (.venv, or $SCIM_PROVISIONER_VENV) with the project and its extras:
@@ -17,6 +18,8 @@ missing=()
 { command -v slapd || [ -x /usr/sbin/slapd ]; } >/dev/null 2>&1 || missing+=(slapd)
 command -v ldapsearch >/dev/null 2>&1 || missing+=(ldap-utils)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The SAML identity provider (scim-provisioner sso serve) signs with xmlsec1 (pysaml2).
+command -v xmlsec1 >/dev/null 2>&1 || missing+=(xmlsec1)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "$SETUP_FOR" = test ]; then
   # The tests' Samba AD DC (tests/support/samba_dc.py): samba + winbind, provisioning files, bridges.

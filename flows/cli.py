@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.config import load_config
+from tasks.config import Config, load_config
 from tasks.errors import ConfigError, ProvisionerError
 from tasks.report import RunSummary, labelled, print_summary, text_console
 from tasks.state.store import AuditQuery, AuditRow, StateStore
@@ -102,12 +102,21 @@ def _parser() -> argparse.ArgumentParser:
                 "--user", metavar="WHO", help="a source id, SCIM id, userName or group name"
             )
             sub.add_argument("--run", metavar="ID", help="one Prefect flow run's id")
-            sub.add_argument("--action", choices=["create", "update", "disable", "delete"])
-            sub.add_argument("--outcome", choices=["ok", "failed"])
+            sub.add_argument(
+                "--action", choices=["create", "update", "disable", "delete", "sign-in", "sso"]
+            )
+            sub.add_argument("--outcome", choices=["ok", "failed", "refused"])
             sub.add_argument(
                 "--since", metavar="WHEN", type=since, help="24h, 7d, 30m or an ISO date/time"
             )
             sub.add_argument("--limit", type=int, default=100, help="at most this many entries")
+    text = (
+        "the SAML 2.0 identity provider for the targets with an sso block (docs/sso.md): "
+        "serve it, or print its metadata for the applications"
+    )
+    sub = commands.add_parser("sso", help=text, description=text)
+    sub.add_argument("action", choices=["serve", "metadata"])
+    sub.add_argument("--config", required=True, metavar="FILE", help="YAML config file")
     return parser
 
 
@@ -378,6 +387,8 @@ def main(argv: list[str] | None = None, early: EarlyServer | None = None) -> int
         return _check(args, console)
     try:
         config = load_config(args.config)
+        if args.command == "sso":
+            return _sso(args.action, config)
         config.target(args.target)
         if args.command == "audit":
             store = StateStore(config.state.url, read_only=True)
@@ -448,6 +459,20 @@ def main(argv: list[str] | None = None, early: EarlyServer | None = None) -> int
     if missed:
         return EXIT_ERROR
     return EXIT_FAILURES if summary.problems() else EXIT_OK
+
+
+def _sso(action: str, config: Config) -> int:
+    from flows.sso import serve
+    from tasks.sso.service import SignOnService
+
+    if action == "serve":
+        return serve(config)
+    service = SignOnService(config)
+    try:
+        print(service.idp.metadata())
+    finally:
+        service.close()
+    return EXIT_OK
 
 
 if __name__ == "__main__":

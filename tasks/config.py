@@ -421,6 +421,145 @@ class TargetScope(_Model):
         return self.groups_filter is not None or bool(self.group_dns)
 
 
+NAME_ID_FORMATS = {
+    "unspecified": "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified",
+    "emailAddress": "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
+    "persistent": "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent",
+}
+"""The NameID formats the IdP asserts, by the name used in the config."""
+
+
+class TargetSso(_Model):
+    """Sign-in to this target's application through the provisioner's SAML 2.0 identity
+    provider (``scim-provisioner sso serve``): only people provisioned and active here get in."""
+
+    sp_metadata: str = Field(
+        description="The application's SAML SP metadata: a file (relative to the config file) "
+        "or an https:// URL."
+    )
+    label: str | None = Field(None, description="The name on the launcher; default the target's.")
+    name_id: Literal["userName", "externalId"] = Field(
+        "userName",
+        description="Which provisioned value the NameID carries: the userName or the externalId "
+        "the provisioner wrote to this target (so the application finds that very account).",
+    )
+    name_id_format: Literal["unspecified", "emailAddress", "persistent"] = "unspecified"
+    attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description="SAML attributes to release: name -> an expression over directory "
+        "attributes, as in the mapping (e.g. email: mail, displayName: '{givenName} {sn}').",
+    )
+    require_signed_requests: bool | None = Field(
+        None,
+        description="Refuse AuthnRequests that are not signed by the SP's metadata key; default "
+        "what the metadata says (AuthnRequestsSigned).",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _expressions(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, expression in value.items():
+            try:
+                expressions.check(expression)
+            except ValueError as exc:
+                raise ValueError(f"attributes.{name}: {exc}") from None
+        return value
+
+    @field_validator("sp_metadata")
+    @classmethod
+    def _metadata_location(cls, value: str) -> str:
+        if re.match(r"^[a-z]+://", value) and not (
+            value.startswith("https://") or (value.startswith("http://") and _loopback(value))
+        ):
+            raise ValueError("a file, or an https:// URL (metadata holds the keys to trust)")
+        return value
+
+    def metadata_url(self) -> bool:
+        return bool(re.match(r"^https?://", self.sp_metadata))
+
+
+class SsoThrottle(_Model):
+    """Password attempts allowed before sign-in is refused for a while."""
+
+    failures_per_user: int = Field(5, ge=1, description="Failed passwords per login name.")
+    failures_per_address: int = Field(20, ge=1, description="Failed passwords per client address.")
+    window_minutes: float = Field(
+        15,
+        gt=0,
+        description="Failures older than this are forgotten; a blocked login waits it out.",
+    )
+
+
+class SsoConfig(_Model):
+    """The SAML 2.0 identity provider (``scim-provisioner sso serve``), over the source
+    directory and the state store; each target with an ``sso`` block is an application."""
+
+    base_url: str = Field(
+        description="The URL people and applications reach the IdP at, e.g. "
+        "https://sso.example.com (http:// only on this machine: passwords are typed here)."
+    )
+    entity_id: str | None = Field(
+        None, description="The IdP's entity id; default base_url/metadata."
+    )
+    host: str = Field("127.0.0.1", description="Address the server listens on.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Port it listens on; default base_url's port (or 8443)."
+    )
+    signing_key: Path = Field(
+        Path("sso/idp-signing.key"),
+        description="The IdP's RSA signing key (PEM); generated with the certificate on first "
+        "start when both are absent.",
+    )
+    signing_cert: Path = Field(Path("sso/idp-signing.crt"), description="Its certificate (PEM).")
+    tls_cert: Path | None = Field(
+        None, description="Serve HTTPS with this certificate (else TLS ends at a proxy in front)."
+    )
+    tls_key: Path | None = None
+    login_attribute: str | None = Field(
+        None,
+        description="The directory attribute people type as their login; default uid "
+        "(OpenLDAP) or sAMAccountName (AD).",
+    )
+    session_minutes: float = Field(480, gt=0, description="How long a sign-in lasts at the IdP.")
+    assertion_minutes: float = Field(
+        5, gt=0, le=60, description="How long an assertion is valid (NotOnOrAfter)."
+    )
+    throttle: SsoThrottle = SsoThrottle()
+    allow_insecure_http: bool = Field(
+        False, description="Serve the sign-in page over plain http:// to other machines."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _base(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("an URL like https://sso.example.com")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _safe(self) -> SsoConfig:
+        plain = self.base_url.startswith("http://") and not _loopback(self.base_url)
+        if plain and not self.allow_insecure_http:
+            raise ValueError(
+                f"base_url {self.base_url}: passwords would travel unencrypted; use "
+                "https:// (tls_cert/tls_key, or a TLS proxy in front), or set "
+                "allow_insecure_http: true"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.entity_id is None:
+            object.__setattr__(self, "entity_id", f"{self.base_url}/metadata")
+        if self.port is None:
+            parts = urlsplit(self.base_url)
+            object.__setattr__(self, "port", parts.port or 8443)
+        return self
+
+    @property
+    def secure(self) -> bool:
+        """Whether people reach the IdP over TLS (its cookies are then Secure)."""
+        return self.base_url.startswith("https://")
+
+
 class TargetConfig(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     url: str = Field(description="Base URL of the SCIM service, e.g. https://app/scim/v2.")
@@ -559,6 +698,9 @@ class TargetConfig(_Model):
         description="Narrow the users and groups this target receives; a user leaving the "
         "scope is deprovisioned here (remove action, guard) and stays in the other targets.",
     )
+    sso: TargetSso | None = Field(
+        None, description="Sign-in to this application through the IdP (docs/sso.md)."
+    )
     allow_insecure_http: bool = Field(
         False,
         description="Send this target's credentials over plain http:// to a host other than "
@@ -614,6 +756,15 @@ class TargetConfig(_Model):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _sso_name_id_mapped(self) -> TargetConfig:
+        sso = self.sso
+        if sso is not None and sso.name_id == "externalId" and "externalId" not in self.mapping:
+            raise ValueError(
+                "sso.name_id externalId: the mapping writes no externalId to this target"
+            )
+        return self
+
     @field_validator("user_match_filter", "group_match_filter")
     @classmethod
     def _one_placeholder(cls, value: str) -> str:
@@ -655,6 +806,9 @@ class Config(_Model):
     source: LdapSource
     targets: Annotated[list[TargetConfig], Field(min_length=1)]
     state: StateConfig = StateConfig()
+    sso: SsoConfig | None = Field(
+        None, description="The SAML identity provider for the targets with an sso block."
+    )
 
     @model_validator(mode="after")
     def _group_scope_needs_groups(self) -> Config:
@@ -735,13 +889,37 @@ def _relative_to(config: Config, base_dir: Path) -> Config:
         else t
         for t in config.targets
     ]
+    targets = [
+        t.model_copy(
+            update={
+                "sso": t.sso.model_copy(update={"sp_metadata": str(base_dir / t.sso.sp_metadata)})
+            }
+        )
+        if t.sso is not None
+        and not t.sso.metadata_url()
+        and not Path(t.sso.sp_metadata).is_absolute()
+        else t
+        for t in targets
+    ]
+    sso = config.sso
+    if sso is not None:
+        files = ("signing_key", "signing_cert", "tls_cert", "tls_key")
+        sso = sso.model_copy(
+            update={
+                key: base_dir / getattr(sso, key)
+                for key in files
+                if getattr(sso, key) is not None and not getattr(sso, key).is_absolute()
+            }
+        )
     state = config.state
     match = re.match(r"^sqlite:///(?!/)(.+)$", state.url)
     if match:
         state = state.model_copy(
             update={"url": f"sqlite:///{(base_dir / match.group(1)).resolve()}"}
         )
-    return config.model_copy(update={"source": source, "targets": targets, "state": state})
+    return config.model_copy(
+        update={"source": source, "targets": targets, "state": state, "sso": sso}
+    )
 
 
 def load_config(path: str | Path) -> Config:

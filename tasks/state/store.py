@@ -103,7 +103,8 @@ audit_log = sa.Table(
     sa.Column("cause", sa.Text, nullable=False),
 )
 
-Outcome = Literal["ok", "failed"]
+Outcome = Literal["ok", "failed", "refused"]
+"""refused: a sign-in the identity provider turned away (docs/sso.md)."""
 
 SCHEMA_LOCK = 0x5C1A_5747
 """PostgreSQL advisory lock key held while the tables are created or upgraded."""

@@ -11,7 +11,6 @@ Screenshots go to tests/output/prefect-ui/ (git-ignored; their paths are printed
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from deployments.processes import REPO_ROOT
+from tests.support.browser import BrowserMissing, chromium
+from tests.support.browser import screenshot as browser_screenshot
+from tests.support.browser import wait_for as browser_wait_for
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -28,69 +30,29 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.integration.prefect_server_fixtures"]
 pytestmark = [pytest.mark.integration]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 OUTPUT = REPO_ROOT / "tests" / "output" / "prefect-ui"
-PAGE_TIMEOUT = 30
 SCHEDULES = ("Every 5 minutes", "Every 15 minutes", "At 02:00 AM every day")
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} missing: apt-get install chromium chromium-driver")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # as root
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-    ):
-        options.add_argument(argument)
-    # schedules and times shown in UTC, whatever the machine's zone
-    service = Service(str(CHROMEDRIVER), env={**os.environ, "TZ": "UTC"})
-    driver = webdriver.Chrome(options=options, service=service)
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    yield driver
-    driver.quit()
-
-
-def body(driver: WebDriver) -> str:
-    from selenium.webdriver.common.by import By
-
-    return str(driver.find_element(By.TAG_NAME, "body").text)
+    try:
+        with chromium(OUTPUT) as driver:
+            yield driver
+    except BrowserMissing as exc:
+        pytest.fail(str(exc))
 
 
 def screenshot(driver: WebDriver, name: str) -> Path:
-    path = OUTPUT / f"{name}.png"
-    driver.save_screenshot(str(path))
-    print(f"\nscreenshot: {path}")
-    return path
+    return browser_screenshot(driver, OUTPUT, name)
 
 
 def wait_for(driver: WebDriver, name: str, *texts: str) -> str:
-    """Wait until the page shows every text; return its text. On a timeout, a screenshot
-    ``<name>-timeout`` and the missing texts."""
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    def shown(current: WebDriver) -> bool:
-        page = body(current)
-        return all(text in page for text in texts)
-
+    """Wait until the page shows every text; return its text (a screenshot on a timeout)."""
     try:
-        WebDriverWait(driver, PAGE_TIMEOUT, poll_frequency=0.25).until(shown)
-    except TimeoutException:
-        page = body(driver)
-        screenshot(driver, f"{name}-timeout")
-        missing = [text for text in texts if text not in page]
-        pytest.fail(f"{driver.current_url} does not show {missing}:\n{page[-3000:]}")
-    return body(driver)
+        return browser_wait_for(driver, OUTPUT, name, *texts)
+    except AssertionError as exc:
+        pytest.fail(str(exc))
 
 
 def click_tab(driver: WebDriver, label: str) -> None:

@@ -764,3 +764,95 @@ class OAuthServer(_GunicornServer):
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+
+# -- SAML sign-in ------------------------------------------------------------
+
+
+class SamlSpServer(_GunicornServer):
+    """A SAML service provider on python3-saml (:mod:`tests.support.saml_sp_app`): the
+    application a person signs in to. Its port is taken at construction, so its metadata
+    (:meth:`metadata`) can be handed to the IdP before either starts; it reads the IdP's
+    metadata from ``idp_metadata_url`` when it starts."""
+
+    def __init__(
+        self, workdir: Path, *, idp_metadata_url: str, sign_requests: bool = False
+    ) -> None:
+        super().__init__(workdir)
+        self.app = "tests.support.saml_sp_app:create_app()"
+        self.options_variable = "SAML_SP_APP_OPTIONS"
+        self.options = {
+            "base_url": self.base_url,
+            "idp_metadata_url": idp_metadata_url,
+            "sign_requests": sign_requests,
+        }
+        if sign_requests:
+            key, cert = workdir / "sp.key", workdir / "sp.crt"
+            _openssl(
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                "-subj", "/CN=test-sp",
+                options={"-keyout": key, "-out": cert},
+            )  # fmt: skip
+            self.options.update(key_file=str(key), cert_file=str(cert))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def metadata(self) -> str:
+        from tests.support.saml_sp_app import sp_metadata
+
+        return sp_metadata(self.options)
+
+    def last(self) -> dict[str, Any]:
+        """The last Response the SP's ACS processed: errors, NameID, attributes."""
+        with urllib.request.urlopen(f"{self.base_url}/_test/last", timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/metadata", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+class SsoServer(Stoppable):
+    """``scim-provisioner sso serve --config FILE``: the product's identity provider, as an
+    operator starts it (its own process, the console script)."""
+
+    def __init__(self, workdir: Path, config: Path, port: int, env: Mapping[str, str]) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = config
+        self.port = port
+        self.env = dict(env)
+        self._child: Child | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        script = Path(sys.executable).with_name("scim-provisioner")
+        command = [str(script), "sso", "serve", "--config", str(self.config)]
+        child = Child.spawn(
+            "sso", command, self.workdir / "sso.log", cwd=REPO_ROOT, env={**os.environ, **self.env}
+        )
+        child.wait_until_ready(self._answers)
+        self._child = child
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.halt(signal.SIGTERM)
+            self._child = None
+
+    def log(self) -> str:
+        return (self.workdir / "sso.log").read_text(errors="replace")
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False

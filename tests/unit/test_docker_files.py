@@ -118,6 +118,24 @@ def test_compose_has_prefect_on_postgresql_with_redis_workers_and_the_demo() -> 
     assert len(apis) == 2, "each worker talks to another API server"
 
 
+def test_compose_has_the_sso_service_behind_a_profile() -> None:
+    """The identity provider runs the product's command on the workers' config, keeps its
+    signing key on a volume, publishes on 127.0.0.1, and the image has xmlsec1 to sign with."""
+    sso = compose()["services"]["sso"]
+    assert sso["profiles"] == ["sso"]
+    assert sso["command"] == [
+        "scim-provisioner",
+        "sso",
+        "serve",
+        "--config",
+        "/etc/scim-provisioner/config.yaml",
+    ]
+    assert sso["build"]["dockerfile"] == "docker/Dockerfile"
+    assert "sso-keys:/etc/scim-provisioner/sso" in sso["volumes"]
+    assert sso["ports"] == ["127.0.0.1:8443:8443"]
+    assert "xmlsec1" in (DOCKER / "Dockerfile").read_text()
+
+
 def test_compose_writes_no_secret_and_mounts_what_exists() -> None:
     """Every password, token or secret is interpolated from the environment; a URL's password
     too; ports are published on 127.0.0.1 only; every mounted file exists; the demo config

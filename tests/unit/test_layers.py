@@ -17,6 +17,7 @@ ALLOWED = {
     "tasks.sync": BASE | {"tasks.sync", "tasks.ldap", "tasks.scim", "tasks.state"},
     "tasks.reconcile": BASE
     | {"tasks.reconcile", "tasks.ldap", "tasks.scim", "tasks.sync", "tasks.state"},
+    "tasks.sso": BASE | {"tasks.sso", "tasks.ldap", "tasks.state", "tasks.sync"},
 }
 WHOLE = {"tasks.report", "tasks.check"}
 """Base modules that report on or check everything."""
@@ -30,6 +31,8 @@ PURE = {
     "tasks.ldap.dn",
     "tasks.ldap.syncrepl",
     "tasks.expressions",
+    "tasks.sso.policy",
+    "tasks.sso.throttle",
 }
 """Decision modules: no network or database library of their own."""
 IO_LIBRARIES = (
