@@ -260,6 +260,11 @@ def saml_request_url(site: Site) -> str:
     return str(answer.headers["Location"])
 
 
+def xml_of(fields: dict[str, str]) -> bytes:
+    """The AuthnRequest XML of a redirect binding's query fields."""
+    return zlib.decompress(base64.b64decode(fields["SAMLRequest"]), -15)
+
+
 def test_replayed_and_altered_requests_are_refused(site: Site) -> None:
     url = saml_request_url(site)
     first = requests.get(url, allow_redirects=False, timeout=10)
@@ -275,8 +280,16 @@ def test_replayed_and_altered_requests_are_refused(site: Site) -> None:
     unsigned = {k: v for k, v in fields.items() if k not in ("Signature", "SigAlg")}
     answer = requests.get(f"{base}?{urlencode(unsigned)}", allow_redirects=False, timeout=10)
     assert answer.status_code == 400 and "signature is missing or wrong" in answer.text
+    # the POST binding: the same request, unsigned in the form, is refused as well
+    answer = requests.post(
+        f"{site.idp.base_url}/sso/post",
+        data={"SAMLRequest": base64.b64encode(xml_of(fields)).decode()},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 400 and "signature is missing or wrong" in answer.text
     # an AuthnRequest naming an ACS the SP's metadata does not list
-    xml = zlib.decompress(base64.b64decode(fields["SAMLRequest"]), -15).decode()
+    xml = xml_of(fields).decode()
     assert f'AssertionConsumerServiceURL="{site.sp.base_url}/acs"' in xml
     rows = audit(site, target="(sso)", action="sso", outcome="refused")
     assert any("already used" in r.cause for r in rows)
