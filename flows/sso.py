@@ -20,12 +20,27 @@ from urllib.parse import parse_qsl, urlencode
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from tasks.config import Config
+from tasks.sso.oidc import Answer, OAuth2Error, WebRequest
 from tasks.sso.saml import AuthnRequest, RequestRefused
-from tasks.sso.service import Refusal, Session, SignOnService
+from tasks.sso.service import (
+    OidcAuthorization,
+    Pending,
+    Refusal,
+    Session,
+    SignOnService,
+    one_line,
+    pending_label,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,24 +76,39 @@ def page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(document, status_code=status, headers=HEADERS)
 
 
-def refusal_page(refusal: Refusal, status: int = 403) -> HTMLResponse:
+def refusal_page(refusal: Refusal, status: int | None = None) -> HTMLResponse:
     return page(
         "Sign-in refused",
         f"<p class=error>{html.escape(refusal.reason)}</p>"
         "<p class=muted>If you think this is wrong, ask your administrator.</p>",
-        status,
+        status or refusal.status,
     )
 
 
+class FormTooBig(Exception):
+    """A request body past MAX_FORM_BYTES (refused unread)."""
+
+
 async def form_fields(request: Request) -> dict[str, str]:
-    """An urlencoded form's fields (first value of each); big bodies are refused."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        return {}
+    """An urlencoded form's fields (first value of each); a body past MAX_FORM_BYTES is
+    refused as it arrives (FormTooBig), never held."""
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_FORM_BYTES:
+        raise FormTooBig
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise FormTooBig
     fields: dict[str, str] = {}
     for key, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
         fields.setdefault(key, value)
     return fields
+
+
+def same(secret: str, given: str) -> bool:
+    """Constant-time comparison of a token with what a form sent (any characters)."""
+    return secrets.compare_digest(secret.encode("utf-8"), given.encode("utf-8"))
 
 
 def client_address(request: Request) -> str:
@@ -105,7 +135,7 @@ def create_app(service: SignOnService) -> Starlette:
     def login_form(request_key: str | None, message: str = "", status: int = 200) -> Response:
         held = service.peek(request_key)
         token = secrets.token_urlsafe(24)
-        where = f" to <b>{html.escape(held.sp.label)}</b>" if held else ""
+        where = f" to <b>{html.escape(pending_label(held))}</b>" if held else ""
         error = f"<p class=error role=alert>{html.escape(message)}</p>" if message else ""
         body = (
             f"{error}<p class=muted>Sign in{where} with your directory account.</p>"
@@ -135,25 +165,60 @@ def create_app(service: SignOnService) -> Starlette:
             return refusal_page(result)
         return HTMLResponse(result, headers=HEADERS)
 
+    def wait_for_sign_in(pending: Pending) -> Response:
+        key = service.hold(pending)
+        if key is None:
+            return refusal_page(
+                Refusal("Too many sign-ins are waiting. Try again shortly.", 0, 503)
+            )
+        return RedirectResponse(f"/login?{urlencode({'request': key})}", 303, headers=HEADERS)
+
+    async def route(request: Request, authn: AuthnRequest) -> Response:
+        """Answer a request now, or after a sign-in (ForceAuthn: a fresh one), or (IsPassive
+        without a session) with NoPassive."""
+        session = current(request)
+        if authn.passive and (session is None or authn.force_authn):
+            form = await run_in_threadpool(service.idp.no_passive_form, authn)
+            return HTMLResponse(form, headers=HEADERS)
+        if session is not None and not authn.force_authn:
+            return await answer(session, authn)
+        return wait_for_sign_in(authn)
+
     async def sso(request: Request) -> Response:
         binding = "post" if request.method == "POST" else "redirect"
         message = await form_fields(request) if binding == "post" else dict(request.query_params)
         try:
             authn = await run_in_threadpool(service.idp.parse_request, binding, message)
         except RequestRefused as exc:
-            cause = exc.__cause__
-            log.warning(
-                "sso: refused a request from %s: %s (%r)", client_address(request), exc, cause
-            )
+            reason = one_line(str(exc), 300)
+            log.warning("sso: refused a request from %s: %s", client_address(request), reason)
             refusal = await run_in_threadpool(
-                service.refuse_request, str(exc), client_address(request)
+                service.refuse_request, reason, client_address(request)
             )
             return refusal_page(refusal, 400)
-        session = current(request)
-        if session is not None:
-            return await answer(session, authn)
-        key = service.hold(authn)
-        return RedirectResponse(f"/login?{urlencode({'request': key})}", 303, headers=HEADERS)
+        if binding == "post":
+            # a cross-site POST carries no SameSite=Lax cookie: go on in a GET, which does
+            key = service.hold(authn)
+            if key is None:
+                return wait_for_sign_in(authn)
+            return RedirectResponse(
+                f"/sso/continue?{urlencode({'request': key})}", 303, headers=HEADERS
+            )
+        return await route(request, authn)
+
+    async def sso_continue(request: Request) -> Response:
+        held = service.take(request.query_params.get("request"))
+        if not isinstance(held, AuthnRequest):
+            return expired()
+        return await route(request, held)
+
+    def expired() -> Response:
+        return page(
+            "Sign-in request expired",
+            "<p class=error>This sign-in request expired. Go back to the application and "
+            "start again.</p>",
+            400,
+        )
 
     async def login(request: Request) -> Response:
         if request.method == "GET":
@@ -161,7 +226,7 @@ def create_app(service: SignOnService) -> Starlette:
         fields = await form_fields(request)
         key = fields.get("request") or None
         token = request.cookies.get(LOGIN_COOKIE, "")
-        if not token or not secrets.compare_digest(token, fields.get("form_token", "")):
+        if not token or not same(token, fields.get("form_token", "")):
             return login_form(key, "The sign-in form expired; please sign in again.", 400)
         result = await run_in_threadpool(
             service.sign_in,
@@ -170,11 +235,15 @@ def create_app(service: SignOnService) -> Starlette:
             client_address(request),
         )
         if isinstance(result, Refusal):
-            return login_form(key, result.reason, 429 if result.wait else 401)
+            return login_form(key, result.reason, result.status)
         held = service.take(key) if key else None
         response: Response
-        if held is not None:
+        if isinstance(held, OidcAuthorization):
+            response = await authorize(result, held)
+        elif held is not None:
             response = await answer(result, held)
+        elif key:
+            response = expired()
         else:
             response = RedirectResponse("/", 303, headers=HEADERS)
         set_session(response, result)
@@ -208,18 +277,83 @@ def create_app(service: SignOnService) -> Starlette:
         fields = await form_fields(request)
         if session is None:
             return RedirectResponse("/login", 303, headers=HEADERS)
-        if not secrets.compare_digest(session.csrf, fields.get("csrf", "")):
+        if not same(session.csrf, fields.get("csrf", "")):
             return page("Sign-in refused", "<p class=error>The form expired.</p>", 400)
         return await answer(session, None, request.path_params["app"])
 
     async def logout(request: Request) -> Response:
         session = current(request)
         fields = await form_fields(request)
-        if session is not None and secrets.compare_digest(session.csrf, fields.get("csrf", "")):
+        if session is not None and same(session.csrf, fields.get("csrf", "")):
             service.sign_out(session.token)
         response = RedirectResponse("/login", 303, headers=HEADERS)
         response.delete_cookie(SESSION_COOKIE)
         return response
+
+    def oidc_request(request: Request, args: dict[str, str], form: dict[str, str]) -> WebRequest:
+        """The request as authlib reads it, at its public URL (``base_url``)."""
+        uri = f"{service.sso.base_url}{request.url.path}"
+        if request.url.query:
+            uri += f"?{request.url.query}"
+        return WebRequest(request.method, uri, dict(request.headers), args, form)
+
+    def oidc_answer(answer: Answer) -> Response:
+        headers = {**HEADERS, **dict(answer.headers)}
+        if answer.status in (301, 302, 303, 307):
+            return Response(status_code=answer.status, headers=headers)
+        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+    async def authorize(session: Session, held: OidcAuthorization) -> Response:
+        result = await run_in_threadpool(service.subject, session, held.client)
+        if isinstance(result, Refusal):
+            return refusal_page(result)
+        request = oidc_request_of(held)
+        return oidc_answer(await run_in_threadpool(service.oidc.authorize, request, result))
+
+    def oidc_request_of(held: OidcAuthorization) -> WebRequest:
+        uri = f"{service.sso.base_url}/oidc/authorize?{urlencode(held.args)}"
+        return WebRequest("GET", uri, {}, dict(held.args), {})
+
+    async def oidc_authorize(request: Request) -> Response:
+        args = dict(request.query_params)
+        try:
+            client = service.oidc.check_authorization(oidc_request(request, args, {}))
+        except OAuth2Error as exc:  # never redirected to a URI not yet known to be the client's
+            refusal = await run_in_threadpool(
+                service.refuse_request,
+                f"OIDC {exc.error}: {exc.description or ''}".strip(),
+                client_address(request),
+            )
+            return refusal_page(refusal, 400)
+        held = OidcAuthorization(client, args)
+        session = current(request)
+        if session is not None and args.get("prompt") != "login":
+            return await authorize(session, held)
+        return wait_for_sign_in(held)
+
+    async def oidc_token(request: Request) -> Response:
+        fields = await form_fields(request)
+        answer_ = await run_in_threadpool(service.oidc.token, oidc_request(request, {}, fields))
+        return oidc_answer(answer_)
+
+    async def oidc_userinfo(request: Request) -> Response:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        subject = service.oidc.bearer(token) if scheme.lower() == "bearer" else None
+        if subject is not None and not await run_in_threadpool(service.still_admitted, subject):
+            subject = None
+        if subject is None:
+            return JSONResponse(
+                {"error": "invalid_token"},
+                status_code=401,
+                headers={**HEADERS, "WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        return JSONResponse(dict(service.oidc.user_info(subject)), headers=HEADERS)
+
+    async def discovery(request: Request) -> Response:
+        return JSONResponse(service.oidc.discovery())
+
+    async def jwks(request: Request) -> Response:
+        return JSONResponse(service.oidc.jwks())
 
     async def metadata(request: Request) -> Response:
         return Response(service.idp.metadata(), media_type="application/samlmetadata+xml")
@@ -232,23 +366,35 @@ def create_app(service: SignOnService) -> Starlette:
         Route("/login", login, methods=["GET", "POST"]),
         Route("/sso/redirect", sso, methods=["GET"]),
         Route("/sso/post", sso, methods=["POST"]),
+        Route("/sso/continue", sso_continue, methods=["GET"]),
         Route("/launch/{app}", launch, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/metadata", metadata),
+        Route("/.well-known/openid-configuration", discovery),
+        Route("/oidc/authorize", oidc_authorize, methods=["GET"]),
+        Route("/oidc/token", oidc_token, methods=["POST"]),
+        Route("/oidc/userinfo", oidc_userinfo, methods=["GET", "POST"]),
+        Route("/oidc/jwks", jwks),
         Route("/healthz", health),
     ]
     app = Starlette(routes=routes)
 
     async def failing_closed(request: Request, exc: Exception) -> Response:
-        log.error("sso: %s on %s: %s", type(exc).__name__, request.url.path, exc)
+        log.error(
+            "sso: %s on %s: %s", type(exc).__name__, request.url.path, one_line(str(exc), 300)
+        )
         return page(
             "Sign-in unavailable",
             "<p class=error>Sign-in cannot be completed right now. Try again later.</p>",
             503,
         )
 
+    async def too_big(request: Request, exc: Exception) -> Response:
+        return PlainTextResponse("request too large", status_code=413)
+
     handler: Callable[[Request, Exception], Awaitable[Response]] = failing_closed
     app.add_exception_handler(Exception, handler)
+    app.add_exception_handler(FormTooBig, too_big)
     return app
 
 
@@ -274,7 +420,8 @@ def serve(config: Config) -> int:
             port=int(sso.port or 8443),
             log_level="warning",
             access_log=False,
-            proxy_headers=False,
+            proxy_headers=bool(sso.trusted_proxies),
+            forwarded_allow_ips=",".join(sso.trusted_proxies) or None,
             **options,
         )
     finally:

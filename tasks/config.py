@@ -429,13 +429,41 @@ NAME_ID_FORMATS = {
 """The NameID formats the IdP asserts, by the name used in the config."""
 
 
-class TargetSso(_Model):
-    """Sign-in to this target's application through the provisioner's SAML 2.0 identity
-    provider (``scim-provisioner sso serve``): only people provisioned and active here get in."""
+class TargetOidc(_Model):
+    """The application as an OpenID Connect client (code flow, PKCE S256 required)."""
 
-    sp_metadata: str = Field(
+    client_id: str = Field(min_length=1, description="The client id the application sends.")
+    client_secret: SecretRef | None = Field(
+        None,
+        description="Its secret (a confidential client: client_secret_basic or _post); none: a "
+        "public client that proves itself by PKCE alone.",
+    )
+    redirect_uris: Annotated[tuple[str, ...], Field(min_length=1)] = Field(
+        description="The exact redirect URIs the application may ask for (https://, or "
+        "http:// on this machine)."
+    )
+
+    @field_validator("redirect_uris")
+    @classmethod
+    def _redirects(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            if not (uri.startswith("https://") or (uri.startswith("http://") and _loopback(uri))):
+                raise ValueError(f"{uri}: an https:// URI (http:// only on this machine)")
+        return value
+
+
+class TargetSso(_Model):
+    """Sign-in to this target's application through the provisioner's identity provider
+    (``scim-provisioner sso serve``), by SAML 2.0 and/or OpenID Connect: only people
+    provisioned and active here get in."""
+
+    sp_metadata: str | None = Field(
+        None,
         description="The application's SAML SP metadata: a file (relative to the config file) "
-        "or an https:// URL."
+        "or an https:// URL.",
+    )
+    oidc: TargetOidc | None = Field(
+        None, description="The application as an OpenID Connect client."
     )
     label: str | None = Field(None, description="The name on the launcher; default the target's.")
     name_id: Literal["userName", "externalId"] = Field(
@@ -465,9 +493,17 @@ class TargetSso(_Model):
                 raise ValueError(f"attributes.{name}: {exc}") from None
         return value
 
+    @model_validator(mode="after")
+    def _a_protocol(self) -> TargetSso:
+        if self.sp_metadata is None and self.oidc is None:
+            raise ValueError("give sp_metadata (SAML), oidc (OpenID Connect) or both")
+        return self
+
     @field_validator("sp_metadata")
     @classmethod
-    def _metadata_location(cls, value: str) -> str:
+    def _metadata_location(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         if re.match(r"^[a-z]+://", value) and not (
             value.startswith("https://") or (value.startswith("http://") and _loopback(value))
         ):
@@ -475,7 +511,7 @@ class TargetSso(_Model):
         return value
 
     def metadata_url(self) -> bool:
-        return bool(re.match(r"^https?://", self.sp_metadata))
+        return bool(re.match(r"^https?://", self.sp_metadata or ""))
 
 
 class SsoThrottle(_Model):
@@ -525,6 +561,11 @@ class SsoConfig(_Model):
         5, gt=0, le=60, description="How long an assertion is valid (NotOnOrAfter)."
     )
     throttle: SsoThrottle = SsoThrottle()
+    trusted_proxies: tuple[str, ...] = Field(
+        (),
+        description="Addresses of the reverse proxies in front (their X-Forwarded-For names "
+        "the client, for the per-address throttle); none: the connection's address.",
+    )
     allow_insecure_http: bool = Field(
         False, description="Serve the sign-in page over plain http:// to other machines."
     )
@@ -892,10 +933,13 @@ def _relative_to(config: Config, base_dir: Path) -> Config:
     targets = [
         t.model_copy(
             update={
-                "sso": t.sso.model_copy(update={"sp_metadata": str(base_dir / t.sso.sp_metadata)})
+                "sso": t.sso.model_copy(
+                    update={"sp_metadata": str(base_dir / (t.sso.sp_metadata or ""))}
+                )
             }
         )
         if t.sso is not None
+        and t.sso.sp_metadata is not None
         and not t.sso.metadata_url()
         and not Path(t.sso.sp_metadata).is_absolute()
         else t

@@ -78,3 +78,30 @@ def check_password(
     finally:
         with contextlib.suppress(ldap_exc.LDAPException, OSError):
             conn.unbind()
+
+
+def read_person(source: LdapSource, dn: str, mapped: set[str]) -> SourceUser | None:
+    """The entry at ``dn`` as it is now (its account status and released attributes), with
+    the service account; None when it is gone.
+
+    :raises SourceError: the directory is unreachable (the caller fails closed).
+    """
+    conn = connect(source)
+    try:
+        try:
+            conn.search(
+                dn,
+                "(objectClass=*)",
+                search_scope=ldap3.BASE,
+                attributes=sorted(user_attributes(source, mapped)),
+            )
+        except ldap_exc.LDAPNoSuchObjectResult:
+            return None
+        entries = [r for r in conn.response or [] if r.get("type") == "searchResEntry"]
+        if not entries:
+            return None
+        user = entry_to_user(source, entries[0]["dn"], entries[0]["raw_attributes"])
+        return user if isinstance(user, SourceUser) else None
+    finally:
+        with contextlib.suppress(ldap_exc.LDAPException, OSError):
+            conn.unbind()

@@ -10,12 +10,19 @@ SP's first HTTP-POST ACS in its metadata.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import html
+import re
 import shutil
 import threading
 import time
 import warnings
+import zlib
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from tasks.config import NAME_ID_FORMATS
@@ -31,6 +38,7 @@ with warnings.catch_warnings():
     from saml2.response import IncorrectlySigned
     from saml2.s_utils import UnknownPrincipal, UnsupportedBinding, do_ava, factory
     from saml2.saml import AUTHN_PASSWORD_PROTECTED, NAME_FORMAT_BASIC, NameID
+    from saml2.samlp import STATUS_NO_PASSIVE
     from saml2.server import Server
     from saml2.xmldsig import DIGEST_SHA256, SIG_RSA_SHA256
 
@@ -58,6 +66,68 @@ class _AsNamed(AttributeConverter):  # type: ignore[misc,unused-ignore]
         ]
 
 
+class _Server(Server):  # type: ignore[misc,unused-ignore]
+    """pysaml2's Server without its assertion store (no AssertionIDRequest or AuthnQuery
+    here): it would keep every assertion issued, in memory, for good."""
+
+    def support_AssertionIDRequest(self) -> bool:
+        return False
+
+    def support_AuthnQuery(self) -> bool:
+        return False
+
+
+MAX_SEEN = 200_000
+"""Request ids remembered at most (about 40 MB); past it new requests are refused."""
+MAX_REQUEST_BYTES = 100_000
+"""The largest AuthnRequest XML read (a real one is 1-3 KB); bigger is refused unread."""
+SAFE_URL = re.compile(r"^(https://|http://(127\.\d+\.\d+\.\d+|localhost|\[::1\])[:/])[^\s\"'<>`]*$")
+"""An ACS URL the IdP posts to: https (or http on this machine), nothing that could leave an
+HTML attribute."""
+
+
+def bounded_xml(encoded: str, binding: str) -> bytes:
+    """The request's XML, refused when it is not base64 or inflates past the limit (a
+    decompression bomb is stopped at MAX_REQUEST_BYTES, never expanded)."""
+    if len(encoded) > 4 * MAX_REQUEST_BYTES:
+        raise RequestRefused("the sign-in request is too big")
+    try:
+        raw = base64.b64decode(encoded, validate=False)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestRefused("the sign-in request is not base64") from exc
+    inflater = zlib.decompressobj(-15)
+    try:
+        xml = inflater.decompress(raw, MAX_REQUEST_BYTES + 1)
+    except zlib.error:
+        if binding == "redirect":
+            raise RequestRefused(
+                "the sign-in request is not deflated as the binding says"
+            ) from None
+        xml = raw  # the POST binding: plain base64 XML
+    if len(xml) > MAX_REQUEST_BYTES:
+        raise RequestRefused("the sign-in request is too big")
+    return xml
+
+
+def post_form(action: str, field: str, message: str, relay_state: str | None) -> str:
+    """The page that posts a SAML message to ``action`` (every value escaped; pysaml2's own
+    form puts the URL in unescaped)."""
+    encoded = base64.b64encode(message.encode("utf-8")).decode("ascii")
+    relay = (
+        f'<input type="hidden" name="RelayState" value="{html.escape(relay_state)}">'
+        if relay_state
+        else ""
+    )
+    return (
+        "<!DOCTYPE html><html><head><meta charset=utf-8><title>Signing in</title></head>"
+        '<body onload="document.forms[0].submit()">'
+        f'<form method="post" action="{html.escape(action)}">'
+        f'<input type="hidden" name="{field}" value="{encoded}">{relay}'
+        '<noscript><p>Press Continue to go on.</p><button type="submit">Continue</button>'
+        "</noscript></form></body></html>"
+    )
+
+
 class RequestRefused(Exception):
     """An AuthnRequest the IdP does not answer, with the reason for the refusal page."""
 
@@ -83,6 +153,10 @@ class AuthnRequest:
     sp: ServiceProvider
     acs_url: str
     relay_state: str | None
+    force_authn: bool = False
+    """The SP asks for the password again, even with a session at the IdP."""
+    passive: bool = False
+    """The SP asks not to show a page: without a session, a NoPassive answer."""
 
 
 def xmlsec_binary() -> str:
@@ -119,7 +193,7 @@ class IdentityProvider:
         cert_file: str,
         sps: list[ServiceProvider],
         assertion_minutes: float,
-        replay_window: float = 3600,
+        replay_window: float = 900,
     ) -> None:
         self.entity_id = entity_id
         self.sso_urls = {"redirect": f"{base_url}/sso/redirect", "post": f"{base_url}/sso/post"}
@@ -163,7 +237,7 @@ class IdentityProvider:
                 }
             )
             config.attribute_converters = [_AsNamed()]
-            return Server(config=config)
+            return _Server(config=config)
 
         # the first parse (any SP, signatures checked when present) says who is asking
         # its metadata says WantAuthnRequestsSigned when every application's requests must be
@@ -171,9 +245,16 @@ class IdentityProvider:
         self._servers = {
             sp.entity_id: server([sp.metadata], sp.require_signed_requests) for sp in sps
         }
-        self._seen: dict[str, float] = {}
+        self._seen: OrderedDict[str, float] = OrderedDict()
         self._seen_lock = threading.Lock()
         self.replay_window = replay_window
+        for sp in sps:
+            for url in self._acs_urls(self._servers[sp.entity_id], sp):
+                if not SAFE_URL.match(url):
+                    raise ConfigError(
+                        f"targets[{sp.app}].sso.sp_metadata: the ACS URL {url[:200]!r} is not "
+                        "an https:// URL (http:// only on this machine)"
+                    )
 
     def metadata(self) -> str:
         """The IdP's metadata (entity id, SSO endpoints, signing certificate) for the SPs."""
@@ -187,7 +268,10 @@ class IdentityProvider:
         encoded = message.get("SAMLRequest")
         if not encoded:
             raise RequestRefused("no SAMLRequest in this sign-in request")
+        bounded_xml(encoded, binding)
         relay_state = message.get("RelayState")
+        if relay_state is not None and len(relay_state) > 1024:
+            raise RequestRefused("the RelayState is longer than 1,024 characters")
         args = {
             "relay_state": relay_state,
             "sigalg": message.get("SigAlg"),
@@ -218,18 +302,44 @@ class IdentityProvider:
             raise RequestRefused(f"the sign-in request is not valid SAML: {exc}") from exc
         if asked and asked != response["destination"]:
             raise RequestRefused(f"the request's ACS URL {asked} is not in {sp.label}'s metadata")
+        self._recent(str(request.issue_instant))
         self._first_use(str(request.id))
-        return AuthnRequest(str(request.id), sp, str(response["destination"]), relay_state)
+        return AuthnRequest(
+            str(request.id),
+            sp,
+            str(response["destination"]),
+            relay_state,
+            force_authn=str(request.force_authn).lower() in ("true", "1"),
+            passive=str(request.is_passive).lower() in ("true", "1"),
+        )
+
+    def _recent(self, issue_instant: str) -> None:
+        """Refuse a request issued outside the replay window (the replay cache remembers its
+        ids that long; pysaml2 itself would take requests a day old)."""
+        try:
+            issued = datetime.fromisoformat(issue_instant.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise RequestRefused("the request's IssueInstant is not a time") from exc
+        if issued.tzinfo is None:
+            issued = issued.replace(tzinfo=UTC)
+        age = (datetime.now(UTC) - issued).total_seconds()
+        if age > self.replay_window - 60 or age < -120:
+            raise RequestRefused(
+                f"the request was issued at {issue_instant[:40]}, outside the accepted "
+                f"{int(self.replay_window // 60) - 1} minutes"
+            )
 
     def _first_use(self, request_id: str) -> None:
-        """Refuse a request id seen before (a replayed request)."""
+        """Refuse a request id seen before (a replayed request). The ids of the window are
+        kept, oldest first; when MAX_SEEN are live, new requests are refused (fail closed)."""
         now = time.monotonic()
         with self._seen_lock:
-            for seen, at in list(self._seen.items()):
-                if at < now - self.replay_window:
-                    del self._seen[seen]
+            while self._seen and next(iter(self._seen.values())) < now - self.replay_window:
+                self._seen.popitem(last=False)
             if request_id in self._seen:
                 raise RequestRefused("this sign-in request was already used (a replay)")
+            if len(self._seen) >= MAX_SEEN:
+                raise RequestRefused("too many sign-in requests at once; try again shortly")
             self._seen[request_id] = now
 
     def response_form(
@@ -263,14 +373,18 @@ class IdentityProvider:
             sign_assertion=True,
             authn={"class_ref": AUTHN_PASSWORD_PROTECTED, "authn_auth": self.entity_id},
         )
-        http: dict[str, Any] = server.apply_binding(
-            BINDING_HTTP_POST,
-            str(response),
-            destination,
-            relay_state=relay_state or "",
-            response=True,
+        return post_form(destination, "SAMLResponse", str(response), relay_state)
+
+    def no_passive_form(self, request: AuthnRequest) -> str:
+        """The signed NoPassive answer to a passive request from someone not signed in."""
+        server = self._servers[request.sp.entity_id]
+        response = server.create_error_response(
+            request.id,
+            request.acs_url,
+            (STATUS_NO_PASSIVE, "no session at the identity provider"),
+            sign=True,
         )
-        return str(http["data"])
+        return post_form(request.acs_url, "SAMLResponse", str(response), request.relay_state)
 
     def _acs_urls(self, server: Server, sp: ServiceProvider) -> list[str]:
         """The SP's HTTP-POST ACS URLs, from its metadata (the only places answers go)."""

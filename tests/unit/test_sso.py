@@ -72,14 +72,23 @@ def test_failed_passwords_block_the_login_then_the_address_until_the_window_pass
     assert throttle.wait("ada", "10.0.0.1") == 0
 
 
-def test_a_right_password_clears_the_login_s_failures_not_the_address_s() -> None:
+def test_an_attempt_counts_from_its_start_until_the_right_password_forgives_it() -> None:
     throttle = Throttle(2, 3, 60, lambda: 0.0)
-    throttle.failed("ada", "a")
-    throttle.succeeded("ada")
-    throttle.failed("ada", "a")
-    assert throttle.wait("ada", "b") == 0
-    throttle.failed("bob", "a")
-    assert throttle.wait("eve", "a") == 60
+    assert throttle.attempt("ada", "a") == 0
+    throttle.forgive("ada", "a")  # the right password: as if never tried
+    assert throttle.attempt("ada", "a") == 0  # wrong: it stays counted
+    assert throttle.attempt("\uff21\uff24\uff21", "b") == 0  # the same login (NFKC, any case)
+    assert throttle.attempt("ada", "c") == 60  # two in flight already: refused at once
+    assert throttle.attempt("bob", "a") == 0
+    assert throttle.attempt("eve", "a") == 0
+    assert throttle.attempt("fay", "a") == 60  # three counted from address a
+
+
+def test_the_throttle_forgets_the_oldest_keys_past_its_size() -> None:
+    throttle = Throttle(1, 1000, 60, lambda: 0.0, max_keys=10)
+    for index in range(100):
+        throttle.failed(f"login{index}", "a")
+    assert len(throttle._failures) <= 10
 
 
 def with_sso(idp: dict[str, Any], **target: Any) -> dict[str, Any]:

@@ -5,7 +5,9 @@ replay, an unsigned request where signatures are required."""
 
 from __future__ import annotations
 
+import base64
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -13,8 +15,15 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 from onelogin.saml2.auth import OneLogin_Saml2_Auth
 
+from tasks.errors import ConfigError
 from tasks.sso.keys import ensure_signing_pair
-from tasks.sso.saml import IdentityProvider, RequestRefused, ServiceProvider, sp_entity_id
+from tasks.sso.saml import (
+    IdentityProvider,
+    RequestRefused,
+    ServiceProvider,
+    post_form,
+    sp_entity_id,
+)
 from tests.support.saml_sp_app import sp_metadata, sp_settings
 
 IDP = "http://127.0.0.1:9000"
@@ -130,8 +139,10 @@ def test_a_request_from_an_unknown_sp_is_refused(idp: IdentityProvider) -> None:
 
 
 def test_garbage_is_refused_with_a_reason(idp: IdentityProvider) -> None:
-    with pytest.raises(RequestRefused, match="not valid SAML"):
+    with pytest.raises(RequestRefused, match="not deflated"):
         idp.parse_request("redirect", {"SAMLRequest": "bm90IHNhbWw="})
+    with pytest.raises(RequestRefused, match=r"not valid SAML|signature is missing or wrong"):
+        idp.parse_request("post", {"SAMLRequest": "bm90IHNhbWw="})
     with pytest.raises(RequestRefused, match="no SAMLRequest"):
         idp.parse_request("post", {})
 
@@ -157,3 +168,54 @@ def test_the_metadata_names_the_endpoints_and_the_certificate(
     assert f'entityID="{IDP}/metadata"' in metadata
     assert f'Location="{IDP}/sso/redirect"' in metadata and f'Location="{IDP}/sso/post"' in metadata
     assert "X509Certificate" in metadata and "PRIVATE" not in metadata
+
+
+def deflated(xml: bytes) -> str:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return base64.b64encode(packer.compress(xml) + packer.flush()).decode()
+
+
+def test_a_decompression_bomb_is_refused_unexpanded(idp: IdentityProvider) -> None:
+    bomb = deflated(b"<a>" + b" " * 50_000_000 + b"</a>")  # 50 MB of XML in ~50 KB
+    assert len(bomb) < 400_000
+    with pytest.raises(RequestRefused, match="too big"):
+        idp.parse_request("redirect", {"SAMLRequest": bomb})
+    with pytest.raises(RequestRefused, match="too big"):
+        idp.parse_request("post", {"SAMLRequest": bomb})
+
+
+def test_a_request_issued_long_ago_is_refused(idp: IdentityProvider) -> None:
+    query, _ = authn_request(settings(idp))
+    xml = zlib.decompress(base64.b64decode(query["SAMLRequest"]), -15)
+    old = re.sub(rb'IssueInstant="[^"]+"', b'IssueInstant="2020-01-01T00:00:00Z"', xml)
+    with pytest.raises(RequestRefused, match="outside the accepted"):
+        idp.parse_request("redirect", {**query, "SAMLRequest": deflated(old)})
+
+
+def test_an_acs_url_that_could_leave_its_html_attribute_is_refused_at_start(
+    tmp_path: Path,
+) -> None:
+    ensure_signing_pair(tmp_path / "k", tmp_path / "c", IDP)
+    good = sp_metadata({"base_url": "https://app.example"})
+    evil = good.replace(
+        'Location="https://app.example/acs"',
+        'Location="https://app.example/x&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"',
+    )
+    assert evil != good
+    entity, _ = sp_entity_id(evil, "test")
+    sp = ServiceProvider("evil", "Evil", entity, evil, False, UNSPECIFIED)
+    with pytest.raises(ConfigError, match=r"targets\[evil\].sso.sp_metadata: the ACS URL"):
+        IdentityProvider(
+            entity_id=f"{IDP}/metadata",
+            base_url=IDP,
+            key_file=str(tmp_path / "k"),
+            cert_file=str(tmp_path / "c"),
+            sps=[sp],
+            assertion_minutes=5,
+        )
+
+
+def test_the_posting_form_escapes_every_value() -> None:
+    page = post_form('https://a.example/acs?x="><b>', "SAMLResponse", "<x/>", '"><i>')
+    assert "<b>" not in page and "<i>" not in page
+    assert 'action="https://a.example/acs?x=&quot;&gt;&lt;b&gt;"' in page
