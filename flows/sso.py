@@ -383,6 +383,8 @@ def create_app(service: SignOnService) -> Starlette:
         log.error(
             "sso: %s on %s: %s", type(exc).__name__, request.url.path, one_line(str(exc), 300)
         )
+        if request.url.path.startswith("/oidc/"):
+            return JSONResponse({"error": "temporarily_unavailable"}, status_code=503)
         return page(
             "Sign-in unavailable",
             "<p class=error>Sign-in cannot be completed right now. Try again later.</p>",

@@ -29,6 +29,7 @@ from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oidc.core import UserInfo
 from authlib.oidc.core.grants import OpenIDCode
 from joserfc.jwk import RSAKey
+from requests.structures import CaseInsensitiveDict
 
 CODE_SECONDS = 60
 TOKEN_SECONDS = 600
@@ -130,7 +131,8 @@ class WebRequest(OAuth2Request):  # type: ignore[misc,unused-ignore]
         args: dict[str, str],
         form: dict[str, str],
     ) -> None:
-        super().__init__(method=method, uri=uri, headers=dict(headers))
+        # authlib reads "Authorization" as written; frameworks lower-case header names
+        super().__init__(method=method, uri=uri, headers=CaseInsensitiveDict(dict(headers)))
         self._args = args
         self._form = form
         self.payload = BasicOAuth2Payload({**args, **form})
@@ -177,7 +179,7 @@ class OpenIdProvider(AuthorizationServer):  # type: ignore[misc,unused-ignore]
         self.register_token_generator(
             "default",
             BearerTokenGenerator(
-                lambda *_: secrets.token_urlsafe(32), None, lambda *_: TOKEN_SECONDS
+                lambda *_, **__: secrets.token_urlsafe(32), None, lambda *_, **__: TOKEN_SECONDS
             ),
         )
         provider = self

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -44,7 +45,7 @@ from tests.conftest import write_config as write_sync_config
 from tests.support.browser import BrowserMissing, chromium
 from tests.support.browser import screenshot as save_screenshot
 from tests.support.browser import wait_for as browser_wait_for
-from tests.support.servers import SamlSpServer, Slapd, SsoServer
+from tests.support.servers import OidcRpServer, SamlSpServer, Slapd, SsoServer
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webdriver import WebDriver
@@ -54,6 +55,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect")]
 OUTPUT = REPO_ROOT / "tests" / "output" / "sso"
 PASSWORDS = {"ada": "ada-pass-1815", "bob": "bob-pass-1822", "dee": "dee-pass-77", "eve": "eve-9"}
 LABEL = "Test App"
+RP_ID = "test-rp"
+RP_SECRET = "rp-secret-4f1e"
 
 
 @dataclass
@@ -63,6 +66,7 @@ class Site:
     scim: Any
     idp: SsoServer
     sp: SamlSpServer
+    rp: OidcRpServer
 
 
 def set_passwords(directory: Slapd) -> None:
@@ -98,19 +102,25 @@ def site(
     sp = SamlSpServer(workdir / "sp", idp_metadata_url=f"{idp_url}/metadata", sign_requests=True)
     metadata = workdir / "sp-metadata.xml"
     metadata.write_text(sp.metadata())
+    rp = OidcRpServer(workdir / "rp", issuer=idp_url, client_id=RP_ID, client_secret=RP_SECRET)
     config = write_sync_config(workdir / "config.yaml", slapd, scim, use_bulk="never")
     document = yaml.safe_load(config.read_text())
     document["targets"][0]["sso"] = {
         "sp_metadata": "sp-metadata.xml",  # relative to the config file
         "label": LABEL,
         "attributes": {"email": "mail", "displayName": "cn"},
+        "oidc": {
+            "client_id": RP_ID,
+            "client_secret": {"env": "TEST_RP_SECRET"},
+            "redirect_uris": [rp.redirect_uri],
+        },
     }
     document["sso"] = {
         "base_url": idp_url,
         "throttle": {"failures_per_user": 3, "failures_per_address": 8},
     }
     config.write_text(yaml.safe_dump(document, sort_keys=False))
-    env = {"TEST_LDAP_PASSWORD": LDAP_PASSWORD}
+    env = {"TEST_LDAP_PASSWORD": LDAP_PASSWORD, "TEST_RP_SECRET": RP_SECRET}
     os.environ["TEST_LDAP_PASSWORD"] = LDAP_PASSWORD
     code, out = run_cli("sync", "--config", str(config), "--json")
     assert code == 0, out
@@ -118,9 +128,11 @@ def site(
     idp.start()
     try:
         sp.start()
+        rp.start()
         try:
-            yield Site(config, slapd, scim, idp, sp)
+            yield Site(config, slapd, scim, idp, sp, rp)
         finally:
+            rp.stop()
             sp.stop()
     finally:
         idp.stop()
@@ -204,6 +216,100 @@ def test_idp_initiated_from_the_launcher(site: Site, browser: WebDriver) -> None
     assert "IdP-initiated: NameID ada" in rows[0].cause
 
 
+def test_oidc_code_flow_with_pkce_gives_the_provisioned_user_name_as_sub(
+    site: Site, browser: WebDriver
+) -> None:
+    fresh(browser, site)
+    browser.get(f"{site.rp.base_url}/login")
+    wait_for(browser, "oidc-login", f"Sign in to {LABEL} with your directory account")
+    sign_in(browser, "ada", PASSWORDS["ada"])
+    wait_for(browser, "oidc-signed-in", "Signed in to the OIDC test application", "sub: ada")
+    save_screenshot(browser, OUTPUT, "sso-oidc-signed-in")
+    outcome = site.rp.last()  # the RP verified signature, issuer, audience, expiry, nonce
+    claims = outcome["claims"]
+    assert claims["sub"] == target_users(site.scim)["ada"]["userName"]
+    assert claims["iss"] == site.idp.base_url and claims["aud"] in (RP_ID, [RP_ID])
+    assert outcome["userinfo"]["sub"] == "ada"
+    assert outcome["userinfo"]["email"] == ["ada@example.org", "countess@example.org"]
+    rows = audit(site, target="app", action="sso", who="ada")
+    assert rows[0].outcome == "ok" and rows[0].cause == "OIDC: sub ada"
+
+
+def oidc_code(
+    site: Site, http: requests.Session, login: str, verifier: str, **extra: str
+) -> requests.Response:
+    """Sign ``login`` in and ask for a code (requests, no browser); the last answer."""
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
+    query = {
+        "response_type": "code",
+        "client_id": RP_ID,
+        "redirect_uri": site.rp.redirect_uri,
+        "scope": "openid email",
+        "state": "s-1",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        **extra,
+    }
+    answer = http.get(
+        f"{site.idp.base_url}/oidc/authorize", params=query, allow_redirects=False, timeout=10
+    )
+    if answer.status_code != 303:
+        return answer
+    form = http.get(f"{site.idp.base_url}{answer.headers['Location']}", timeout=10)
+    token = re.search(r"name=form_token value='([^']+)'", form.text)
+    key = re.search(r"name=request value='([^']+)'", form.text)
+    assert token and key, form.text
+    return http.post(
+        f"{site.idp.base_url}/login",
+        data={
+            "form_token": token[1],
+            "request": key[1],
+            "login": login,
+            "password": PASSWORDS[login],
+        },
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
+def exchange(site: Site, code: str, verifier: str) -> requests.Response:
+    return requests.post(
+        f"{site.idp.base_url}/oidc/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": site.rp.redirect_uri,
+            "code_verifier": verifier,
+        },
+        auth=(RP_ID, RP_SECRET),
+        timeout=10,
+    )
+
+
+def test_oidc_refuses_requests_without_pkce_or_with_an_unregistered_redirect(site: Site) -> None:
+    http = requests.Session()
+    verifier = "v" * 50
+    no_pkce = oidc_code(site, http, "ada", verifier, code_challenge="", code_challenge_method="")
+    assert no_pkce.status_code == 400 and "PKCE is required" in no_pkce.text
+    evil = oidc_code(site, http, "ada", verifier, redirect_uri="https://evil.example/cb")
+    assert evil.status_code == 400 and "Location" not in evil.headers  # never redirected there
+    granted = oidc_code(site, http, "ada", verifier)
+    assert granted.status_code == 302, granted.text
+    location = granted.headers["Location"]
+    assert location.startswith(site.rp.redirect_uri) and "state=s-1" in location
+    code = dict(parse_qsl(urlsplit(location).query))["code"]
+    wrong = exchange(site, code, "w" * 50)
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+    granted = oidc_code(site, http, "ada", verifier)
+    code = dict(parse_qsl(urlsplit(granted.headers["Location"]).query))["code"]
+    first = exchange(site, code, verifier)
+    assert first.status_code == 200 and "id_token" in first.json(), first.text
+    again = exchange(site, code, verifier)  # a code is used once
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
 def test_a_wrong_password_is_refused_and_audited(site: Site, browser: WebDriver) -> None:
     fresh(browser, site)
     browser.get(f"{site.sp.base_url}/login")
@@ -218,6 +324,13 @@ def test_a_wrong_password_is_refused_and_audited(site: Site, browser: WebDriver)
 
 
 def test_disabled_and_deprovisioned_people_are_refused(site: Site, browser: WebDriver) -> None:
+    verifier = "b" * 50
+    granted = oidc_code(site, requests.Session(), "bob", verifier)
+    code = dict(parse_qsl(urlsplit(granted.headers["Location"]).query))["code"]
+    bobs_token = exchange(site, code, verifier).json()["access_token"]
+    userinfo = f"{site.idp.base_url}/oidc/userinfo"
+    bearer = {"Authorization": f"Bearer {bobs_token}"}
+    assert requests.get(userinfo, headers=bearer, timeout=10).json()["sub"] == "bob"
     # dee is locked in the directory; bob becomes a contractor (out of the users filter)
     site.directory.modify(
         f"dn: {person('dee')}\nchangetype: modify\nadd: objectClass\n"
@@ -229,6 +342,8 @@ def test_disabled_and_deprovisioned_people_are_refused(site: Site, browser: WebD
     assert code == 0, out
     users = target_users(site.scim)
     assert users["dee"]["active"] is False and users["bob"]["active"] is False
+    # a token issued before is worth nothing now: userinfo asks the state store again
+    assert requests.get(userinfo, headers=bearer, timeout=10).status_code == 401
 
     for login, reason in (
         ("dee", "your directory account is disabled"),
@@ -251,6 +366,8 @@ def test_disabled_and_deprovisioned_people_are_refused(site: Site, browser: WebD
         assert rows[0].outcome == "refused" and reason in rows[0].cause
         browser.get(f"{site.idp.base_url}/")  # signed in at the IdP, but no application
         wait_for(browser, f"launcher-{login}", "You have no applications to sign in to.")
+        browser.get(f"{site.rp.base_url}/login")  # nor by OIDC
+        wait_for(browser, f"oidc-refused-{login}", f"You cannot sign in to {LABEL}: {reason}.")
 
 
 def saml_request_url(site: Site) -> str:

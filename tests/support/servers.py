@@ -856,3 +856,40 @@ class SsoServer(Stoppable):
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
+
+
+class OidcRpServer(_GunicornServer):
+    """An OpenID Connect relying party (:mod:`tests.support.oidc_rp_app`); its port is taken
+    at construction, so its redirect URI can go in the IdP's config first."""
+
+    def __init__(
+        self, workdir: Path, *, issuer: str, client_id: str, client_secret: str | None
+    ) -> None:
+        super().__init__(workdir)
+        self.app = "tests.support.oidc_rp_app:create_app()"
+        self.options_variable = "OIDC_RP_APP_OPTIONS"
+        self.options = {
+            "base_url": self.base_url,
+            "issuer": issuer,
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def redirect_uri(self) -> str:
+        return f"{self.base_url}/callback"
+
+    def last(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.base_url}/_test/last", timeout=10) as response:
+            return dict(json.loads(response.read()))
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/", timeout=1) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False

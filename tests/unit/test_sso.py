@@ -113,6 +113,16 @@ def test_a_sign_in_page_over_plain_http_to_other_machines_is_refused() -> None:
         ({"sp_metadata": "http://app.example.com/md"}, "an https:// URL"),
         ({"sp_metadata": "md.xml", "attributes": {"email": "shout(mail)"}}, "attributes.email"),
         ({"sp_metadata": "md.xml", "surname": "x"}, "unknown key"),
+        ({"label": "App"}, "give sp_metadata"),
+        (
+            {"oidc": {"client_id": "a", "redirect_uris": ["http://app.example.com/cb"]}},
+            r"http://app.example.com/cb: an https:// URI",
+        ),
+        ({"oidc": {"client_id": "a", "redirect_uris": []}}, "redirect_uris"),
+        (
+            {"oidc": {"client_id": "a", "client_secret": "s3cret", "redirect_uris": ["https://a"]}},
+            "secrets are not written in the config file",
+        ),
     ],
 )
 def test_a_target_s_sso_block_is_checked(block: dict[str, Any], message: str) -> None:
