@@ -45,6 +45,7 @@ from tests.conftest import write_config as write_sync_config
 from tests.support.browser import BrowserMissing, chromium
 from tests.support.browser import screenshot as save_screenshot
 from tests.support.browser import wait_for as browser_wait_for
+from tests.support.saml_sp_app import sp_metadata, sp_settings
 from tests.support.servers import OidcRpServer, SamlSpServer, Slapd, SsoServer
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ class Site:
     idp: SsoServer
     sp: SamlSpServer
     rp: OidcRpServer
+    sp2: dict[str, Any]
+    """A second application's SAML settings (unsigned requests; driven in-process)."""
 
 
 def set_passwords(directory: Slapd) -> None:
@@ -103,8 +106,14 @@ def site(
     metadata = workdir / "sp-metadata.xml"
     metadata.write_text(sp.metadata())
     rp = OidcRpServer(workdir / "rp", issuer=idp_url, client_id=RP_ID, client_secret=RP_SECRET)
+    sp2 = {"base_url": f"http://127.0.0.1:{free_port()}"}
+    (workdir / "sp2-metadata.xml").write_text(sp_metadata(sp2))
     config = write_sync_config(workdir / "config.yaml", slapd, scim, use_bulk="never")
     document = yaml.safe_load(config.read_text())
+    # a second application on the same SCIM server (its accounts adopted by userName)
+    second = {**document["targets"][0], "name": "app2"}
+    second["sso"] = {"sp_metadata": "sp2-metadata.xml", "label": "Second App"}
+    document["targets"].append(second)
     document["targets"][0]["sso"] = {
         "sp_metadata": "sp-metadata.xml",  # relative to the config file
         "label": LABEL,
@@ -130,7 +139,7 @@ def site(
         sp.start()
         rp.start()
         try:
-            yield Site(config, slapd, scim, idp, sp, rp)
+            yield Site(config, slapd, scim, idp, sp, rp, sp2)
         finally:
             rp.stop()
             sp.stop()
@@ -382,6 +391,11 @@ def xml_of(fields: dict[str, str]) -> bytes:
     return zlib.decompress(base64.b64decode(fields["SAMLRequest"]), -15)
 
 
+def to_post_endpoint(xml: bytes) -> bytes:
+    """The request as destined for the POST binding's endpoint."""
+    return xml.replace(b"/sso/redirect", b"/sso/post")
+
+
 def test_replayed_and_altered_requests_are_refused(site: Site) -> None:
     url = saml_request_url(site)
     first = requests.get(url, allow_redirects=False, timeout=10)
@@ -400,7 +414,7 @@ def test_replayed_and_altered_requests_are_refused(site: Site) -> None:
     # the POST binding: the same request, unsigned in the form, is refused as well
     answer = requests.post(
         f"{site.idp.base_url}/sso/post",
-        data={"SAMLRequest": base64.b64encode(xml_of(fields)).decode()},
+        data={"SAMLRequest": base64.b64encode(to_post_endpoint(xml_of(fields))).decode()},
         allow_redirects=False,
         timeout=10,
     )
@@ -411,6 +425,88 @@ def test_replayed_and_altered_requests_are_refused(site: Site) -> None:
     rows = audit(site, target="(sso)", action="sso", outcome="refused")
     assert any("already used" in r.cause for r in rows)
     assert any("signature" in r.cause for r in rows)
+
+
+def sp2_settings(site: Site) -> dict[str, Any]:
+    """The second application's python3-saml settings, with the IdP's from its metadata."""
+    from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
+
+    idp = OneLogin_Saml2_IdPMetadataParser.parse_remote(f"{site.idp.base_url}/metadata")
+    return dict(OneLogin_Saml2_IdPMetadataParser.merge_settings(sp_settings(site.sp2), idp))
+
+
+def sp2_login_url(site: Site, **login: Any) -> tuple[str, str]:
+    """An AuthnRequest of the second application (redirect binding): its URL and id."""
+    from onelogin.saml2.auth import OneLogin_Saml2_Auth
+
+    host = urlsplit(site.sp2["base_url"]).netloc
+    data = {"https": "off", "http_host": host, "script_name": "/login", "get_data": {}}
+    auth = OneLogin_Saml2_Auth({**data, "post_data": {}}, sp2_settings(site))
+    url = auth.login(**login)
+    return url, str(auth.get_last_request_id())
+
+
+def signed_in(site: Site, login: str) -> requests.Session:
+    """A requests session signed in at the IdP (no application yet)."""
+    http = requests.Session()
+    form = http.get(f"{site.idp.base_url}/login", timeout=10)
+    token = re.search(r"name=form_token value='([^']+)'", form.text)
+    assert token
+    answer = http.post(
+        f"{site.idp.base_url}/login",
+        data={"form_token": token[1], "request": "", "login": login, "password": PASSWORDS[login]},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert answer.status_code == 303 and "sso_session" in http.cookies
+    return http
+
+
+def posted_response(page: str) -> str:
+    found = re.search(r'name="SAMLResponse" value="([^"]+)"', page)
+    assert found, page[:500]
+    return base64.b64decode(found[1]).decode()
+
+
+def test_a_post_binding_request_is_answered_from_the_session_in_a_get(site: Site) -> None:
+    from onelogin.saml2.authn_request import OneLogin_Saml2_Authn_Request
+    from onelogin.saml2.settings import OneLogin_Saml2_Settings
+
+    http = signed_in(site, "ada")
+    request = OneLogin_Saml2_Authn_Request(OneLogin_Saml2_Settings(sp2_settings(site)))
+    encoded = base64.b64encode(to_post_endpoint(request.get_xml().encode())).decode()
+    # a cross-site POST carries no SameSite=Lax cookie: the IdP goes on in a GET, which does
+    answer = http.post(
+        f"{site.idp.base_url}/sso/post",
+        data={"SAMLRequest": encoded, "RelayState": "/after"},
+        cookies={},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert answer.status_code == 303 and answer.headers["Location"].startswith("/sso/continue?")
+    form = http.get(f"{site.idp.base_url}{answer.headers['Location']}", timeout=30)
+    assert form.status_code == 200, form.text
+    assert f'action="{site.sp2["base_url"]}/acs"' in form.text
+    assert 'name="RelayState" value="/after"' in form.text
+    xml = posted_response(form.text)
+    assert f'InResponseTo="{request.get_id()}"' in xml and ">ada<" in xml
+    rows = audit(site, target="app2", action="sso", who="ada")
+    assert rows[0].outcome == "ok" and "SP-initiated" in rows[0].cause
+
+
+def test_force_authn_asks_again_and_is_passive_never_shows_a_page(site: Site) -> None:
+    http = signed_in(site, "ada")
+    url, _ = sp2_login_url(site, force_authn=True)
+    answer = http.get(url, allow_redirects=False, timeout=10)
+    assert answer.status_code == 303 and answer.headers["Location"].startswith("/login?request=")
+    url, request_id = sp2_login_url(site, is_passive=True)
+    passive = requests.get(url, allow_redirects=False, timeout=10)  # nobody signed in
+    assert passive.status_code == 200
+    xml = posted_response(passive.text)
+    assert "urn:oasis:names:tc:SAML:2.0:status:NoPassive" in xml
+    assert f'InResponseTo="{request_id}"' in xml
+    signed = http.get(sp2_login_url(site, is_passive=True)[0], timeout=30)  # with a session
+    assert ">ada<" in posted_response(signed.text)
 
 
 def test_the_assertion_is_signed_and_bound_to_its_sp_request_and_time(site: Site) -> None:
