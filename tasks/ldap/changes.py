@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, Literal, Protocol, TypeVar, cast
@@ -533,23 +535,67 @@ def user_reader(
     )
 
 
+def _read_users_changed(source: LdapSource, attributes: list[str], start: Start) -> UserChanges:
+    conn = connect(source)
+    try:
+        return read_changes(user_reader(conn, source, attributes), start)
+    finally:
+        conn.unbind()
+
+
+def _prefetch_key(source: LdapSource, attributes: list[str], start: Start) -> str:
+    return json.dumps([source.model_dump_json(), attributes, repr(start)])
+
+
+_prefetched: dict[str, Future[UserChanges]] = {}
+_prefetch_lock = threading.Lock()
+
+
+def prefetch_changes(source: LdapSource, attributes: list[str], start: Start) -> None:
+    """Start reading the users changed since ``start`` now, in a thread (while Prefect's
+    temporary server boots); :func:`extract_changes` with the same inputs takes the result
+    instead of reading again. The read is the same call at an earlier moment: a watermark
+    taken from it is only earlier, so nothing is missed."""
+    key = _prefetch_key(source, attributes, start)
+    with _prefetch_lock:
+        if key in _prefetched:
+            return
+        future: Future[UserChanges] = Future()
+        _prefetched[key] = future
+
+    def read() -> None:
+        try:
+            future.set_result(_read_users_changed(source, attributes, start))
+        except BaseException as exc:  # handed to the task, which raises it as its own
+            future.set_exception(exc)
+
+    threading.Thread(target=read, name="prefetch-users", daemon=True).start()
+
+
+def _take_prefetched(source: LdapSource, attributes: list[str], start: Start) -> UserChanges | None:
+    with _prefetch_lock:
+        future = _prefetched.pop(_prefetch_key(source, attributes, start), None)
+    return future.result() if future is not None else None
+
+
 @directory_task("extract-from-LDAP")
 def extract_changes(source: LdapSource, attributes: list[str], start: Start) -> UserChanges:
     """Read the users changed since ``start`` (everyone on a full pass); cached per flow run,
-    so a retried run starts from the same watermark and reads the same changes."""
-    conn = connect(source)
-    try:
-        changes = read_changes(user_reader(conn, source, attributes), start)
-    finally:
-        conn.unbind()
+    so a retried run starts from the same watermark and reads the same changes. A read
+    started earlier with the same inputs (:func:`prefetch_changes`) is taken instead."""
+    changes = _take_prefetched(source, attributes, start)
+    early = changes is not None
+    if changes is None:
+        changes = _read_users_changed(source, attributes, start)
     logger = log_warnings(changes.entries)
     logger.info(
-        "%s: %d users read, %d gone, %d without a usable id (%d searches, %.2f s)",
+        "%s: %d users read, %d gone, %d without a usable id (%d searches, %.2f s%s)",
         changes.mode,
         len(changes.entries),
         len(changes.deleted),
         len(changes.invalid),
         changes.searches,
         changes.seconds,
+        "; read while Prefect's server started" if early else "",
     )
     return changes

@@ -1,7 +1,7 @@
 """The ``scim-provisioner`` command itself (its console script, flows/launch.py), with no
 Prefect server configured: Prefect's temporary server is spawned before the heavy imports,
 used for the run (its history in PREFECT_HOME, as Prefect's own temporary server keeps it),
-and stopped when the command ends."""
+and stopped when the command ends; a sync reads the directory while that server boots."""
 
 from __future__ import annotations
 
@@ -61,5 +61,9 @@ def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
     with sqlite3.connect(home / "prefect.db") as db:
         runs = db.execute("select count(*) from flow_run").fetchone()[0]
         logs = db.execute("select count(*) from log").fetchone()[0]
+        messages = [row[0] for row in db.execute("select message from log")]
     assert runs == 1 and logs > 5, (runs, logs)
+    # the directory was read while the server booted, and the flow's extract task took it
+    read = [m for m in messages if "users read" in m]
+    assert len(read) == 1 and "read while Prefect's server started" in read[0], read
     assert processes_with(home) == []  # the server stopped with the command
