@@ -304,16 +304,10 @@ class RunFailed(ProvisionerError):
         self.run_id = run_id
 
 
-def _run(
-    args: argparse.Namespace, early: EarlyServer | None = None, config: Config | None = None
-) -> RunSummary:
+def _run(args: argparse.Namespace, early: EarlyServer | None = None) -> RunSummary:
     """Run the command's flow through Prefect and return its summary; ``early``: Prefect's
     temporary server, spawned at the start of the command (:mod:`flows.launch`), which the
-    flow waits for: a sync reads the directory meanwhile (the flow takes that read)."""
-    if early is not None and config is not None and args.command == "sync":
-        from flows.pipeline import prefetch_users
-
-        prefetch_users(config, args.target, full=args.full)
+    flow waits for (a sync's directory read started meanwhile, there)."""
     import prefect  # noqa: F401  (configures Prefect's logging, which is adjusted next)
 
     if not args.verbose:
@@ -430,7 +424,7 @@ def main(argv: list[str] | None = None, early: EarlyServer | None = None) -> int
             raise ConfigError(
                 "the config has no source.groups section: there are no groups to sync"
             )
-        summary = _run(args, early, config)
+        summary = _run(args, early)
     except RunFailed as failed:
         cause = failed.cause
         where = f" (flow run {failed.run_id}; its log holds the traceback)"

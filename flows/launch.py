@@ -117,9 +117,34 @@ def main() -> int:
         os.environ["PREFECT_API_URL"] = early.url
         atexit.register(early.stop)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        if command == "sync":
+            _prefetch_users(sys.argv[1:])
     from flows.cli import main as cli_main
 
     return cli_main(early=early)
+
+
+def _prefetch_users(argv: list[str]) -> None:
+    """Start the sync's directory read now, while the server boots and Prefect is imported
+    (the flow's extract task takes the result; tasks.ldap.changes.prefetch_users). Needs no
+    Prefect import; whatever is unclear here is left to the command, which reports it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--config")
+    parser.add_argument("--target")
+    parser.add_argument("--full", action="store_true")
+    known, _ = parser.parse_known_args(argv)
+    if not known.config:
+        return
+    try:
+        from tasks.config import load_config
+        from tasks.ldap.changes import prefetch_users
+
+        config = load_config(known.config)
+    except Exception:  # the command says what is wrong with the config, in one line
+        return
+    prefetch_users(config, known.target, full=known.full)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

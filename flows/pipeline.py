@@ -30,14 +30,12 @@ from tasks.batching import as_is, batches
 from tasks.config import Config, GroupsQuery, TargetConfig
 from tasks.ldap.changes import (
     Changes,
-    Start,
     UserChanges,
     extract_changes,
-    fingerprint,
-    prefetch_changes,
     start_of,
+    user_start,
 )
-from tasks.ldap.extract import Extraction, SourceUser, extract_users, mapped_attributes
+from tasks.ldap.extract import Extraction, SourceUser, extract_users
 from tasks.ldap.groups import (
     GroupExtraction,
     SourceGroup,
@@ -90,34 +88,6 @@ class UserRead:
         """The changes as this target sees them (narrowed to its scope)."""
         scope = self.scopes.get(target.name)
         return narrow(self.changes, scope.users if scope else None)
-
-
-def user_start(
-    config: Config, targets: list[TargetConfig], store: StateStore, *, full: bool
-) -> tuple[list[str], dict[str, str], Start]:
-    """What the users' read of a run asks for: the attributes, each target's fingerprint,
-    and where the cycle starts (the oldest of the targets' watermarks)."""
-    source = config.source
-    attributes = sorted(mapped_attributes(t.mapping for t in targets))
-    prints = {t.name: fingerprint(source, t, attributes) for t in targets}
-    marks = {t.name: store.watermark(t.name, "users") for t in targets}
-    start = start_of(source.change_detection, marks, prints, full=full)  # type: ignore[arg-type]
-    return attributes, prints, start
-
-
-def prefetch_users(config: Config, target: str | None, *, full: bool) -> None:
-    """Start the directory read a ``sync`` of these targets will make, now (the flow takes
-    it): the read overlaps Prefect's temporary server booting. Anything unclear (a state
-    store not there yet, a bad target name) leaves it to the flow."""
-    try:
-        store = StateStore(config.state.url, read_only=True)
-        try:
-            attributes, _, start = user_start(config, config.target(target), store, full=full)
-        finally:
-            store.close()
-    except Exception:  # the flow reports it, in its run
-        return
-    prefetch_changes(config.source, attributes, start)
 
 
 def read_users(

@@ -37,7 +37,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 
-from tasks.config import LdapSource, TargetConfig
+from tasks.config import Config, LdapSource, TargetConfig
 from tasks.errors import SourceError, SourceUnavailable
 from tasks.ldap import syncrepl
 from tasks.ldap.ad import guid_text
@@ -48,11 +48,12 @@ from tasks.ldap.extract import (
     directory_task,
     entry_to_user,
     log_warnings,
+    mapped_attributes,
     paged_entries,
     source_id,
     user_attributes,
 )
-from tasks.state.store import Watermark
+from tasks.state.store import StateStore, Watermark
 
 Method = Literal["full", "timestamp", "timestamp_no_negation", "ad_usn", "syncrepl"]
 SHOW_DELETED = "1.2.840.113556.1.4.417"
@@ -599,3 +600,34 @@ def extract_changes(source: LdapSource, attributes: list[str], start: Start) -> 
         "; read while Prefect's server started" if early else "",
     )
     return changes
+
+
+def user_start(
+    config: Config, targets: list[TargetConfig], store: StateStore, *, full: bool
+) -> tuple[list[str], dict[str, str], Start]:
+    """What the users' read of a run asks for: the attributes, each target's fingerprint,
+    and where the cycle starts (the oldest of the targets' watermarks)."""
+    source = config.source
+    attributes = sorted(mapped_attributes(t.mapping for t in targets))
+    prints = {t.name: fingerprint(source, t, attributes) for t in targets}
+    marks = {t.name: store.watermark(t.name, "users") for t in targets}
+    start = start_of(source.change_detection, marks, prints, full=full)  # type: ignore[arg-type]
+    return attributes, prints, start
+
+
+def prefetch_users(config: Config, target: str | None, *, full: bool) -> None:
+    """Start the directory read a ``sync`` of these targets will make, now (the flow takes
+    it): the read overlaps Prefect's temporary server booting. Anything unclear (a state
+    store not there yet, a bad target name) leaves it to the flow."""
+    secret = config.source.bind_password
+    if secret is not None and secret.prefect_secret is not None:
+        return  # a Prefect Secret block needs the server that is still starting
+    try:
+        store = StateStore(config.state.url, read_only=True)
+        try:
+            attributes, _, start = user_start(config, config.target(target), store, full=full)
+        finally:
+            store.close()
+    except Exception:  # the flow reports it, in its run
+        return
+    prefetch_changes(config.source, attributes, start)

@@ -8,27 +8,30 @@ config turns it off. The search is paged; values come back as text, the stable i
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import socket
 import ssl
 import struct
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from urllib.parse import urlsplit
 
 import ldap3
 from ldap3.core import exceptions as ldap_exc
 from ldap3.utils.conv import to_unicode
-from prefect import Task, task
-from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks import expressions
 from tasks.config import LdapSource, MultiValuedRule, TlsMode
 from tasks.errors import SourceError, SourceUnavailable, retry_on
 from tasks.ldap.ad import UserAccountControl, guid_text
 from tasks.logs import run_logger
+
+if TYPE_CHECKING:
+    from prefect import Task
 
 log = logging.getLogger(__name__)
 
@@ -396,17 +399,52 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+class _DirectoryTask:
+    """A Prefect task made on first use (a call, ``.fn``, ``.submit`` ...): importing the
+    directory code costs no Prefect import, so a sync can read the directory while Prefect
+    and its temporary server load (flows/launch.py)."""
+
+    def __init__(self, name: str, fn: Callable[..., Any]) -> None:
+        self._name = name
+        self._fn = fn
+        self._task: Any = None
+        self._lock = threading.Lock()
+        functools.update_wrapper(self, fn)
+
+    def _real(self) -> Any:
+        with self._lock:
+            if self._task is None:
+                from prefect import task
+                from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+
+                self._task = task(
+                    name=self._name,
+                    retries=3,
+                    retry_delay_seconds=[2, 10, 30],
+                    retry_condition_fn=retry_on(SourceUnavailable),
+                    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+                    persist_result=True,
+                )(self._fn)
+            return self._task
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._real(), name)
+
+
 def directory_task(name: str) -> Callable[[Callable[P, R]], Task[P, R]]:
     """The decorator of a task reading the directory: retried when the directory was
-    unreachable, its result persisted and cached for the flow run (a retried run reuses it)."""
-    return task(
-        name=name,
-        retries=3,
-        retry_delay_seconds=[2, 10, 30],
-        retry_condition_fn=retry_on(SourceUnavailable),
-        cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
-        persist_result=True,
-    )
+    unreachable, its result persisted and cached for the flow run (a retried run reuses it).
+    The Prefect task is made on first use (:class:`_DirectoryTask`)."""
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        return cast("Task[P, R]", _DirectoryTask(name, fn))
+
+    return decorate
 
 
 @directory_task("extract-from-LDAP")
