@@ -135,12 +135,84 @@ def config(path: Path, slapd: Slapd, scim: ScimServer, **target: Any) -> Path:
     return path
 
 
+CPU: dict[str, float] = {}
+"""CPU seconds of the last :func:`timed` command, by process: the command itself, its Prefect
+server (sampled every 0.25 s: the last quarter second is counted as the command's), the SCIM
+server and slapd (all their processes)."""
+SERVERS: dict[str, int] = {}
+"""The process ids of the servers whose CPU is counted: name -> root pid."""
+
+
+def processes() -> dict[int, tuple[int, float, str]]:
+    """Every live process: pid -> (parent pid, CPU seconds, command line)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[int, float, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        found[int(entry.name)] = (
+            int(fields[1]),
+            (int(fields[11]) + int(fields[12])) / tick,
+            command,
+        )
+    return found
+
+
+def descendants(root: int, table: dict[int, tuple[int, float, str]]) -> list[int]:
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += [child for child, (parent, _, _) in table.items() if parent == pid]
+    return found
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) of a live process and all its live descendants."""
+    table = processes()
+    return sum(table[pid][1] for pid in descendants(root, table) if pid in table)
+
+
 def timed(command: list[str], env: dict[str, str], cwd: Path | None = None) -> float:
+    import resource
+    import threading
+
+    before = {name: tree_cpu(pid) for name, pid in SERVERS.items()}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd=cwd)
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    server: dict[int, float] = {}  # the command's Prefect server (uvicorn), sampled
+
+    def sample() -> None:
+        while process.poll() is None:
+            table = processes()
+            for pid in descendants(process.pid, table):
+                if pid != process.pid and pid in table and "uvicorn" in table[pid][2]:
+                    server[pid] = table[pid][1]
+            time.sleep(0.25)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{command[:3]} failed ({done.returncode}): {done.stderr[-2000:]}")
+    sampler.join(timeout=2)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.clear()
+    whole = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    prefect_server = sum(server.values())
+    CPU["provisioner"] = round(whole - prefect_server, 1)
+    CPU["its Prefect server"] = round(prefect_server, 1)
+    for name, pid in SERVERS.items():
+        CPU[name] = round(tree_cpu(pid) - before[name], 1)
+    if process.returncode != 0:
+        raise SystemExit(f"{command[:3]} failed ({process.returncode}): {stderr[-2000:]}")
     return seconds
 
 
@@ -210,6 +282,10 @@ def main(argv: list[str] | None = None) -> None:
             ldif, active, memberships = directory(args.users, args.groups)
             slapd.start(ldif)
             scim.start()
+            for name, server in (("SCIM server", scim), ("slapd", slapd)):
+                child = server._child
+                if child is not None:
+                    SERVERS[name] = child.process.pid
             env["BENCH_LDAP_PASSWORD"] = slapd.admin_password
             result["active_users"], result["memberships"] = active, memberships
 
@@ -232,7 +308,11 @@ def main(argv: list[str] | None = None) -> None:
                 ],
                 env,
             )
-            result["script"] = {"seconds": round(seconds, 2), "requests": counted(scim)}
+            result["script"] = {
+                "seconds": round(seconds, 2),
+                "requests": counted(scim),
+                "cpu_seconds": dict(CPU),
+            }
 
             cli_command = [str(Path(sys.executable).with_name("scim-provisioner"))]
             tree = args.tree.resolve() if args.tree else None  # python -m runs from its cwd
@@ -244,7 +324,11 @@ def main(argv: list[str] | None = None) -> None:
                 scim.wipe()
                 path = config(work / f"{name}.yaml", slapd, scim, **options)
                 seconds = timed([*cli_command, "sync", "--config", str(path)], env, tree)
-                result[name] = {"seconds": round(seconds, 2), "requests": counted(scim)}
+                result[name] = {
+                    "seconds": round(seconds, 2),
+                    "requests": counted(scim),
+                    "cpu_seconds": dict(CPU),
+                }
 
             # a cycle with nothing to do: how long before the first directory read, and in all
             loaded = work / "sync_no_bulk.yaml"
@@ -284,6 +368,12 @@ def main(argv: list[str] | None = None) -> None:
             f"({figures['ratio_to_raw_bound']:.2f}), ≥ 1.5 x script "
             f"({figures['ratio_to_script']:.2f}): {goal}"
         )
+    print()
+    print("CPU seconds (2 cores: at most 2 x the wall):")
+    for name in ("script", "sync_bulk_auto", "sync_no_bulk"):
+        figures = result[name]
+        spent = ", ".join(f"{k} {v}" for k, v in figures["cpu_seconds"].items())
+        print(f"  {name:<16} wall {figures['seconds']:>6.1f} s: {spent}")
     for how, figures in result["no_change_cycle"].items():
         first = figures["to_first_directory_read"]
         goal = "ok" if 0 <= first <= 3 else "MISSED"
