@@ -90,9 +90,15 @@ def build_session(target: TargetConfig) -> requests.Session:
             safe_url(url),
         )
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=target.concurrency)
+    adapter = _PoolKeysOnce(pool_connections=1, pool_maxsize=target.concurrency)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    # The environment is read once here, not on every request: requests would look for a
+    # ~/.netrc and scan the proxy variables per request (a tenth of a sync's CPU measured
+    # here). Proxies (HTTPS_PROXY, NO_PROXY ...) and REQUESTS_CA_BUNDLE still apply; a
+    # ~/.netrc never does: credentials come from the config only.
+    session.trust_env = False
+    session.proxies = dict(requests.utils.get_environ_proxies(target.url))
     auth = target.auth
     if auth.type == "basic" and auth.username and auth.password:
         session.auth = (auth.username, auth.password.resolve().get_secret_value())
@@ -103,14 +109,36 @@ def build_session(target: TargetConfig) -> requests.Session:
     return session
 
 
+class _PoolKeysOnce(HTTPAdapter):
+    """requests' adapter with each host's connection-pool key computed once: requests stats
+    the CA path (is it a directory?) on every request otherwise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._keys: dict[tuple[Any, ...], Any] = {}
+
+    def build_connection_pool_key_attributes(
+        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
+    ) -> Any:
+        parts = urlsplit(request.url or "")
+        key = (parts.scheme, parts.hostname, parts.port, verify, cert)
+        if key not in self._keys:
+            self._keys[key] = super().build_connection_pool_key_attributes(request, verify, cert)
+        return self._keys[key]
+
+
 def tls_verify(target: TargetConfig) -> bool | str:
-    """The ``verify`` setting of requests for a target (warns when verification is off)."""
+    """The ``verify`` setting of requests for a target (warns when verification is off):
+    ``ca_file``, else REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE as requests reads them, else the
+    system's CAs."""
     if not target.verify_tls:
         log.warning("TLS certificate verification is OFF for target %s", target.name)
         return False
     if target.ca_file is not None and not os.access(target.ca_file, os.R_OK):
         raise ConfigError(f"targets[{target.name}].ca_file {target.ca_file}: cannot be read")
-    return str(target.ca_file) if target.ca_file else True
+    if target.ca_file:
+        return str(target.ca_file)
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
 
 class ScimClient:

@@ -684,3 +684,25 @@ def test_a_big_group_on_a_target_without_patch_is_created_in_one_post(
     store.close()
     assert outcome.ok and outcome.added == 5
     assert [m for m, _ in fake.requests] == ["GET", "POST"]
+
+
+def test_the_environment_is_read_once_and_a_netrc_never(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Proxies from the environment still apply (read when the client is built, for the
+    target's host); a ~/.netrc entry for the target's host is never sent as credentials."""
+    import requests
+
+    from tasks.scim.client import build_session
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".netrc").write_text("machine app.example.org login stolen password secret\n")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    session = build_session(TargetConfig(name="t", url="https://app.example.org/scim/v2"))
+    assert session.trust_env is False
+    assert session.proxies.get("https") == "http://proxy.example:3128"
+    request = requests.Request("GET", "https://app.example.org/scim/v2/Users")
+    assert "Authorization" not in session.prepare_request(request).headers
+    direct = build_session(TargetConfig(name="d", url="https://direct.example/scim/v2"))
+    assert "https" not in direct.proxies
