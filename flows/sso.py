@@ -39,7 +39,6 @@ from tasks.sso.service import (
     Session,
     SignOnService,
     one_line,
-    pending_label,
 )
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ def create_app(service: SignOnService) -> Starlette:
     def login_form(request_key: str | None, message: str = "", status: int = 200) -> Response:
         held = service.peek(request_key)
         token = secrets.token_urlsafe(24)
-        where = f" to <b>{html.escape(pending_label(held))}</b>" if held else ""
+        where = f" to <b>{html.escape(held.label)}</b>" if held else ""
         error = f"<p class=error role=alert>{html.escape(message)}</p>" if message else ""
         body = (
             f"{error}<p class=muted>Sign in{where} with your directory account.</p>"

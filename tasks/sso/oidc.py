@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from authlib.oauth2 import AuthorizationServer, OAuth2Error
 from authlib.oauth2.rfc6749 import grants
@@ -331,16 +330,6 @@ class OpenIdProvider(AuthorizationServer):  # type: ignore[misc,unused-ignore]
         public = self.key.as_dict(private=False)
         public["kid"] = self.key_id
         return {"keys": [public]}
-
-
-def error_redirect(client: OidcClient, request: WebRequest, error: str, description: str) -> str:
-    """The client's redirect URI with an OAuth error (after the request was validated)."""
-    data = request.payload.data
-    query = {"error": error, "error_description": description}
-    if data.get("state"):
-        query["state"] = data["state"]
-    uri = data.get("redirect_uri") or client.get_default_redirect_uri()
-    return f"{uri}{'&' if '?' in uri else '?'}{urlencode(query)}"
 
 
 __all__ = ["Answer", "OAuth2Error", "OidcClient", "OpenIdProvider", "Subject", "WebRequest"]

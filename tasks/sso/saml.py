@@ -158,6 +158,11 @@ class AuthnRequest:
     passive: bool = False
     """The SP asks not to show a page: without a session, a NoPassive answer."""
 
+    @property
+    def label(self) -> str:
+        """The application's name, for the sign-in page."""
+        return self.sp.label
+
 
 def xmlsec_binary() -> str:
     """The ``xmlsec1`` program pysaml2 signs with; a clear error when it is not installed."""

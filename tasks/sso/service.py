@@ -144,10 +144,6 @@ Pending = AuthnRequest | OidcAuthorization
 """A sign-in request held while the person signs in."""
 
 
-def pending_label(pending: Pending) -> str:
-    return pending.sp.label if isinstance(pending, AuthnRequest) else pending.label
-
-
 def oidc_clients(config: Config) -> list[OidcClient]:
     """Each target with an ``sso.oidc`` block as an OpenID Connect client (secrets read now)."""
     clients = []
@@ -334,7 +330,7 @@ class SignOnService:
         """
         return read_person(self.config.source, session.person.dn, self.released)
 
-    def admission(self, session: Session, app: str, person: SourceUser | None) -> Admission:
+    def admission(self, app: str, person: SourceUser | None) -> Admission:
         """Whether the person gets into ``app`` now: the state store read afresh, and their
         directory entry as read now (``person``; None when it is gone)."""
         target = self.targets[app]
@@ -348,13 +344,13 @@ class SignOnService:
     def applications(self, session: Session) -> list[tuple[ServiceProvider, Admission]]:
         """Every SAML application with the person's admission to it (the launcher)."""
         person = self.person_now(session)
-        return [(sp, self.admission(session, sp.app, person)) for sp in self.sps]
+        return [(sp, self.admission(sp.app, person)) for sp in self.sps]
 
     def _decide(self, session: Session, app: str, how: str) -> tuple[Admission, SourceUser]:
         """Admission to ``app`` now; a refusal is audited here, an admission by the caller
         once its answer is made."""
         person = self.person_now(session)
-        decision = self.admission(session, app, person)
+        decision = self.admission(app, person)
         if not decision.admitted or decision.name_id is None or person is None:
             self._audit(
                 app,
@@ -420,8 +416,6 @@ class SignOnService:
     def still_admitted(self, subject: Subject) -> bool:
         """Whether the person of a token is still provisioned and active in its application
         (userinfo asks again; the directory's status is the one seen at sign-in)."""
-        target = self.targets[subject.app]
-        assert target.sso is not None
         record = self.store.records_of(subject.app, [subject.source_id]).get(subject.source_id)
         return record is not None and record.status == "active"
 

@@ -41,11 +41,6 @@ class Throttle:
         self._failures: OrderedDict[Key, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def wait(self, login: str, address: str) -> float:
-        """Seconds until ``login`` may try again from ``address`` (0: now)."""
-        with self._lock:
-            return self._wait(login, address, self.clock())
-
     def attempt(self, login: str, address: str) -> float:
         """Start an attempt: 0 and counted as a failure until :meth:`forgive`, or the seconds
         to wait (nothing counted)."""
@@ -55,11 +50,6 @@ class Throttle:
             if wait == 0:
                 self._add(login, address, now)
             return wait
-
-    def failed(self, login: str, address: str) -> None:
-        """Count a failed attempt for both the login and the address."""
-        with self._lock:
-            self._add(login, address, self.clock())
 
     def forgive(self, login: str, address: str) -> None:
         """The attempt had the right password: the login's failures are cleared and the

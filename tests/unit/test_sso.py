@@ -61,15 +61,13 @@ def test_failed_passwords_block_the_login_then_the_address_until_the_window_pass
     now = [1000.0]
     throttle = Throttle(3, 5, 60, lambda: now[0])
     for _ in range(3):
-        assert throttle.wait("Ada", "10.0.0.1") == 0
-        throttle.failed("Ada", "10.0.0.1")
-    assert throttle.wait("ada", "10.0.0.2") == 60  # the login, from anywhere, any case
-    assert throttle.wait("bob", "10.0.0.1") == 0  # the address is not full yet
-    throttle.failed("bob", "10.0.0.1")
-    throttle.failed("cy", "10.0.0.1")
-    assert throttle.wait("dee", "10.0.0.1") == 60  # 5 failures from that address
+        assert throttle.attempt("Ada", "10.0.0.1") == 0  # counted until forgiven
+    assert throttle.attempt("ada", "10.0.0.2") == 60  # the login, from anywhere, any case
+    assert throttle.attempt("bob", "10.0.0.1") == 0  # the address is not full yet
+    assert throttle.attempt("cy", "10.0.0.1") == 0
+    assert throttle.attempt("dee", "10.0.0.1") == 60  # 5 failures from that address
     now[0] += 61
-    assert throttle.wait("ada", "10.0.0.1") == 0
+    assert throttle.attempt("ada", "10.0.0.1") == 0
 
 
 def test_an_attempt_counts_from_its_start_until_the_right_password_forgives_it() -> None:
@@ -87,7 +85,7 @@ def test_an_attempt_counts_from_its_start_until_the_right_password_forgives_it()
 def test_the_throttle_forgets_the_oldest_keys_past_its_size() -> None:
     throttle = Throttle(1, 1000, 60, lambda: 0.0, max_keys=10)
     for index in range(100):
-        throttle.failed(f"login{index}", "a")
+        throttle.attempt(f"login{index}", "a")
     assert len(throttle._failures) <= 10
 
 
