@@ -244,6 +244,29 @@ def test_oidc_code_flow_with_pkce_gives_the_provisioned_user_name_as_sub(
     assert rows[0].outcome == "ok" and rows[0].cause == "OIDC: sub ada"
 
 
+def submit_login(
+    site: Site,
+    http: requests.Session,
+    form: requests.Response,
+    login: str,
+    password: str,
+    *,
+    held: bool,
+) -> requests.Response:
+    """Fill in the IdP's sign-in page ``form`` and post it (not following redirects): its
+    form token, the request it holds (``held``: one must be there, else none), the login and
+    the password."""
+    token = re.search(r"name=form_token value='([^']+)'", form.text)
+    key = re.search(r"name=request value='([^']*)'", form.text)
+    assert token and key and bool(key[1]) == held, form.text[:2000]
+    return http.post(
+        f"{site.idp.base_url}/login",
+        data={"form_token": token[1], "request": key[1], "login": login, "password": password},
+        allow_redirects=False,
+        timeout=30,
+    )
+
+
 def oidc_code(
     site: Site, http: requests.Session, login: str, verifier: str, **extra: str
 ) -> requests.Response:
@@ -267,20 +290,7 @@ def oidc_code(
     if answer.status_code != 303:
         return answer
     form = http.get(f"{site.idp.base_url}{answer.headers['Location']}", timeout=10)
-    token = re.search(r"name=form_token value='([^']+)'", form.text)
-    key = re.search(r"name=request value='([^']+)'", form.text)
-    assert token and key, form.text
-    return http.post(
-        f"{site.idp.base_url}/login",
-        data={
-            "form_token": token[1],
-            "request": key[1],
-            "login": login,
-            "password": PASSWORDS[login],
-        },
-        allow_redirects=False,
-        timeout=30,
-    )
+    return submit_login(site, http, form, login, PASSWORDS[login], held=True)
 
 
 def exchange(site: Site, code: str, verifier: str) -> requests.Response:
@@ -450,14 +460,7 @@ def signed_in(site: Site, login: str) -> requests.Session:
     """A requests session signed in at the IdP (no application yet)."""
     http = requests.Session()
     form = http.get(f"{site.idp.base_url}/login", timeout=10)
-    token = re.search(r"name=form_token value='([^']+)'", form.text)
-    assert token
-    answer = http.post(
-        f"{site.idp.base_url}/login",
-        data={"form_token": token[1], "request": "", "login": login, "password": PASSWORDS[login]},
-        allow_redirects=False,
-        timeout=30,
-    )
+    answer = submit_login(site, http, form, login, PASSWORDS[login], held=False)
     assert answer.status_code == 303 and "sso_session" in http.cookies
     return http
 
@@ -520,22 +523,10 @@ def test_the_assertion_is_signed_and_bound_to_its_sp_request_and_time(site: Site
     )
     assert request_id
     login = http.get(url, timeout=10)  # follows to the login form
-    token = re.search(r"name=form_token value='([^']+)'", login.text)
-    key = re.search(r"name=request value='([^']+)'", login.text)
-    assert token and key, login.text
     assert (
         "HttpOnly" in login.headers["set-cookie"] and "SameSite=lax" in login.headers["set-cookie"]
     )
-    answer = http.post(
-        f"{site.idp.base_url}/login",
-        data={
-            "form_token": token[1],
-            "request": key[1],
-            "login": "ada",
-            "password": PASSWORDS["ada"],
-        },
-        timeout=30,
-    )
+    answer = submit_login(site, http, login, "ada", PASSWORDS["ada"], held=True)
     assert answer.status_code == 200, answer.text
     cookie = answer.headers["set-cookie"]
     assert "sso_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
@@ -563,14 +554,7 @@ def test_password_attempts_are_throttled_per_login_and_per_address(site: Site) -
 
     def attempt(login: str, password: str) -> requests.Response:
         form = http.get(f"{site.idp.base_url}/login", timeout=10)
-        token = re.search(r"name=form_token value='([^']+)'", form.text)
-        assert token
-        return http.post(
-            f"{site.idp.base_url}/login",
-            data={"form_token": token[1], "request": "", "login": login, "password": password},
-            allow_redirects=False,
-            timeout=30,
-        )
+        return submit_login(site, http, form, login, password, held=False)
 
     failures_before = len(audit(site, target="(sso)", action="sign-in", outcome="refused"))
     for _ in range(3):

@@ -571,6 +571,21 @@ class Slapd(Stoppable):
 # -- SCIM server -------------------------------------------------------------
 
 
+def answers_ok(url: str) -> bool:
+    """Whether ``url`` answers 200 within a second (a server's readiness probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def get_json(url: str) -> Any:
+    """The JSON document at ``url`` (a test instrumentation endpoint)."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
 class _GunicornServer(Stoppable):
     """A WSGI application of this repository served by gunicorn on a free 127.0.0.1 port,
     configured by JSON in one environment variable; subclasses say which and when ready."""
@@ -698,13 +713,7 @@ class ScimServer(_GunicornServer):
 
     def _answers(self) -> bool:
         """Tell whether the server answers /ServiceProviderConfig with 200."""
-        try:
-            with urllib.request.urlopen(
-                f"{self.base_url}/ServiceProviderConfig", timeout=1
-            ) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.base_url}/ServiceProviderConfig")
 
 
 class OAuthServer(_GunicornServer):
@@ -755,15 +764,10 @@ class OAuthServer(_GunicornServer):
         return {"jwks_file": str(self.jwks_file), "issuer": self.issuer, "audience": self.audience}
 
     def tokens_issued(self) -> int:
-        with urllib.request.urlopen(f"{self.issuer}/_test/stats", timeout=10) as response:
-            return int(json.loads(response.read())["tokens"])
+        return int(get_json(f"{self.issuer}/_test/stats")["tokens"])
 
     def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.issuer}/jwks.json", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.issuer}/jwks.json")
 
 
 # -- SAML sign-in ------------------------------------------------------------
@@ -806,15 +810,10 @@ class SamlSpServer(_GunicornServer):
 
     def last(self) -> dict[str, Any]:
         """The last Response the SP's ACS processed: errors, NameID, attributes."""
-        with urllib.request.urlopen(f"{self.base_url}/_test/last", timeout=10) as response:
-            return dict(json.loads(response.read()))
+        return dict(get_json(f"{self.base_url}/_test/last"))
 
     def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/metadata", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.base_url}/metadata")
 
 
 class SsoServer(Stoppable):
@@ -851,11 +850,7 @@ class SsoServer(Stoppable):
         return (self.workdir / "sso.log").read_text(errors="replace")
 
     def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.base_url}/healthz")
 
 
 class OidcRpServer(_GunicornServer):
@@ -884,12 +879,8 @@ class OidcRpServer(_GunicornServer):
         return f"{self.base_url}/callback"
 
     def last(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.base_url}/_test/last", timeout=10) as response:
-            return dict(json.loads(response.read()))
+        """The last callback's outcome: claims, userinfo, or the error."""
+        return dict(get_json(f"{self.base_url}/_test/last"))
 
     def _answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/", timeout=1) as response:
-                return bool(response.status == 200)
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers_ok(f"{self.base_url}/")

@@ -39,11 +39,16 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> IdentityProvider:
     entity, signs = sp_entity_id(metadata, "test")
     assert not signs
     sp = ServiceProvider("app", "App", entity, metadata, False, UNSPECIFIED)
+    return identity_provider(keys / "idp.key", keys / "idp.crt", sp)
+
+
+def identity_provider(key: Path, cert: Path, sp: ServiceProvider) -> IdentityProvider:
+    """The IdP at ``IDP`` with this key and one application."""
     return IdentityProvider(
         entity_id=f"{IDP}/metadata",
         base_url=IDP,
-        key_file=str(keys / "idp.key"),
-        cert_file=str(keys / "idp.crt"),
+        key_file=str(key),
+        cert_file=str(cert),
         sps=[sp],
         assertion_minutes=5,
     )
@@ -205,14 +210,7 @@ def test_an_acs_url_that_could_leave_its_html_attribute_is_refused_at_start(
     entity, _ = sp_entity_id(evil, "test")
     sp = ServiceProvider("evil", "Evil", entity, evil, False, UNSPECIFIED)
     with pytest.raises(ConfigError, match=r"targets\[evil\].sso.sp_metadata: the ACS URL"):
-        IdentityProvider(
-            entity_id=f"{IDP}/metadata",
-            base_url=IDP,
-            key_file=str(tmp_path / "k"),
-            cert_file=str(tmp_path / "c"),
-            sps=[sp],
-            assertion_minutes=5,
-        )
+        identity_provider(tmp_path / "k", tmp_path / "c", sp)
 
 
 def test_the_posting_form_escapes_every_value() -> None:
