@@ -53,7 +53,7 @@ from tasks.state.store import GroupRecord, StateRecord, StateStore, Status
 from tasks.sync.group_plan import DesiredGroup, GroupPlan, plan_groups, resolve_groups
 from tasks.sync.guard import apply_group_guard, apply_guard
 from tasks.sync.load import Loader, load_batch
-from tasks.sync.load_groups import GroupLoader, load_groups, max_members
+from tasks.sync.load_groups import GroupLoader, load_groups, max_members, members_per_create
 from tasks.sync.plan import Action, Plan, by_status, plan_users
 from tasks.sync.transform import DesiredUser, Rejection, transform_batch, transform_users
 
@@ -446,6 +446,7 @@ class TargetPipeline:
                     managed_users=(r.scim_id for r in step.records.values()),
                     page_size=min(1000, capabilities.max_page_size or 1000),
                     cursor=capabilities.cursor,
+                    create_members=members_per_create(target, client.dialect),
                 )
                 creates = sum(1 for a in plan.actions if a.kind == "create")
                 if loader.prefetch(creates):
@@ -467,7 +468,7 @@ class TargetPipeline:
                         progress.advance(len(batch))
                 finally:
                     progress.close()
-                    report.notes.extend(loader.patch.notes)
+                    report.notes.extend(loader.patch.notes + loader.notes)
             finally:
                 report.requests.update({k: n - before.get(k, 0) for k, n in client.stats.items()})
         report.seconds = time.monotonic() - started

@@ -728,8 +728,9 @@ class TargetConfig(_Model):
         None,
         ge=1,
         le=100000,
-        description="Member changes per PATCH; default bulk.maxOperations from "
-        "/ServiceProviderConfig, else 100.",
+        description="Member changes per request: per PATCH (default bulk.maxOperations from "
+        "/ServiceProviderConfig, else 100) and in a new group's POST (default all of them; "
+        "a 413 answer makes it send fewer).",
     )
     mapping: dict[str, Any] = Field(
         default_factory=lambda: dict(DEFAULT_USER_MAPPING), validate_default=True

@@ -23,6 +23,8 @@ page and a ``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refus
 :attr:`FaultProxy.latency` delays every forwarded request (a target far away),
 :attr:`FaultProxy.slow_bulk` every Bulk request (a target whose Bulk is slower than its
 single requests).
+:attr:`FaultProxy.max_body` answers a request whose body is longer with nginx's 413 page
+(``client_max_body_size``).
 :attr:`FaultProxy.refuse_patch` answers every PATCH itself (405, 501) and
 :attr:`FaultProxy.advertise_patch` claims PATCH support in /ServiceProviderConfig: targets
 that misstate what they support.
@@ -57,6 +59,7 @@ BAD_GATEWAY = b"""<html>
 </body>
 </html>
 """
+TOO_LARGE = BAD_GATEWAY.replace(b"502 Bad Gateway", b"413 Request Entity Too Large")
 GATEWAY_TIMEOUT = BAD_GATEWAY.replace(b"502 Bad Gateway", b"504 Gateway Time-out")
 LOGIN_PAGE = b"""<!doctype html>
 <html><head><title>Sign in</title></head>
@@ -100,6 +103,9 @@ class FaultProxy:
         self.header_type: str | None = None
         """Accept only ``Authorization: <header_type> <token>`` (401 otherwise), forwarded
         as ``Bearer <token>``."""
+        self.max_body = 0
+        """When set, a request whose body is longer is answered 413 (nginx's HTML page)."""
+        self.too_large = 0
         self.refuse_patch = 0
         """When set, every PATCH is answered with this status (405, 501) without forwarding."""
         self.refused_patches = 0
@@ -246,6 +252,11 @@ class FaultProxy:
                     config["patch"] = {"supported": True}
                     data = json.dumps(config).encode()
                     self._reply(200, {"Content-Type": "application/scim+json"}, data)
+                    return
+                if proxy.max_body and len(body) > proxy.max_body:
+                    with proxy._lock:
+                        proxy.too_large += 1
+                    self._reply(413, {"Content-Type": "text/html"}, TOO_LARGE)
                     return
                 if proxy.refuse_patch and self.command == "PATCH":
                     with proxy._lock:

@@ -1,11 +1,14 @@
 """Load groups: create, rename, change members and delete groups on a SCIM target.
 
-Membership changes go by PATCH ``add``/``remove`` operations, at most ``max_members`` member
-changes per request, so a 20,000-member group changed by 10 members costs one read and one
-PATCH. Before changing a group, its current members are read once, so what someone else changed
-on the target is corrected too (authoritative mode) or left alone (additive mode). PUT of the
-whole member list is used only when the target has no PATCH. The state store is updated after
-every confirmed request, so a run stopped half-way resumes where it was.
+A new group is created with all its members in one POST, unless the config or the vendor
+limits members per request, or the target answers that the request is too large (HTTP 413):
+then the POST carries the first ``max_members`` and PATCHes add the rest. Membership changes
+go by PATCH ``add``/``remove`` operations, at most ``max_members`` member changes per request,
+so a 20,000-member group changed by 10 members costs one read and one PATCH. Before changing a
+group, its current members are read once, so what someone else changed on the target is
+corrected too (authoritative mode) or left alone (additive mode). PUT of the whole member list
+is used only when the target has no PATCH. The state store is updated after every confirmed
+request, so a run stopped half-way resumes where it was.
 """
 
 from __future__ import annotations
@@ -53,6 +56,13 @@ def max_members(target: TargetConfig, capabilities: Capabilities, dialect: Scim2
     )
 
 
+def members_per_create(target: TargetConfig, dialect: Scim20) -> int | None:
+    """Members a new group's POST carries: the config's or the vendor's limit, else all
+    (``None``): as few requests as the target accepts (a target's ``bulk.maxOperations``
+    limits Bulk operations, not the members of one POST)."""
+    return target.max_members_per_request or dialect.max_members_per_request
+
+
 def member_chunks(
     add: Iterable[str], remove: Iterable[str], size: int
 ) -> Iterator[tuple[list[str], list[str]]]:
@@ -91,13 +101,19 @@ class GroupLoader:
         managed_users: Iterable[str] = (),
         page_size: int = 1000,
         cursor: bool = False,
+        create_members: int | None = None,
     ) -> None:
         """:param filtering: the target answers filtered queries; without, groups are found
         in one listing of the target's groups (``page_size`` a page, by cursor if ``cursor``).
         :param managed_users: the SCIM ids of the users provisioned on this target: on a target
             that never returns members (AWS), adopting a group asks which of them (and of the
-            desired members) are in it."""
+            desired members) are in it.
+        :param create_members: members a new group's POST carries (the rest by PATCH of
+            ``max_members`` each); ``None``: all of them."""
         self.client = client
+        self.create_members = create_members
+        self.notes: list[str] = []
+        """What the target made this run do, for the run's report."""
         self.managed_users = frozenset(managed_users)
         self.page_size = page_size
         self.cursor = cursor
@@ -176,19 +192,28 @@ class GroupLoader:
         last one's record is returned (written with the audit entry)."""
         existing = self.find_existing(action)
         if existing is None:
-            per_request = self.max_members if self.patch.on else len(action.members) or 1
-            chunks = list(member_chunks(action.members, (), per_request)) or [([], [])]
-            first, _ = chunks[0]
-            body = self.dialect.group_body(action.display_name, action.source_id, first)
+            per_request = (self.create_members if self.patch.on else None) or len(action.members)
+            chunks = list(member_chunks(action.members, (), per_request or 1)) or [([], [])]
             try:
-                created = self.client.create(self.path, body)
+                try:
+                    created = self._post(action, chunks[0][0])
+                except RejectedError as exc:
+                    smaller = min(self.max_members, len(action.members) - 1)
+                    if exc.status != 413 or len(chunks) > 1 or not self.patch.on or smaller < 1:
+                        raise
+                    self.note(
+                        f"a new group with {len(action.members)} members was too large for "
+                        f"one request (HTTP 413): created with {smaller}, the rest by PATCH"
+                    )
+                    chunks = list(member_chunks(action.members, (), smaller))
+                    created = self._post(action, chunks[0][0])
             except ConflictError:
                 existing = self.find_existing(action, fresh=True)
                 if existing is None:
                     raise
             else:
                 scim_id = str(created["id"])
-                members = frozenset(first)
+                members = frozenset(chunks[0][0])
                 record = GroupRecord(action.source_id, scim_id, action.display_name, members)
                 for add, _ in chunks[1:]:
                     self._save(record)
@@ -208,6 +233,18 @@ class GroupLoader:
                     record = GroupRecord(action.source_id, scim_id, action.display_name, members)
                 return GroupOutcome(action, True, added=len(members), scim_id=scim_id), record
         return self.change(action, str(existing["id"]), frozenset(), adopting=True)
+
+    def note(self, text: str) -> None:
+        """Say once in the run's report (and log) what the target made this run do."""
+        with self._listing_lock:
+            if text in self.notes:
+                return
+            self.notes.append(text)
+        log.warning("target %s: %s", self.target.name, text)
+
+    def _post(self, action: GroupAction, members: list[str]) -> dict[str, Any]:
+        body = self.dialect.group_body(action.display_name, action.source_id, members)
+        return self.client.create(self.path, body)
 
     def change(
         self, action: GroupAction, scim_id: str, known: frozenset[str], *, adopting: bool = False

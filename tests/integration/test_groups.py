@@ -353,8 +353,9 @@ def test_groups_command_without_groups_config(
 def test_a_20000_member_group_changed_by_10_members(
     tmp_path: Path, slapd: Slapd, scim_servers: ScimServers, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A 20,000-member group is created in 1,000-member chunks (the target's
-    bulk.maxOperations), and a change of 10 members then costs one read and one PATCH."""
+    """A 20,000-member group is created in one POST (as few requests as the target accepts:
+    its bulk.maxOperations limits Bulk, not a POST), and a change of 10 members then costs one
+    read and one PATCH."""
     from tests.support.servers import ou_ldif, person_ldif
 
     people = [f"m{n:05d}" for n in range(20_005)]
@@ -372,7 +373,7 @@ def test_a_20000_member_group_changed_by_10_members(
     assert code == 0, summary["headline"]
     created = groups_summary(summary)
     assert created["members_added"] == 20_000
-    assert created["requests"] == {"GET": 1, "POST": 1, "PATCH": 19}  # GET: find by name
+    assert created["requests"] == {"GET": 1, "POST": 1}  # GET: find by name
 
     removed = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people[:5])
     added = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people[20_000:])
@@ -390,3 +391,64 @@ def test_a_20000_member_group_changed_by_10_members(
         f"{scim.base_url}/Groups", params={"filter": 'displayName eq "all"'}, timeout=60
     ).json()["Resources"][0]
     assert len(group["members"]) == 20_000
+
+
+def big_group_directory(slapd: Slapd, members: int) -> None:
+    """People m00000… and one group ``all`` holding the first ``members`` of them."""
+    from tests.support.servers import ou_ldif, person_ldif
+
+    people = [f"m{n:05d}" for n in range(members)]
+    ldif = ou_ldif(PEOPLE) + "".join(
+        person_ldif(uid, given_name="M", surname=uid, ou_dn=PEOPLE) for uid in people
+    )
+    lines = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people)
+    ldif += ou_ldif(GROUPS) + f"dn: cn=all,{GROUPS}\nobjectClass: groupOfNames\ncn: all\n{lines}\n"
+    slapd.reload(ldif)
+
+
+def members_of_all(scim: ScimServer) -> int:
+    found = requests.get(
+        f"{scim.base_url}/Groups", params={"filter": 'displayName eq "all"'}, timeout=60
+    ).json()["Resources"]
+    return len(found[0]["members"])
+
+
+def test_a_new_group_is_created_in_chunks_when_the_config_limits_members_per_request(
+    tmp_path: Path, slapd: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``max_members_per_request`` limits a new group's POST too: 250 members at 100 a request
+    are one POST and two PATCHes, and all 250 are in."""
+    big_group_directory(slapd, 250)
+    config = config_for(tmp_path, slapd, scim, max_members_per_request=100)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary["headline"]
+    created = groups_summary(summary)
+    assert created["members_added"] == 250
+    assert created["requests"] == {"GET": 1, "POST": 1, "PATCH": 2}
+    assert members_of_all(scim) == 250
+
+
+def test_a_new_group_too_large_for_one_request_is_created_in_chunks(
+    tmp_path: Path, slapd: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A target (its nginx) that answers 413 to a POST with every member: the group is created
+    with fewer and PATCHed up to all of them, and the run says so; nothing is reported
+    failed."""
+    from tests.fault_proxy import FaultProxy
+
+    big_group_directory(slapd, 1500)
+    proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+    proxy.max_body = 50_000  # ~1,000 members' worth
+    proxy.start()
+    try:
+        config = config_for(tmp_path, slapd, scim, url=f"{proxy.url}/v2", use_bulk="never")
+        code, summary = sync(config, capsys)
+    finally:
+        proxy.stop()
+    assert code == 0, summary["headline"]
+    created = groups_summary(summary)
+    assert created["members_added"] == 1500
+    assert proxy.too_large == 1
+    assert any("too large for one request (HTTP 413)" in n for n in created["notes"])
+    assert created["requests"]["POST"] == 2 and created["requests"]["PATCH"] >= 1
+    assert members_of_all(scim) == 1500
