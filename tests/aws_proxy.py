@@ -78,6 +78,7 @@ class AwsLikeProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each answer's body waits ~40 ms for an ACK
 
             def log_message(self, *args: Any) -> None:
                 pass

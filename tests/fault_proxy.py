@@ -22,7 +22,9 @@ page and a ``totalResults`` of 10⁹; :attr:`FaultProxy.refuse_attributes` refus
 
 :attr:`FaultProxy.latency` delays every forwarded request (a target far away),
 :attr:`FaultProxy.slow_bulk` every Bulk request (a target whose Bulk is slower than its
-single requests).
+single requests); :attr:`FaultProxy.bulk_per_operation` takes Bulk requests one at a time
+and each operation that long (a SaaS that queues Bulk jobs: its Bulk is slower than its
+single requests at any concurrency).
 :attr:`FaultProxy.max_body` answers a request whose body is longer with nginx's 413 page
 (``client_max_body_size``).
 :attr:`FaultProxy.refuse_patch` answers every PATCH itself (405, 501) and
@@ -117,6 +119,10 @@ class FaultProxy:
         """When set, every forwarded request waits this long first (a target far away)."""
         self.slow_bulk = 0.0
         """When set, every Bulk request waits this long first (a target whose Bulk is slow)."""
+        self.bulk_per_operation = 0.0
+        """When set, Bulk requests are served one at a time, each waiting this long per
+        operation first."""
+        self._bulk_queue = threading.Lock()
         self.refuse_attributes = False
         """Answer a GET asking for ``attributes=`` with a SCIM 400, as some servers do."""
         self.stuck_listing = False
@@ -194,6 +200,19 @@ class FaultProxy:
             time.sleep(self.latency)
         if self.slow_bulk and handler.path.startswith("/v2/Bulk"):
             time.sleep(self.slow_bulk)
+        if self.bulk_per_operation and handler.path.startswith("/v2/Bulk"):
+            try:
+                operations = len(json.loads(body).get("Operations") or [])
+            except (ValueError, AttributeError):
+                operations = 1
+            with self._bulk_queue:
+                time.sleep(self.bulk_per_operation * operations)
+                return self._send(handler, headers, body)
+        return self._send(handler, headers, body)
+
+    def _send(
+        self, handler: BaseHTTPRequestHandler, headers: dict[str, str], body: bytes
+    ) -> requests.Response:
         return self._session.request(
             handler.command,
             self.upstream + handler.path,
@@ -207,6 +226,7 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each answer's body waits ~40 ms for an ACK
 
             def log_message(self, *args: Any) -> None:
                 pass

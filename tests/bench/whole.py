@@ -37,21 +37,25 @@ import yaml
 
 from tests.bench.bench_users import PEOPLE, raw_capacity
 from tests.bench.run import machine
+from tests.fault_proxy import FaultProxy
 from tests.support.servers import ScimServer, Slapd, ou_ldif, person_ldif
 
 GROUPS = "ou=groups,dc=example,dc=org"
 LOCKED_EVERY = 20
+ALL_USERS = "(objectClass=inetOrgPerson)"
+LATENCY_USERS = "(&(objectClass=inetOrgPerson)(uid=user0001*))"
+"""The users of the latency scenario: user0001000 to user0001999 (1,000 of them)."""
 
 SCRIPT = r"""
-import sys, ldap3, requests
-ldap_url, ca, bind_dn, password, scim = sys.argv[1:6]
+import sys, time, ldap3, requests
+ldap_url, ca, bind_dn, password, scim, users = sys.argv[1:7]
 tls = ldap3.Tls(ca_certs_file=ca)
 conn = ldap3.Connection(ldap3.Server(ldap_url, use_ssl=True, tls=tls), bind_dn, password,
                         auto_bind=True)
 session = requests.Session()
 ids = {}
 search = conn.extend.standard.paged_search
-for e in search("ou=people,dc=example,dc=org", "(objectClass=inetOrgPerson)",
+for e in search("ou=people,dc=example,dc=org", users,
         attributes=["uid", "cn", "givenName", "sn", "mail", "nsAccountLock"], paged_size=1000,
         generator=True):
     a = e["attributes"]
@@ -63,14 +67,17 @@ for e in search("ou=people,dc=example,dc=org", "(objectClass=inetOrgPerson)",
             "active": True}
     r = session.post(scim + "/Users", json=user); r.raise_for_status()
     ids[e["dn"].lower()] = r.json()["id"]
+users_done = time.perf_counter()
 for e in search("ou=groups,dc=example,dc=org", "(objectClass=groupOfNames)",
         attributes=["cn", "member"], paged_size=1000, generator=True):
     members = [{"value": ids[m.lower()]} for m in e["attributes"]["member"] if m.lower() in ids]
     group = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"],
              "displayName": e["attributes"]["cn"][0], "members": members}
     session.post(scim + "/Groups", json=group).raise_for_status()
+print("groups_seconds", time.perf_counter() - users_done)
 """
-"""The hand-written script: 31 lines, sequential, no state, no retries, no guard."""
+"""The hand-written script: 33 lines, sequential, no state, no retries, no guard; it prints
+how long its group phase took."""
 
 
 def uid(n: int) -> str:
@@ -104,14 +111,16 @@ def directory(users: int, groups: int) -> tuple[str, int, int]:
     return people + "".join(ldif), len(active), memberships
 
 
-def config(path: Path, slapd: Slapd, scim: ScimServer, **target: Any) -> Path:
+def config(
+    path: Path, slapd: Slapd, scim: ScimServer, users: str = ALL_USERS, **target: Any
+) -> Path:
     document = {
         "source": {
             "url": slapd.ldaps_url,
             "ca_file": str(slapd.tls.ca_cert),
             "bind_dn": slapd.admin_dn,
             "bind_password": {"env": "BENCH_LDAP_PASSWORD"},
-            "users": {"base_dn": PEOPLE},
+            "users": {"base_dn": PEOPLE, "filter": users},
             "account_status": {"method": "flag", "attribute": "nsAccountLock"},
             "groups": {"base_dn": GROUPS},
         },
@@ -139,6 +148,8 @@ CPU: dict[str, float] = {}
 """CPU seconds of the last :func:`timed` command, by process: the command itself, its Prefect
 server (sampled every 0.25 s: the last quarter second is counted as the command's), the SCIM
 server and slapd (all their processes)."""
+OUTPUT: list[str] = [""]
+"""What the last :func:`timed` command printed on its standard output."""
 SERVERS: dict[str, int] = {}
 """The process ids of the servers whose CPU is counted: name -> root pid."""
 
@@ -200,7 +211,8 @@ def timed(command: list[str], env: dict[str, str], cwd: Path | None = None) -> f
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, stderr = process.communicate()
+    stdout, stderr = process.communicate()
+    OUTPUT[:] = [stdout]
     seconds = time.perf_counter() - started
     sampler.join(timeout=2)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -259,12 +271,124 @@ def counted(scim: ScimServer) -> dict[str, int]:
     return {method: n for method, n in scim.stats().items() if n}
 
 
+class Endpoint:
+    """Where the commands write: the SCIM server itself, or a proxy in front of it that makes
+    it another target (slower Bulk, latency)."""
+
+    def __init__(self, name: str, url: str, what: str) -> None:
+        self.name = name
+        self.base_url = url
+        self.what = what
+
+
+def measure(
+    endpoint: Endpoint,
+    scim: ScimServer,
+    slapd: Slapd,
+    work: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    *,
+    users: str,
+    syncs: dict[str, dict[str, Any]],
+    raw_sample: int,
+) -> dict[str, Any]:
+    """The raw POST capacity of ``endpoint``, the script and each sync of ``syncs`` (name ->
+    target options) into it, each into an empty target."""
+    result: dict[str, Any] = {"target": endpoint.what}
+    scim.wipe()
+    raw = raw_capacity(endpoint, raw_sample, args.concurrency)  # type: ignore[arg-type]
+    result["raw_writes_per_s"] = round(raw, 1)
+
+    scim.wipe()
+    script = work / "script.py"
+    script.write_text(SCRIPT)
+    ldap = [slapd.ldaps_url, str(slapd.tls.ca_cert), slapd.admin_dn, slapd.admin_password]
+    seconds = timed([sys.executable, str(script), *ldap, endpoint.base_url, users], env)
+    result["script"] = {
+        "seconds": round(seconds, 2),
+        "groups_seconds": round(float(OUTPUT[0].split()[-1]), 2),
+        "requests": counted(scim),
+        "cpu_seconds": dict(CPU),
+    }
+    cli_command, cwd = command_of(args, env)
+    for name, options in syncs.items():
+        scim.wipe()
+        path = config(
+            work / f"{endpoint.name}-{name}.yaml",
+            slapd,
+            scim,
+            users=users,
+            url=endpoint.base_url,
+            concurrency=args.concurrency,
+            **options,
+        )
+        seconds = timed([*cli_command, "sync", "--json", "--config", str(path)], env, cwd)
+        summary = json.loads(OUTPUT[0])
+        users_report, groups_report = summary["targets"][0], summary["groups"][0]
+        result[name] = {
+            "seconds": round(seconds, 2),
+            "users_seconds": users_report["seconds"],
+            "created": users_report["succeeded"]["create"],
+            "groups_seconds": groups_report["seconds"],
+            "notes": users_report["notes"],
+            "requests": counted(scim),
+            "cpu_seconds": dict(CPU),
+        }
+    return result
+
+
+def command_of(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[str], Path | None]:
+    """The sync command to measure: this checkout's, or another one's (``--tree``)."""
+    if args.tree:
+        env["PYTHONPATH"] = str(args.tree.resolve())
+        return [sys.executable, "-m", "flows.cli"], args.tree.resolve()  # runs from its cwd
+    return [str(Path(sys.executable).with_name("scim-provisioner"))], None
+
+
+def ratios(figures: dict[str, Any], users: int, syncs: list[str]) -> None:
+    """Add the raw bound (the script's writes at the raw POST rate) and each sync's ratios."""
+    writes = sum(n for m, n in figures["script"]["requests"].items() if m in ("POST", "PATCH"))
+    bound = users / (writes / figures["raw_writes_per_s"])
+    figures["raw_bound_users_per_s"] = round(bound, 1)
+    script = figures["script"]
+    script["users_per_s"] = round(users / script["seconds"], 1)
+    for name in syncs:
+        sync = figures[name]
+        sync["users_per_s"] = round(users / sync["seconds"], 1)
+        sync["ratio_to_raw_bound"] = round(sync["users_per_s"] / bound, 3)
+        sync["ratio_to_script"] = round(sync["users_per_s"] / script["users_per_s"], 3)
+        sync["group_phase_to_script"] = round(sync["groups_seconds"] / script["groups_seconds"], 2)
+        sync["user_load_per_s"] = round(sync["created"] / max(sync["users_seconds"], 1e-6), 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--groups", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--raw-sample", type=int, default=3000)
+    parser.add_argument(
+        "--bulk-per-operation-ms",
+        type=float,
+        default=4.0,
+        help="the second target: scim2-server behind a proxy that takes Bulk requests one at "
+        "a time, this long per operation (0: not measured)",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=50.0,
+        help="the latency scenario: every request to scim2-server delayed this long, "
+        "1,000 users (0: not measured)",
+    )
+    parser.add_argument(
+        "--run-sections",
+        default="extraction,overhead",
+        help="sections of tests.bench.run measured in the same run (extraction: entries/s "
+        "against ldapsearch; overhead: Prefect's share of a no-change cycle on a running "
+        "server); empty: none",
+    )
     parser.add_argument("--output", type=Path)
     parser.add_argument(
         "--tree",
@@ -274,8 +398,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"users": args.users, "groups": args.groups, "machine": machine()}
+    if args.tree:
+        result["tree"] = str(args.tree)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    syncs = {"sync_bulk_auto": {}, "sync_no_bulk": {"use_bulk": "never"}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         with Slapd(work / "slapd") as slapd, ScimServer(work / "scim") as scim:
@@ -288,99 +415,191 @@ def main(argv: list[str] | None = None) -> None:
                     SERVERS[name] = child.process.pid
             env["BENCH_LDAP_PASSWORD"] = slapd.admin_password
             result["active_users"], result["memberships"] = active, memberships
+            sample = min(args.raw_sample, args.users)
 
-            scim.wipe()
-            raw = raw_capacity(scim, min(args.raw_sample, args.users), args.concurrency)
-            result["raw_writes_per_s"] = round(raw, 1)
-
-            scim.wipe()
-            script = work / "script.py"
-            script.write_text(SCRIPT)
-            seconds = timed(
-                [
-                    sys.executable,
-                    str(script),
-                    slapd.ldaps_url,
-                    str(slapd.tls.ca_cert),
-                    slapd.admin_dn,
-                    slapd.admin_password,
-                    scim.base_url,
-                ],
+            direct = Endpoint("scim2-server", scim.base_url, "scim2-server (gunicorn)")
+            progress("scim2-server: raw, script, sync with Bulk as measured, sync without")
+            figures = measure(
+                direct,
+                scim,
+                slapd,
+                work,
                 env,
+                args,
+                users=ALL_USERS,
+                syncs=syncs,
+                raw_sample=sample,
             )
-            result["script"] = {
-                "seconds": round(seconds, 2),
-                "requests": counted(scim),
-                "cpu_seconds": dict(CPU),
-            }
+            ratios(figures, args.users, list(syncs))
+            result["scim2-server"] = figures
 
-            cli_command = [str(Path(sys.executable).with_name("scim-provisioner"))]
-            tree = args.tree.resolve() if args.tree else None  # python -m runs from its cwd
-            if args.tree:
-                env["PYTHONPATH"] = str(args.tree.resolve())
-                cli_command = [sys.executable, "-m", "flows.cli"]
-                result["tree"] = str(args.tree)
-            for name, options in (("sync_bulk_auto", {}), ("sync_no_bulk", {"use_bulk": "never"})):
-                scim.wipe()
-                path = config(work / f"{name}.yaml", slapd, scim, **options)
-                seconds = timed([*cli_command, "sync", "--config", str(path)], env, tree)
-                result[name] = {
-                    "seconds": round(seconds, 2),
-                    "requests": counted(scim),
-                    "cpu_seconds": dict(CPU),
-                }
+            if args.bulk_per_operation_ms:
+                proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+                proxy.bulk_per_operation = args.bulk_per_operation_ms / 1000
+                proxy.start()
+                try:
+                    slow = Endpoint(
+                        "slow-bulk",
+                        f"{proxy.url}/v2",
+                        "scim2-server behind a proxy taking Bulk requests one at a time, "
+                        f"{args.bulk_per_operation_ms:g} ms an operation",
+                    )
+                    progress("slow-Bulk target: raw, script, sync with Bulk as measured")
+                    figures = measure(
+                        slow,
+                        scim,
+                        slapd,
+                        work,
+                        env,
+                        args,
+                        users=ALL_USERS,
+                        syncs={"sync_bulk_auto": {}},
+                        raw_sample=sample,
+                    )
+                finally:
+                    proxy.stop()
+                ratios(figures, args.users, ["sync_bulk_auto"])
+                result["slow-bulk"] = figures
+
+            if args.latency_ms:
+                proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+                proxy.latency = args.latency_ms / 1000
+                proxy.start()
+                try:
+                    far = Endpoint(
+                        "latency",
+                        f"{proxy.url}/v2",
+                        f"scim2-server {args.latency_ms:g} ms away (a proxy delays each "
+                        "request), 1,000 users",
+                    )
+                    progress(f"{args.latency_ms:g} ms away: raw, script, sync without Bulk")
+                    figures = measure(
+                        far,
+                        scim,
+                        slapd,
+                        work,
+                        env,
+                        args,
+                        users=LATENCY_USERS,
+                        syncs={"sync_no_bulk": {"use_bulk": "never"}},
+                        raw_sample=min(sample, 400),
+                    )
+                finally:
+                    proxy.stop()
+                ratios(figures, 1000, ["sync_no_bulk"])
+                result["latency"] = figures
 
             # a cycle with nothing to do: how long before the first directory read, and in all
-            loaded = work / "sync_no_bulk.yaml"
+            progress("no-change cycles: time to the first directory read")
+            cli_command, cwd = command_of(args, env)
+            loaded = config(work / "no-change.yaml", slapd, scim, use_bulk="never")
+            scim.wipe()
+            timed([*cli_command, "sync", "--config", str(loaded)], env, cwd)
             result["no_change_cycle"] = {
-                "scim-provisioner sync": startup([*cli_command, "sync"], loaded, slapd, env, tree),
+                "scim-provisioner sync": startup([*cli_command, "sync"], loaded, slapd, env, cwd),
                 "python -m flows.cli sync (Prefect starts its temporary server)": startup(
-                    [sys.executable, "-m", "flows.cli", "sync"], loaded, slapd, env, tree
+                    [sys.executable, "-m", "flows.cli", "sync"], loaded, slapd, env, cwd
                 ),
             }
 
-    writes = sum(
-        n for m, n in result["sync_no_bulk"]["requests"].items() if m in ("POST", "PATCH", "PUT")
-    )
-    raw_bound = args.users / (writes / raw)
-    result["raw_bound_users_per_s"] = round(raw_bound, 1)
-    result["script"]["users_per_s"] = round(args.users / result["script"]["seconds"], 1)
-    for name in ("sync_bulk_auto", "sync_no_bulk"):
-        rate = args.users / result[name]["seconds"]
-        result[name]["users_per_s"] = round(rate, 1)
-        result[name]["ratio_to_raw_bound"] = round(rate / raw_bound, 3)
-        result[name]["ratio_to_script"] = round(rate / result["script"]["users_per_s"], 3)
+    if args.run_sections:
+        progress(f"tests.bench.run --sections {args.run_sections}")
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            command = [sys.executable, "-m", "tests.bench.run", "--users", str(args.users)]
+            command += ["--sections", args.run_sections, "--output", out.name]
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            measured = json.loads(Path(out.name).read_text())
+        for section in args.run_sections.split(","):
+            result[section] = measured.get(section)
+
     document = json.dumps(result, indent=2)
     if args.output:
         args.output.write_text(document + "\n")
     print(document)
     print()
-    print(f"{'what':<48} {'users/s':>8}  goal")
-    print(f"{'raw bound (same writes at the raw POST rate)':<48} {raw_bound:>8.1f}")
-    print(f"{'hand-written sequential script':<48} {result['script']['users_per_s']:>8.1f}")
-    for name in ("sync_bulk_auto", "sync_no_bulk"):
-        figures = result[name]
-        met = figures["ratio_to_raw_bound"] >= 0.9 and figures["ratio_to_script"] >= 1.5
-        goal = "ok" if met else "MISSED"
-        line = f"scim-provisioner sync ({name.removeprefix('sync_').replace('_', ' ')})"
-        print(
-            f"{line:<48} {figures['users_per_s']:>8.1f}  ≥ 0.9 x raw "
-            f"({figures['ratio_to_raw_bound']:.2f}), ≥ 1.5 x script "
-            f"({figures['ratio_to_script']:.2f}): {goal}"
+    print(goals_table(result))
+
+
+def progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def goals_table(result: dict[str, Any]) -> str:
+    """Every goal of issue 19 with its figure, ``ok`` or ``MISSED``."""
+    lines = [f"{'goal':<74} {'figure':>10}  "]
+
+    def row(goal: str, figure: float, met: bool, fmt: str = "{:.2f}") -> None:
+        lines.append(f"{goal:<74} {fmt.format(figure):>10}  {'ok' if met else 'MISSED'}")
+
+    for key in ("scim2-server", "slow-bulk", "latency"):
+        figures = result.get(key)
+        if not figures:
+            continue
+        lines.append("")
+        lines.append(f"{key}: {figures['target']}")
+        lines.append(
+            f"  raw bound {figures['raw_bound_users_per_s']:.1f} users/s "
+            f"({figures['raw_writes_per_s']:.0f} POSTs/s); script "
+            f"{figures['script']['users_per_s']:.1f} users/s, groups in "
+            f"{figures['script']['groups_seconds']:.1f} s"
         )
-    print()
-    print("CPU seconds (2 cores: at most 2 x the wall):")
-    for name in ("script", "sync_bulk_auto", "sync_no_bulk"):
-        figures = result[name]
-        spent = ", ".join(f"{k} {v}" for k, v in figures["cpu_seconds"].items())
-        print(f"  {name:<16} wall {figures['seconds']:>6.1f} s: {spent}")
-    for how, figures in result["no_change_cycle"].items():
+        for name in ("sync_bulk_auto", "sync_no_bulk"):
+            sync = figures.get(name)
+            if sync is None:
+                continue
+            how = name.removeprefix("sync_").replace("_", " ")
+            lines.append(
+                f"  sync ({how}): {sync['users_per_s']:.1f} users/s in {sync['seconds']:.1f} s; "
+                f"users loaded at {sync['user_load_per_s']:.0f}/s; groups in "
+                f"{sync['groups_seconds']:.1f} s"
+                + (f"; {sync['notes'][0]}" if sync["notes"] else "")
+            )
+            if key == "latency":
+                row(
+                    "  initial load >= 0.9 x the bound of concurrency and latency (raw)",
+                    sync["user_load_per_s"] / figures["raw_writes_per_s"],
+                    sync["user_load_per_s"] >= 0.9 * figures["raw_writes_per_s"],
+                )
+            row(
+                f"  whole sync ({how}) >= 0.9 x raw bound",
+                sync["ratio_to_raw_bound"],
+                sync["ratio_to_raw_bound"] >= 0.9,
+            )
+            row(
+                f"  whole sync ({how}) >= 1.5 x script",
+                sync["ratio_to_script"],
+                sync["ratio_to_script"] >= 1.5,
+            )
+            row(
+                f"  group phase ({how}) <= 1.2 x the script's",
+                sync["group_phase_to_script"],
+                sync["group_phase_to_script"] <= 1.2,
+            )
+            if key == "slow-bulk":
+                chose = " ".join(sync["notes"])
+                row(
+                    "  Bulk measured and one request per change chosen",
+                    float("one request per change for" in chose),
+                    "one request per change for" in chose,
+                    "{:.0f}",
+                )
+    lines.append("")
+    for how, figures in result.get("no_change_cycle", {}).items():
         first = figures["to_first_directory_read"]
-        goal = "ok" if 0 <= first <= 3 else "MISSED"
-        print(
-            f"no-change cycle, {how}: first directory read after {first} s "
-            f"(goal <= 3 s: {goal}), {figures['wall']} s in all"
+        row(f"first directory read <= 3 s: {how[:40]}", first, 0 <= first <= 3, "{:.2f} s")
+    extraction = result.get("extraction")
+    if extraction:
+        ratio = extraction["ratio_to_ldapsearch"]
+        row("extraction >= 0.3 x ldapsearch (entries/s)", ratio, ratio >= 0.3)
+    overhead = result.get("overhead")
+    if overhead:
+        share = overhead["no_change_cycle_syncrepl"]["prefect_share"]
+        row(
+            "no-change cycle on a running Prefect server: Prefect's share <= 0.15",
+            share,
+            share <= 0.15,
         )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
