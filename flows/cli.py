@@ -312,9 +312,16 @@ def _run(args: argparse.Namespace, early: EarlyServer | None = None) -> RunSumma
 
     if not args.verbose:
         _terminal_without_tracebacks()
-    if early is not None:
-        early.ready()
-    return _run_flow(args)
+    if early is None:
+        return _run_flow(args)
+    early.ready()
+    # Flow-run heartbeats let a running server notice a run that died; this server lives only
+    # as long as the command, so none is watching. Prefect's heartbeat thread sleeps in
+    # 1-second steps and the run waits for it at its end: up to 1 s a run, for nothing here.
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return _run_flow(args)
 
 
 def _run_flow(args: argparse.Namespace) -> RunSummary:

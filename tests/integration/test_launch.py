@@ -62,7 +62,12 @@ def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
         runs = db.execute("select count(*) from flow_run").fetchone()[0]
         logs = db.execute("select count(*) from log").fetchone()[0]
         messages = [row[0] for row in db.execute("select message from log")]
+        events = [row[0] for row in db.execute("select event from events")]
     assert runs == 1 and logs > 5, (runs, logs)
+    assert "prefect.flow-run.Completed" in events
+    # no flow-run heartbeats: nothing watches a server that lives as long as the command, and
+    # Prefect's heartbeat thread held up the end of every run by up to a second
+    assert "prefect.flow-run.heartbeat" not in events
     # the directory was read while the server booted, and the flow's extract task took it
     read = [m for m in messages if "users read" in m]
     assert len(read) == 1 and "read while Prefect's server started" in read[0], read
