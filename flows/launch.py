@@ -121,7 +121,22 @@ def main() -> int:
             _prefetch_users(sys.argv[1:])
     from flows.cli import main as cli_main
 
-    return cli_main(early=early)
+    code = cli_main(early=early)
+    if command in RUNS_FLOWS:
+        exit_now(code)
+    return code
+
+
+def exit_now(code: int) -> None:
+    """Exit once everything is said and saved, without the interpreter's teardown: the exit
+    functions run (Prefect's services send the run's last logs and events, the temporary
+    server stops), the output is flushed, then the process ends. Freeing a large run's objects
+    one by one took seconds after the summary was printed (~1.5 s at 50,000 users), for
+    nothing: the state store committed each write when it was confirmed."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _prefetch_users(argv: list[str]) -> None:

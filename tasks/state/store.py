@@ -12,8 +12,10 @@ any SQLAlchemy URL works, and PostgreSQL is tested (``postgresql+psycopg://...``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -337,7 +339,11 @@ def make_engine(url: str) -> Engine:
     """An engine for the store's URL (``postgresql://`` means the psycopg 3 driver)."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = sa.create_engine(url, pool_pre_ping=True)
+    if sa.engine.make_url(url).get_backend_name() == "sqlite":
+        # a file: nothing drops the connection, so no ping before each use (a query each)
+        engine = sa.create_engine(url)
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -353,10 +359,21 @@ class StateStore:
         if not read_only:
             _private_sqlite_file(url)
         self.engine = make_engine(url)
+        self._writes: contextlib.AbstractContextManager[Any] = (
+            threading.RLock() if self.engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        )
+        """SQLite takes one writer at a time: the run's threads take turns here, where SQLite
+        would make them retry after sleeps of 1 to 100 ms (its busy handler)."""
         self.read_only = read_only
         self._present: set[tuple[str, str]] | None = None
         if not read_only:
             self._create_or_upgrade()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """A write transaction (one writer at a time on SQLite)."""
+        with self._writes, self.engine.begin() as conn:
+            yield conn
 
     @classmethod
     def for_run(cls, url: str, run_id: str | None, audit_retention_days: int) -> StateStore:
@@ -540,7 +557,7 @@ class StateStore:
             )
             .values(dn=sa.bindparam("new_dn"))
         )
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             conn.execute(
                 statement, [{"k_target": target, "k_id": k, "new_dn": v} for k, v in dns.items()]
             )
@@ -564,7 +581,7 @@ class StateStore:
         self._check_writable()
         t = watermarks
         key = (t.c.target == target) & (t.c.stream == stream)
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             if mark is None:
                 conn.execute(sa.delete(t).where(key))
                 return
@@ -628,7 +645,7 @@ class StateStore:
         self._check_writable()
         stamp = {"target": target, "updated_at": datetime.now(UTC)}
         t = provisioned_groups
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             conn.execute(sa.delete(t).where(t.c.target == target))
             if groups:
                 conn.execute(sa.insert(t), [{**_group_row(g), **stamp} for g in groups])
@@ -653,7 +670,7 @@ class StateStore:
         now = datetime.now(UTC)
         keys = [{"k_target": target, "k_source_id": sid} for sid in removals]
         keys += [{"k_target": target, "k_source_id": row["source_id"]} for row in rows]
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             if keys:
                 conn.execute(_delete_one(table), keys)
             if rows:
@@ -738,7 +755,7 @@ class StateStore:
             & (t.c.outcome == "ok")
             & still_disabled
         )
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             result = conn.execute(sa.delete(t).where(t.c.at < older_than, ~kept))
             return int(result.rowcount or 0)
 
@@ -747,7 +764,7 @@ class StateStore:
         nullable columns), in one transaction. On PostgreSQL an advisory lock makes runs
         starting side by side on an empty database wait for each other (two concurrent
         CREATE TABLEs collide on the catalog's unique index); SQLite locks the file itself."""
-        with self.engine.begin() as conn:
+        with self._transaction() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
             metadata.create_all(conn)
