@@ -57,7 +57,7 @@ from tasks.sync.load_groups import GroupLoader, load_groups, max_members, member
 from tasks.sync.plan import Action, Plan, by_status, plan_users
 from tasks.sync.transform import DesiredUser, Rejection, transform_batch, transform_users
 
-TRANSFORM_BATCH = 2000
+TRANSFORM_BATCH = 10000
 P = TypeVar("P", Plan, GroupPlan)
 
 
