@@ -428,7 +428,7 @@ class Loader:
                 operations.append(operation)
                 by_id[operation["bulkId"]] = action
         outcomes: list[Outcome] = []
-        chunks = list(bulk_chunks(operations, self.bulk))
+        chunks = list(bulk_chunks(operations, self.bulk, self.target.concurrency))
         fatal: BaseException | None = None
         with ThreadPoolExecutor(max_workers=min(self.target.concurrency, len(chunks) or 1)) as pool:
             futures = [pool.submit(self._send_bulk, chunk, by_id) for chunk in chunks]
@@ -583,12 +583,19 @@ def record(store: StateStore, target: str, outcomes: list[Outcome]) -> None:
     store.apply(target, saves, removals, [audit_entry(o) for o in outcomes])
 
 
+BULK_SPREAD_MIN = 100
+"""Operations a Bulk request carries at least when a batch is spread over concurrent ones."""
+
+
 def bulk_chunks(
-    operations: list[dict[str, Any]], capabilities: Capabilities
+    operations: list[dict[str, Any]], capabilities: Capabilities, concurrency: int = 1
 ) -> Iterator[list[dict[str, Any]]]:
     """Bulk requests within the target's maxOperations and (with a 10 % margin)
-    maxPayloadSize."""
-    max_operations = capabilities.bulk_max_operations or 1
+    maxPayloadSize; fewer operations than ``concurrency`` full requests hold are spread over
+    up to ``concurrency`` requests (sent side by side) of at least :data:`BULK_SPREAD_MIN`,
+    not packed into one."""
+    spread = max(-(-len(operations) // max(concurrency, 1)), BULK_SPREAD_MIN)
+    max_operations = max(1, min(capabilities.bulk_max_operations or 1, spread))
     max_bytes = int((capabilities.bulk_max_payload or 1_000_000) * 0.9)
     chunk: list[dict[str, Any]] = []
     size = 200

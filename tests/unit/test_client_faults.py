@@ -308,6 +308,23 @@ def test_bulk_chunks_respect_operations_and_payload_limits() -> None:
     assert all(len(json.dumps(c)) < 1000 for c in by_size) and sum(map(len, by_size)) == 25
 
 
+def test_a_few_bulk_operations_are_spread_over_concurrency_requests() -> None:
+    """800 operations at concurrency 4 go in 4 requests side by side, not one of 800: a Bulk
+    endpoint gets the same concurrency as single requests (and a fair trial against them);
+    never fewer than 100 a request, and never more than maxOperations."""
+    from tasks.scim.dialect import Capabilities
+    from tasks.sync.load import bulk_chunks
+
+    ops = [{"method": "POST", "bulkId": f"b{n}", "data": {}} for n in range(800)]
+    spread = list(bulk_chunks(ops, Capabilities(bulk=True, bulk_max_operations=1000), 4))
+    assert [len(c) for c in spread] == [200, 200, 200, 200]
+    few = list(bulk_chunks(ops[:250], Capabilities(bulk=True, bulk_max_operations=1000), 4))
+    assert [len(c) for c in few] == [100, 100, 50]
+    many = ops * 3  # 2,400: more than 4 full requests hold
+    full = list(bulk_chunks(many, Capabilities(bulk=True, bulk_max_operations=300), 4))
+    assert [len(c) for c in full] == [300] * 8
+
+
 def test_listing_follows_rfc9865_cursors(serve) -> None:
     """With cursors, pages are asked with cursor= and nextCursor is followed to the end."""
     from urllib.parse import parse_qs, urlsplit
