@@ -586,7 +586,10 @@ def goals_table(result: dict[str, Any]) -> str:
     lines.append("")
     for how, figures in result.get("no_change_cycle", {}).items():
         first = figures["to_first_directory_read"]
-        row(f"first directory read <= 3 s: {how[:40]}", first, 0 <= first <= 3, "{:.2f} s")
+        if how == "scim-provisioner sync":
+            row("first directory read <= 3 s (no-change cycle)", first, 0 <= first <= 3, "{:.2f} s")
+        else:  # the same flow started as Prefect starts it: for comparison, not a goal
+            lines.append(f"  (for comparison, {how}: first read after {first:.2f} s)")
     extraction = result.get("extraction")
     if extraction:
         ratio = extraction["ratio_to_ldapsearch"]
