@@ -51,8 +51,9 @@ def chromium(output: Path) -> Iterator[WebDriver]:
 
 
 def body(driver: WebDriver) -> str:
-    """The page's text; read again when the page changed under the read (a form posting on)."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """The page's text; read again when the page changed under the read (a form posting on:
+    the body found is stale, or Chromium says its node "does not belong to the document")."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
 
     for _ in range(20):
@@ -60,6 +61,9 @@ def body(driver: WebDriver) -> str:
             return str(driver.find_element(By.TAG_NAME, "body").text)
         except StaleElementReferenceException:
             continue
+        except WebDriverException as exc:
+            if "does not belong to the document" not in str(exc):
+                raise
     return ""
 
 
