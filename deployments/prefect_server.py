@@ -35,9 +35,7 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from deployments.deploy import deploy
-from deployments.processes import REPO_ROOT, Child, log_tail
+from deployments.processes import REPO_ROOT, Child, answers_ok, log_tail
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -100,15 +98,6 @@ def drop_database(database_url: str) -> None:
     with psycopg.connect(maintenance, autocommit=True, connect_timeout=10) as connection:
         statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
         connection.execute(statement.format(sql.Identifier(name)))
-
-
-def _answers(url: str) -> bool:
-    """Tell whether ``url`` answers 200."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _started(pid: int) -> int | None:
@@ -271,7 +260,7 @@ class PrefectServer:
                 command.append("--no-services")
             self._spawn(name, command, self.workdir / f"{name}.log", api=number)
             health = f"{self.ui_urls()[number]}/api/health"
-            self._wait(name, functools.partial(_answers, health), SERVER_START_TIMEOUT)
+            self._wait(name, functools.partial(answers_ok, health, 2), SERVER_START_TIMEOUT)
         if self.separated:
             command = [sys.executable, "-m", "prefect", "server", "services", "start"]
             self._spawn(SERVICES, command, self.workdir / f"{SERVICES}.log")
@@ -418,7 +407,7 @@ class PrefectServer:
             "ui": self.ui_urls(),
             "redis": self.redis_url,
             "database": self.database_url,
-            "healthy": _answers(f"{self.api_url}/health"),
+            "healthy": answers_ok(f"{self.api_url}/health", 2),
             "processes": {
                 name: {"pid": pid, "running": _started(pid) == started}
                 for name, (pid, started) in self._pids.items()

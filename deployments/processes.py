@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 LOG_TAIL_LINES = 30
+
+
+def answers_ok(url: str, timeout: float = 1.0) -> bool:
+    """Whether ``url`` answers 200 within ``timeout`` seconds (a server's readiness probe)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def run(

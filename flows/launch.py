@@ -18,10 +18,9 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
-from deployments.processes import free_port  # the standard library only
+from deployments.processes import answers_ok, free_port  # the standard library only
 
 RUNS_FLOWS = ("sync", "groups", "reconcile")
 
@@ -55,12 +54,9 @@ class EarlyServer:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 raise RuntimeError("Prefect's temporary server exited while starting")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return self.url
-            except OSError:
-                time.sleep(0.05)
+            if answers_ok(f"{self.url}/health", timeout=2):
+                return self.url
+            time.sleep(0.05)
         raise RuntimeError(f"Prefect's temporary server did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:

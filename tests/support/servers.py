@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any, Self
 from deployments.processes import (
     REPO_ROOT,
     Child,
+    answers_ok,
     command_line,
     free_port,
     free_ports,
@@ -569,15 +569,6 @@ class Slapd(Stoppable):
 
 
 # -- SCIM server -------------------------------------------------------------
-
-
-def answers_ok(url: str) -> bool:
-    """Whether ``url`` answers 200 within a second (a server's readiness probe)."""
-    try:
-        with urllib.request.urlopen(url, timeout=1) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def get_json(url: str) -> Any:
