@@ -24,12 +24,15 @@ a table flagging every missed goal. Not part of the test run.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -290,11 +293,13 @@ def measure(
     args: argparse.Namespace,
     *,
     users: str,
+    count: int,
     syncs: dict[str, dict[str, Any]],
     raw_sample: int,
 ) -> dict[str, Any]:
     """The raw POST capacity of ``endpoint``, the script and each sync of ``syncs`` (name ->
-    target options) into it, each into an empty target."""
+    target options) into it, each into an empty target, and their ratios (:func:`ratios`)
+    for the ``count`` users the filter ``users`` selects."""
     result: dict[str, Any] = {"target": endpoint.what}
     scim.wipe()
     raw = raw_capacity(endpoint, raw_sample, args.concurrency)  # type: ignore[arg-type]
@@ -335,7 +340,22 @@ def measure(
             "requests": counted(scim),
             "cpu_seconds": dict(CPU),
         }
+    ratios(result, count, list(syncs))
     return result
+
+
+@contextlib.contextmanager
+def proxied(scim: ScimServer, **behaviour: float) -> Iterator[str]:
+    """The URL of scim2-server behind the fault proxy, set to ``behaviour`` (its attributes:
+    ``latency``, ``bulk_per_operation``) while in the block."""
+    proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+    for name, value in behaviour.items():
+        setattr(proxy, name, value)
+    proxy.start()
+    try:
+        yield f"{proxy.url}/v2"
+    finally:
+        proxy.stop()
 
 
 def command_of(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[str], Path | None]:
@@ -417,77 +437,50 @@ def main(argv: list[str] | None = None) -> None:
             result["active_users"], result["memberships"] = active, memberships
             sample = min(args.raw_sample, args.users)
 
+            on = functools.partial(measure, scim=scim, slapd=slapd, work=work, env=env, args=args)
             direct = Endpoint("scim2-server", scim.base_url, "scim2-server (gunicorn)")
             progress("scim2-server: raw, script, sync with Bulk as measured, sync without")
-            figures = measure(
+            result["scim2-server"] = on(
                 direct,
-                scim,
-                slapd,
-                work,
-                env,
-                args,
                 users=ALL_USERS,
+                count=args.users,
                 syncs=syncs,
                 raw_sample=sample,
             )
-            ratios(figures, args.users, list(syncs))
-            result["scim2-server"] = figures
 
             if args.bulk_per_operation_ms:
-                proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
-                proxy.bulk_per_operation = args.bulk_per_operation_ms / 1000
-                proxy.start()
-                try:
+                with proxied(scim, bulk_per_operation=args.bulk_per_operation_ms / 1000) as url:
                     slow = Endpoint(
                         "slow-bulk",
-                        f"{proxy.url}/v2",
+                        url,
                         "scim2-server behind a proxy taking Bulk requests one at a time, "
                         f"{args.bulk_per_operation_ms:g} ms an operation",
                     )
                     progress("slow-Bulk target: raw, script, sync with Bulk as measured")
-                    figures = measure(
+                    result["slow-bulk"] = on(
                         slow,
-                        scim,
-                        slapd,
-                        work,
-                        env,
-                        args,
                         users=ALL_USERS,
-                        syncs={"sync_bulk_auto": {}},
+                        count=args.users,
+                        syncs={"sync_bulk_auto": syncs["sync_bulk_auto"]},
                         raw_sample=sample,
                     )
-                finally:
-                    proxy.stop()
-                ratios(figures, args.users, ["sync_bulk_auto"])
-                result["slow-bulk"] = figures
 
             if args.latency_ms:
-                proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
-                proxy.latency = args.latency_ms / 1000
-                proxy.start()
-                try:
+                with proxied(scim, latency=args.latency_ms / 1000) as url:
                     far = Endpoint(
                         "latency",
-                        f"{proxy.url}/v2",
+                        url,
                         f"scim2-server {args.latency_ms:g} ms away (a proxy delays each "
                         "request), 1,000 users",
                     )
                     progress(f"{args.latency_ms:g} ms away: raw, script, sync without Bulk")
-                    figures = measure(
+                    result["latency"] = on(
                         far,
-                        scim,
-                        slapd,
-                        work,
-                        env,
-                        args,
                         users=LATENCY_USERS,
-                        syncs={"sync_no_bulk": {"use_bulk": "never"}},
+                        count=1000,
+                        syncs={"sync_no_bulk": syncs["sync_no_bulk"]},
                         raw_sample=min(sample, 400),
                     )
-                finally:
-                    proxy.stop()
-                ratios(figures, 1000, ["sync_no_bulk"])
-                result["latency"] = figures
 
             # a cycle with nothing to do: how long before the first directory read, and in all
             progress("no-change cycles: time to the first directory read")
