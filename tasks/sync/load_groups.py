@@ -114,6 +114,7 @@ class GroupLoader:
         self.create_members = create_members
         self.notes: list[str] = []
         """What the target made this run do, for the run's report."""
+        self._notes_lock = threading.Lock()
         self.managed_users = frozenset(managed_users)
         self.page_size = page_size
         self.cursor = cursor
@@ -236,7 +237,7 @@ class GroupLoader:
 
     def note(self, text: str) -> None:
         """Say once in the run's report (and log) what the target made this run do."""
-        with self._listing_lock:
+        with self._notes_lock:
             if text in self.notes:
                 return
             self.notes.append(text)

@@ -356,17 +356,7 @@ def test_a_20000_member_group_changed_by_10_members(
     """A 20,000-member group is created in one POST (as few requests as the target accepts:
     its bulk.maxOperations limits Bulk, not a POST), and a change of 10 members then costs one
     read and one PATCH."""
-    from tests.support.servers import ou_ldif, person_ldif
-
-    people = [f"m{n:05d}" for n in range(20_005)]
-    ldif = ou_ldif(PEOPLE) + "".join(
-        person_ldif(uid, given_name="M", surname=uid, ou_dn=PEOPLE) for uid in people
-    )
-    members = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people[:20_000])
-    ldif += (
-        ou_ldif(GROUPS) + f"dn: cn=all,{GROUPS}\nobjectClass: groupOfNames\ncn: all\n{members}\n"
-    )
-    slapd.reload(ldif)
+    people = big_group_directory(slapd, 20_000, people=20_005)
     scim = scim_servers.get("open")
     config = config_for(tmp_path, slapd, scim, concurrency=8)
     code, summary = sync(config, capsys)
@@ -393,17 +383,19 @@ def test_a_20000_member_group_changed_by_10_members(
     assert len(group["members"]) == 20_000
 
 
-def big_group_directory(slapd: Slapd, members: int) -> None:
-    """People m00000… and one group ``all`` holding the first ``members`` of them."""
+def big_group_directory(slapd: Slapd, members: int, people: int | None = None) -> list[str]:
+    """``people`` people m00000… (default: ``members``) and one group ``all`` holding the
+    first ``members`` of them; returns their uids."""
     from tests.support.servers import ou_ldif, person_ldif
 
-    people = [f"m{n:05d}" for n in range(members)]
+    uids = [f"m{n:05d}" for n in range(people or members)]
     ldif = ou_ldif(PEOPLE) + "".join(
-        person_ldif(uid, given_name="M", surname=uid, ou_dn=PEOPLE) for uid in people
+        person_ldif(uid, given_name="M", surname=uid, ou_dn=PEOPLE) for uid in uids
     )
-    lines = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in people)
+    lines = "".join(f"member: uid={uid},{PEOPLE}\n" for uid in uids[:members])
     ldif += ou_ldif(GROUPS) + f"dn: cn=all,{GROUPS}\nobjectClass: groupOfNames\ncn: all\n{lines}\n"
     slapd.reload(ldif)
+    return uids
 
 
 def members_of_all(scim: ScimServer) -> int:
