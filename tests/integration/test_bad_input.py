@@ -18,14 +18,18 @@ Covered elsewhere, not repeated here:
 from __future__ import annotations
 
 import base64
+import ssl
 from pathlib import Path
 from typing import Any
 
+import ldap3
 import pytest
 import requests
 import yaml
 from ldap3.utils.dn import escape_rdn
 
+from tasks.config import load_config
+from tasks.ldap.extract import connect, paged_entries
 from tests.conftest import (
     CUSTOM_URN,
     GROUPS,
@@ -262,3 +266,48 @@ def test_filter_injection_in_data_never_reaches_another_user(
     after = target_users(scim)
     assert {name for name in after if after[name] != users[name]} == set(HOSTILE)
     assert all(after[uid]["title"] == "Intruder" for uid in HOSTILE)
+
+
+def test_entries_are_read_exactly_as_ldap3_decodes_them(
+    tmp_path: Path, directory: Slapd, scim: ScimServer
+) -> None:
+    """The provisioner decodes search entries from their bytes itself (tasks/ldap/ber.py, for
+    speed); slapd's answers with lengths of one to four octets (a 76,800-byte photo, a
+    2,000,000-byte description), multi-valued, binary and non-ASCII values, and an escaped
+    DN come out equal to what ldap3's own decoder makes of the same search."""
+    photo = bytes(range(256)) * 300
+    add_person(
+        directory,
+        "wide, Émile",
+        raw=f"jpegPhoto:: {b64(photo)}\ndescription:: {b64('ü' * 300)}\n"
+        + "".join(f"mail: w{n}@example.org\n" for n in range(200)),
+    )
+    add_person(directory, "huge", description=["x" * 2_000_000])
+    source = load_config(str(write_config(tmp_path / "c.yaml", directory, scim))).source
+    conn = connect(source)
+    try:
+        ours = {
+            dn: {name.lower(): values for name, values in raw.items()}
+            for dn, raw in paged_entries(conn, source, PEOPLE, "(uid=*)", "subtree", ["*", "+"])
+        }
+    finally:
+        conn.unbind()
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(directory.tls.ca_cert))
+    server = ldap3.Server(directory.ldaps_url, use_ssl=True, tls=tls, get_info=ldap3.NONE)
+    plain = ldap3.Connection(server, directory.admin_dn, directory.admin_password)
+    plain.bind()
+    try:  # ldap3's own decoding: a connection as ldap3 makes it
+        plain.search(PEOPLE, "(uid=*)", attributes=["*", "+"], paged_size=500)
+        theirs = {
+            e["dn"]: {name.lower(): values for name, values in e["raw_attributes"].items()}
+            for e in plain.response
+            if e["type"] == "searchResEntry"
+        }
+    finally:
+        plain.unbind()
+    assert ours == theirs
+    by_uid = {entry["uid"][0].decode(): entry for entry in ours.values()}
+    assert by_uid["wide, Émile"]["jpegphoto"] == [photo]
+    assert by_uid["wide, Émile"]["description"] == ["ü".encode() * 300]
+    assert len(by_uid["wide, Émile"]["mail"]) == 200
+    assert by_uid["huge"]["description"] == [b"x" * 2_000_000]
