@@ -20,6 +20,7 @@ from dataclasses import replace
 from prefect import State, flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.launch import collect_cycles_rarely
 from flows.pipeline import (
     Mode,
     TargetPipeline,
@@ -130,6 +131,7 @@ def provision_users(
             when the guard trips; 0 holds the deprovisioning back at once.
         full: read every user instead of the changes since the last successful cycle.
     """
+    collect_cycles_rarely()
     config = load_config(config_path)
     summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout, full)
     publish(summary, "provision-users")

@@ -34,6 +34,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows.launch import collect_cycles_rarely
 from flows.pipeline import (
     TRANSFORM_BATCH,
     GroupRead,
@@ -609,6 +610,7 @@ def reconcile(
         report_dir: where the CSV of every difference goes (default: ``reports/`` next to
             the config file).
     """
+    collect_cycles_rarely()
     config = load_config(config_path)
     directory = Path(report_dir) if report_dir else Path(config_path).resolve().parent / "reports"
     summary = run_reconcile(

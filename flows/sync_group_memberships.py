@@ -20,6 +20,7 @@ from dataclasses import replace
 from prefect import State, flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.launch import collect_cycles_rarely
 from flows.pipeline import (
     GroupRead,
     Mode,
@@ -123,6 +124,7 @@ def sync_group_memberships(
         approval_timeout: seconds to pause for an operator's approval in the Prefect UI
             when the guard trips; 0 holds the deletions back at once.
     """
+    collect_cycles_rarely()
     config = load_config(config_path)
     if config.source.groups is None:
         raise ConfigError("the config has no source.groups section: there are no groups to sync")
