@@ -880,6 +880,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from flows.launch import collect_cycles_rarely
+
+    collect_cycles_rarely()  # as the command and every flow do: the sections call their code
     args = parse(argv)
     if args.reconcile_child:
         reconcile_child_main(args.reconcile_child, args.reconcile_repair)
