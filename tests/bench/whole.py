@@ -30,6 +30,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -552,6 +553,19 @@ def progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
+def bulk_trial(notes: str) -> tuple[float, float, bool] | None:
+    """From a sync's notes: the Bulk rate, the one-request-per-change rate of its trial and
+    whether Bulk carried the rest; ``None`` when no trial was made."""
+    found = re.search(
+        r"Bulk measured on \d+ changes at (\d+)/s, one request per change on \d+ at "
+        r"(\d+)/s: (Bulk requests|one request per change) for",
+        notes,
+    )
+    if found is None:
+        return None
+    return float(found[1]), float(found[2]), found[3] == "Bulk requests"
+
+
 def goals_table(result: dict[str, Any]) -> str:
     """Every goal of issue 19 with its figure, ``ok`` or ``MISSED``."""
     lines = [f"{'goal':<90} {'figure':>10}  "]
@@ -603,11 +617,11 @@ def goals_table(result: dict[str, Any]) -> str:
                 sync["group_phase_to_script"] <= 1.2,
             )
             if key == "slow-bulk":
-                chose = " ".join(sync["notes"])
+                trial = bulk_trial(" ".join(sync["notes"]))
                 row(
-                    "  Bulk measured and one request per change chosen",
-                    float("one request per change for" in chose),
-                    "one request per change for" in chose,
+                    "  Bulk measured against one request per change, the faster way chosen",
+                    float(trial is not None and trial[2] == (trial[0] > trial[1])),
+                    trial is not None and trial[2] == (trial[0] > trial[1]),
                     "{:.0f}",
                 )
     lines.append("")
