@@ -45,23 +45,13 @@ def _expect(data: bytes, i: int, tag: int) -> tuple[int, int]:
     return end, start
 
 
-def message_id(data: bytes) -> int | None:
-    """The messageID of one whole LDAPMessage, or ``None`` when it does not start as one."""
-    try:
-        _, i = _expect(data, 0, _SEQUENCE)
-        end, start = _expect(data, i, _INTEGER)
-    except (_Malformed, IndexError):
-        return None
-    return int.from_bytes(data[start:end], "big", signed=True)
-
-
 def search_entry(
     data: bytes,
 ) -> tuple[int, bytes, dict[bytes, list[bytes]], tuple[int, int] | None] | None:
     """One whole LDAPMessage holding a searchResEntry as (messageID, DN, {attribute type: raw
     values}, where its controls lie or ``None``); ``None`` for any other message or one not
-    shaped as expected. Attribute types are the bytes the server sent (an attribute given
-    twice keeps its values together, as ldap3 does)."""
+    shaped as expected. Attribute types are the bytes the server sent (an attribute the
+    server lists twice keeps the values of both)."""
     try:
         return _search_entry(data)
     except (_Malformed, IndexError):
