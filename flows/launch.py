@@ -127,8 +127,8 @@ def main() -> int:
         os.environ["PREFECT_API_URL"] = early.url
         atexit.register(early.stop)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        if command == "sync":
-            _prefetch_users(sys.argv[1:])
+    if command == "sync":  # on a configured server too: the read overlaps the imports
+        _prefetch_users(sys.argv[1:])
     from flows.cli import main as cli_main
 
     code = cli_main(early=early)
@@ -150,9 +150,10 @@ def exit_now(code: int) -> None:
 
 
 def _prefetch_users(argv: list[str]) -> None:
-    """Start the sync's directory read now, while the server boots and Prefect is imported
-    (the flow's extract task takes the result; tasks.ldap.changes.prefetch_users). Needs no
-    Prefect import; whatever is unclear here is left to the command, which reports it."""
+    """Start the sync's directory read now, while Prefect is imported and (with no server
+    configured) the temporary server boots; the flow's extract task takes the result
+    (tasks.ldap.changes.prefetch_users). Needs no Prefect import; whatever is unclear here is
+    left to the command, which reports it."""
     import argparse
 
     parser = argparse.ArgumentParser(add_help=False)

@@ -597,7 +597,7 @@ def extract_changes(source: LdapSource, attributes: list[str], start: Start) -> 
         len(changes.invalid),
         changes.searches,
         changes.seconds,
-        "; read while Prefect's server started" if early else "",
+        "; read while Prefect started" if early else "",
     )
     return changes
 

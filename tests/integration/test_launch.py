@@ -1,7 +1,8 @@
 """The ``scim-provisioner`` command itself (its console script, flows/launch.py), with no
 Prefect server configured: Prefect's temporary server is spawned before the heavy imports,
 used for the run (its history in PREFECT_HOME, as Prefect's own temporary server keeps it),
-and stopped when the command ends; a sync reads the directory while that server boots."""
+and stopped when the command ends; a sync reads the directory while that server boots (and,
+with a server configured, while Prefect is imported)."""
 
 from __future__ import annotations
 
@@ -70,5 +71,36 @@ def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
     assert "prefect.flow-run.heartbeat" not in events
     # the directory was read while the server booted, and the flow's extract task took it
     read = [m for m in messages if "users read" in m]
-    assert len(read) == 1 and "read while Prefect's server started" in read[0], read
+    assert len(read) == 1 and "read while Prefect started" in read[0], read
     assert processes_with(home) == []  # the server stopped with the command
+
+
+@pytest.mark.usefixtures("prefect")
+def test_a_sync_on_a_configured_server_reads_the_directory_while_prefect_loads(
+    tmp_path: Path, directory: Slapd, scim: ScimServer
+) -> None:
+    """With a Prefect server configured (a deployment's, here the test session's) there is no
+    server to wait for, but importing Prefect still takes seconds: the directory read starts
+    first and the flow's extract task takes it, as with the temporary server."""
+    from prefect.settings import PREFECT_API_URL
+
+    config = write_config(tmp_path / "c.yaml", directory, scim)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_API_URL=str(PREFECT_API_URL.value()),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        TEST_LDAP_PASSWORD=LDAP_PASSWORD,
+    )
+    command = Path(sys.executable).with_name("scim-provisioner")
+    done = subprocess.run(
+        [str(command), "sync", "--config", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(target_users(scim)) == {"ada", "bob", "dee"}
+    read = [line for line in done.stderr.splitlines() if "users read" in line]
+    assert len(read) == 1 and "read while Prefect started" in read[0], read
