@@ -389,15 +389,13 @@ class StateStore:
         million bodies cost a gigabyte)."""
         if self.read_only and not self._has_table(provisioned_users):
             return {}
-        body = self._body
         out: dict[str, StateRecord] = {}
         with self.engine.connect() as conn:
-            # fetched 5,000 rows at a time, unpacked as tuples: a Row's attributes cost ~1 µs
-            # each and one row at a time ~5 µs more (0.8 s for 47,500 records, now ~0.35 s)
+            # fetched 5,000 rows at a time (one at a time cost ~5 µs a row more)
             for rows in conn.execute(self._records_query(target, lazy=lazy)).partitions(5000):
-                for sid, scim, name, digest, payload, status, version, dn in rows:
-                    text = partial(body, target, sid) if lazy else payload
-                    out[sid] = StateRecord(sid, scim, name, digest, text, status, version, dn)
+                for row in rows:
+                    record = self._record(target, row, lazy=lazy)
+                    out[record.source_id] = record
         return out
 
     def _records_query(self, target: str, *, lazy: bool = False) -> sa.Select[Any]:
@@ -414,16 +412,11 @@ class StateStore:
         ).where(t.c.target == target)
 
     def _record(self, target: str, row: Any, *, lazy: bool = False) -> StateRecord:
-        return StateRecord(
-            row.source_id,
-            row.scim_id,
-            row.user_name,
-            row.content_hash,
-            partial(self._body, target, row.source_id) if lazy else row.payload,
-            row.status,
-            row.version,
-            row.dn,
-        )
+        """A row of :meth:`_records_query` as a record; unpacked as a tuple (a Row's
+        attributes cost ~1 µs each: 0.8 s for 47,500 records)."""
+        sid, scim, name, digest, payload, status, version, dn = row
+        text = partial(self._body, target, sid) if lazy else payload
+        return StateRecord(sid, scim, name, digest, text, status, version, dn)
 
     def user_rows(self, target: str) -> Iterator[UserRow]:
         """Every user provisioned to ``target`` without its payload, streamed (a million rows

@@ -618,10 +618,11 @@ def goals_table(result: dict[str, Any]) -> str:
             )
             if key == "slow-bulk":
                 trial = bulk_trial(" ".join(sync["notes"]))
+                faster_chosen = trial is not None and trial[2] == (trial[0] > trial[1])
                 row(
                     "  Bulk measured against one request per change, the faster way chosen",
-                    float(trial is not None and trial[2] == (trial[0] > trial[1])),
-                    trial is not None and trial[2] == (trial[0] > trial[1]),
+                    float(faster_chosen),
+                    faster_chosen,
                     "{:.0f}",
                 )
     lines.append("")

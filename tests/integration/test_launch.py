@@ -34,19 +34,13 @@ def processes_with(home: Path) -> list[int]:
     return found
 
 
-def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
-    tmp_path: Path, directory: Slapd, scim: ScimServer
-) -> None:
-    config = write_config(tmp_path / "c.yaml", directory, scim)
-    home = tmp_path / "prefect-home"
+def sync_command(config: Path, **prefect: str) -> subprocess.CompletedProcess[str]:
+    """``scim-provisioner sync --config`` as its own process, with none of this process's
+    Prefect settings but ``prefect`` (e.g. PREFECT_HOME, PREFECT_API_URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        TEST_LDAP_PASSWORD=LDAP_PASSWORD,
-    )
+    env.update(prefect, PREFECT_SERVER_ANALYTICS_ENABLED="false", TEST_LDAP_PASSWORD=LDAP_PASSWORD)
     command = Path(sys.executable).with_name("scim-provisioner")
-    done = subprocess.run(
+    return subprocess.run(
         [str(command), "sync", "--config", str(config)],
         env=env,
         capture_output=True,
@@ -54,6 +48,13 @@ def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
         timeout=300,
         check=False,
     )
+
+
+def test_the_command_runs_on_an_early_temporary_server_and_stops_it(
+    tmp_path: Path, directory: Slapd, scim: ScimServer
+) -> None:
+    home = tmp_path / "prefect-home"
+    done = sync_command(write_config(tmp_path / "c.yaml", directory, scim), PREFECT_HOME=str(home))
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(target_users(scim)) == {"ada", "bob", "dee"}
     assert "Starting temporary server" not in done.stderr  # Prefect did not start its own
@@ -85,21 +86,7 @@ def test_a_sync_on_a_configured_server_reads_the_directory_while_prefect_loads(
     from prefect.settings import PREFECT_API_URL
 
     config = write_config(tmp_path / "c.yaml", directory, scim)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_API_URL=str(PREFECT_API_URL.value()),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        TEST_LDAP_PASSWORD=LDAP_PASSWORD,
-    )
-    command = Path(sys.executable).with_name("scim-provisioner")
-    done = subprocess.run(
-        [str(command), "sync", "--config", str(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = sync_command(config, PREFECT_API_URL=str(PREFECT_API_URL.value()))
     assert done.returncode == 0, done.stderr[-3000:]
     assert set(target_users(scim)) == {"ada", "bob", "dee"}
     read = [line for line in done.stderr.splitlines() if "users read" in line]
