@@ -316,8 +316,7 @@ def _run(args: argparse.Namespace, early: EarlyServer | None = None) -> RunSumma
         return _run_flow(args)
     early.ready()
     # Flow-run heartbeats let a running server notice a run that died; this server lives only
-    # as long as the command, so none is watching. Prefect's heartbeat thread sleeps in
-    # 1-second steps and the run waits for it at its end: up to 1 s a run, for nothing here.
+    # as long as the command, so none is watching: none are sent.
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):

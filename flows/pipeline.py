@@ -26,6 +26,7 @@ from prefect.artifacts import create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from flows import heartbeats
 from tasks.batching import as_is, batches
 from tasks.config import Config, GroupsQuery, TargetConfig
 from tasks.ldap.changes import (
@@ -56,6 +57,8 @@ from tasks.sync.load import Loader, load_batch
 from tasks.sync.load_groups import GroupLoader, load_groups, max_members, members_per_create
 from tasks.sync.plan import Action, Plan, by_status, plan_users
 from tasks.sync.transform import DesiredUser, Rejection, transform_batch, transform_users
+
+heartbeats.install()  # every flow run of this process: heartbeats that stop with the run
 
 TRANSFORM_BATCH = 10000
 P = TypeVar("P", Plan, GroupPlan)

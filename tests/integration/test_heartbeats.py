@@ -1,0 +1,92 @@
+"""Flow-run heartbeats on a real Prefect server: still sent, and never what a run waits for."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.usefixtures("prefect")
+
+
+def heartbeat_events(flow_run_id: Any) -> list[dict[str, Any]]:
+    """The heartbeat events the server recorded for a flow run (events are stored a moment
+    after they are sent)."""
+    from prefect.client.orchestration import get_client
+
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.heartbeat"]},
+            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        }
+    }
+    events: list[dict[str, Any]] = []
+    with get_client(sync_client=True) as client:
+        for _ in range(60):
+            events = client.request("POST", "/events/filter", json=body).json()["events"]
+            if events:
+                break
+            time.sleep(0.5)
+    return events
+
+
+def test_a_flow_run_sends_heartbeats_and_ends_when_its_work_ends() -> None:
+    from prefect import flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    import flows.pipeline  # noqa: F401  (every flow of the provisioner imports it)
+
+    ended: dict[str, float] = {}
+
+    @flow(name="brief")
+    def brief() -> None:
+        ended["at"] = time.monotonic()
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 30}):
+        state = brief(return_state=True)
+    returned = time.monotonic()
+    assert state.is_completed()
+    # Prefect's own heartbeat thread slept in 1-second steps and the run waited for it to wake:
+    # ~1 s after the work of a short run. Left to end: the Completed state (milliseconds).
+    assert returned - ended["at"] < 0.5
+    events = heartbeat_events(state.state_details.flow_run_id)
+    assert events, "the run's heartbeat reached the server"
+    assert {e["event"] for e in events} == {"prefect.flow-run.heartbeat"}
+    related = {r["prefect.resource.role"] for e in events for r in e["related"]}
+    assert "flow" in related  # the same event as Prefect's own: tied to the flow
+
+
+def test_a_flow_run_sends_no_heartbeat_when_they_are_switched_off() -> None:
+    from prefect import flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    import flows.pipeline  # noqa: F401
+
+    @flow(name="quiet")
+    def quiet() -> None:
+        pass
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        state = quiet(return_state=True)
+        marker = quiet(return_state=True)  # a run after it: its events are stored by then
+    assert state.is_completed() and marker.is_completed()
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for _ in range(60):  # wait until the later run's state events are stored
+            body = {
+                "filter": {
+                    "resource": {"id": [f"prefect.flow-run.{marker.state_details.flow_run_id}"]}
+                }
+            }
+            if client.request("POST", "/events/filter", json=body).json()["events"]:
+                break
+            time.sleep(0.5)
+        body = {
+            "filter": {
+                "event": {"name": ["prefect.flow-run.heartbeat"]},
+                "resource": {"id": [f"prefect.flow-run.{state.state_details.flow_run_id}"]},
+            }
+        }
+        assert client.request("POST", "/events/filter", json=body).json()["events"] == []
