@@ -53,7 +53,7 @@ from tasks.scim.target import discover, uses_bulk, uses_group_patch, uses_patch
 from tasks.state.store import GroupRecord, StateRecord, StateStore, Status
 from tasks.sync.group_plan import DesiredGroup, GroupPlan, plan_groups, resolve_groups
 from tasks.sync.guard import apply_group_guard, apply_guard
-from tasks.sync.load import Loader, load_batch
+from tasks.sync.load import BULK_SPREAD_MIN, Loader, load_batch
 from tasks.sync.load_groups import GroupLoader, load_groups, max_members, members_per_create
 from tasks.sync.plan import Action, Plan, by_status, plan_users
 from tasks.sync.transform import DesiredUser, Rejection, transform_batch, transform_users
@@ -485,8 +485,11 @@ BULK_TRIAL_MAX = 800
 Bulk took 10 s for 2,000 changes that single requests carried in 4 s); the Bulk share goes
 in ``concurrency`` requests side by side."""
 BULK_TRIAL_FIRST = 200
-"""Changes loaded each way first: when one way is :data:`BULK_TRIAL_CLEAR` times the other's
-rate there, the trial ends (the loser's other 600 changes are not worth measuring)."""
+"""Changes loaded each way first, at least (and at least ``concurrency`` Bulk requests' worth,
+:data:`~tasks.sync.load.BULK_SPREAD_MIN` operations each, so that Bulk is measured with as
+many requests side by side as single requests are: 400 at the default concurrency of 4); when
+one way is :data:`BULK_TRIAL_CLEAR` times the other's rate there, the trial ends (the loser's
+other changes are not worth measuring)."""
 BULK_TRIAL_CLEAR = 1.5
 """How much faster one way must be after the first share for the trial to end there."""
 
@@ -547,7 +550,8 @@ def bulk_trial(
     bulk = loader.bulk
     assert bulk is not None
     share = min(len(actions) // 4, BULK_TRIAL_MAX)
-    steps = [min(share, BULK_TRIAL_FIRST)]
+    first = max(BULK_TRIAL_FIRST, loader.target.concurrency * BULK_SPREAD_MIN)
+    steps = [min(share, first)]
     if share > steps[0]:
         steps.append(share - steps[0])
     # confirmed changes and seconds, each way; a rate counts confirmed changes only (a Bulk

@@ -32,11 +32,13 @@ def heartbeat_events(flow_run_id: Any) -> list[dict[str, Any]]:
 
 
 def test_a_flow_run_sends_heartbeats_and_ends_when_its_work_ends() -> None:
-    from prefect import flow
+    from prefect import flow, flow_engine
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     import flows.pipeline  # noqa: F401  (every flow of the provisioner imports it)
+    from flows import heartbeats
 
+    assert flow_engine._send_heartbeats is heartbeats.heartbeats  # installed for this Prefect
     ended: dict[str, float] = {}
 
     @flow(name="brief")
