@@ -22,8 +22,6 @@ from collections.abc import Generator
 from contextlib import contextmanager
 from typing import Any
 
-_installed = False
-
 
 @contextmanager
 def heartbeats(engine: Any, join_on_exit: bool = True) -> Generator[None, None, None]:
@@ -69,14 +67,11 @@ def install() -> None:
     Only where Prefect's engine has the heartbeat context and the engine methods this module
     relies on, as Prefect 3.9 does; with another engine Prefect's own heartbeats stay (slower
     to stop, never missing), and test_heartbeats says so."""
-    global _installed
-    if _installed:
-        return
     from prefect import flow_engine
 
     engine = getattr(flow_engine, "FlowRunEngine", None)
     current = getattr(flow_engine, "_send_heartbeats", None)
-    if current is None or engine is None:
+    if current is None or current is heartbeats or engine is None:
         return
     needed = ("heartbeat_seconds", "_build_heartbeat_event_template", "_emit_flow_run_heartbeat")
     if not all(hasattr(engine, name) for name in needed):
@@ -84,4 +79,3 @@ def install() -> None:
     if list(inspect.signature(current).parameters) != ["engine", "join_on_exit"]:
         return
     flow_engine._send_heartbeats = heartbeats
-    _installed = True

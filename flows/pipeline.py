@@ -550,20 +550,17 @@ def bulk_trial(
     bulk = loader.bulk
     assert bulk is not None
     share = min(len(actions) // 4, BULK_TRIAL_MAX)
-    first = max(BULK_TRIAL_FIRST, loader.target.concurrency * BULK_SPREAD_MIN)
-    steps = [min(share, first)]
-    if share > steps[0]:
-        steps.append(share - steps[0])
+    first = min(share, max(BULK_TRIAL_FIRST, loader.target.concurrency * BULK_SPREAD_MIN))
     # confirmed changes and seconds, each way; a rate counts confirmed changes only (a Bulk
     # endpoint quick to refuse must not win)
     done = {"bulk": [0, 0.0], "single": [0, 0.0]}
-    measured, start = 0, 0
-    for step in steps:
+    start = 0
+    for end in (2 * first, 2 * share):  # the first step, then the rest of the share
+        if end <= start:
+            break
         # every other change each way: both shares hold the same kinds of change (the plan
         # lists creates first, deprovisionings last)
-        trial = actions[start : start + 2 * step]
-        start += 2 * step
-        measured += step
+        trial, start = actions[start:end], end
         for way, part in (("bulk", trial[0::2]), ("single", trial[1::2])):
             loader.bulk = bulk if way == "bulk" else None
             confirmed, seconds = load(part)
@@ -572,7 +569,7 @@ def bulk_trial(
         bulk_rate, single_rate = (n / max(s, 1e-6) for n, s in done.values())
         if max(bulk_rate, single_rate) >= BULK_TRIAL_CLEAR * min(bulk_rate, single_rate):
             break
-    rest = actions[start:]
+    rest, measured = actions[start:], start // 2
     faster = bulk_rate > single_rate
     loader.bulk = bulk if faster else None
     way = "Bulk requests" if faster else "one request per change"

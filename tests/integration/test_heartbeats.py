@@ -10,21 +10,24 @@ import pytest
 pytestmark = pytest.mark.usefixtures("prefect")
 
 
-def heartbeat_events(flow_run_id: Any) -> list[dict[str, Any]]:
-    """The heartbeat events the server recorded for a flow run (events are stored a moment
-    after they are sent)."""
+HEARTBEAT = "prefect.flow-run.heartbeat"
+
+
+def recorded_events(
+    flow_run_id: Any, name: str | None = None, *, wait: bool = True
+) -> list[dict[str, Any]]:
+    """The events the server recorded for a flow run (all, or those called ``name``); with
+    ``wait``, until there is one (events are stored a moment after they are sent)."""
     from prefect.client.orchestration import get_client
 
-    body = {
-        "filter": {
-            "event": {"name": ["prefect.flow-run.heartbeat"]},
-            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
-        }
-    }
+    wanted: dict[str, Any] = {"resource": {"id": [f"prefect.flow-run.{flow_run_id}"]}}
+    if name is not None:
+        wanted["event"] = {"name": [name]}
     events: list[dict[str, Any]] = []
     with get_client(sync_client=True) as client:
-        for _ in range(60):
-            events = client.request("POST", "/events/filter", json=body).json()["events"]
+        for _ in range(60 if wait else 1):
+            events = client.request("POST", "/events/filter", json={"filter": wanted}).json()
+            events = events["events"]
             if events:
                 break
             time.sleep(0.5)
@@ -52,9 +55,9 @@ def test_a_flow_run_sends_heartbeats_and_ends_when_its_work_ends() -> None:
     # Prefect's own heartbeat thread slept in 1-second steps and the run waited for it to wake:
     # ~1 s after the work of a short run. Left to end: the Completed state (milliseconds).
     assert returned - ended["at"] < 0.5
-    events = heartbeat_events(state.state_details.flow_run_id)
+    events = recorded_events(state.state_details.flow_run_id, HEARTBEAT)
     assert events, "the run's heartbeat reached the server"
-    assert {e["event"] for e in events} == {"prefect.flow-run.heartbeat"}
+    assert {e["event"] for e in events} == {HEARTBEAT}
     related = {r["prefect.resource.role"] for e in events for r in e["related"]}
     assert "flow" in related  # the same event as Prefect's own: tied to the flow
 
@@ -73,22 +76,6 @@ def test_a_flow_run_sends_no_heartbeat_when_they_are_switched_off() -> None:
         state = quiet(return_state=True)
         marker = quiet(return_state=True)  # a run after it: its events are stored by then
     assert state.is_completed() and marker.is_completed()
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        for _ in range(60):  # wait until the later run's state events are stored
-            body = {
-                "filter": {
-                    "resource": {"id": [f"prefect.flow-run.{marker.state_details.flow_run_id}"]}
-                }
-            }
-            if client.request("POST", "/events/filter", json=body).json()["events"]:
-                break
-            time.sleep(0.5)
-        body = {
-            "filter": {
-                "event": {"name": ["prefect.flow-run.heartbeat"]},
-                "resource": {"id": [f"prefect.flow-run.{state.state_details.flow_run_id}"]},
-            }
-        }
-        assert client.request("POST", "/events/filter", json=body).json()["events"] == []
+    # the later run's events are stored once this returns: the earlier run's are by then
+    assert recorded_events(marker.state_details.flow_run_id)
+    assert recorded_events(state.state_details.flow_run_id, HEARTBEAT, wait=False) == []
