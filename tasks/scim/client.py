@@ -378,16 +378,7 @@ class ScimClient:
         :data:`MAX_REDIRECTS` redirects on the same origin (scheme, host and port), so the
         credentials never go to another host.
         """
-        response = self.session.request(
-            method,
-            url,
-            json=body,
-            params=params,
-            headers=headers,
-            timeout=self.target.timeout,
-            allow_redirects=False,
-            stream=True,
-        )
+        response = self._transmit(method, url, headers, body, params)
         for _ in range(MAX_REDIRECTS):
             if not response.is_redirect:
                 return response
@@ -415,17 +406,52 @@ class ScimClient:
                     f"{safe_url(self.target.url)})",
                     status=response.status_code,
                 )
-            response = self.session.request(
-                "GET",
-                location,
-                headers=headers,
-                timeout=self.target.timeout,
-                allow_redirects=False,
-                stream=True,
-            )
+            response = self._transmit("GET", location, headers)
         if response.is_redirect:
             response.close()
             raise FatalError(f"{what} was redirected more than {MAX_REDIRECTS} times")
+        return response
+
+    def _transmit(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> requests.Response:
+        """One request through the session's adapter, its answer not yet read, no redirect
+        followed: what ``session.request(..., allow_redirects=False, stream=True)`` does,
+        without the steps this client never needs on every request (merging the environment's
+        settings and the session's hooks, asking where a redirect would lead). The session's
+        headers, auth, cookies, TLS settings and proxies apply as there. ~0.1 ms of CPU less
+        a request (a create: 0.46 -> 0.36 ms), an eighth of what a sync spends on a user
+        (docs/performance.md).
+        """
+        session = self.session
+        merged = requests.structures.CaseInsensitiveDict(session.headers)
+        merged.update(headers)
+        request = requests.PreparedRequest()
+        request.prepare(
+            method=method,
+            url=url,
+            headers=merged,
+            params=params,
+            auth=session.auth,
+            cookies=session.cookies,
+            json=body,
+        )
+        response = session.get_adapter(url).send(
+            request,
+            stream=True,
+            timeout=self.target.timeout,
+            verify=True if session.verify is None else session.verify,
+            cert=session.cert,
+            proxies=session.proxies,
+        )
+        if "Set-Cookie" in response.headers:  # kept for the next requests, as a session does
+            jar, raw = session.cookies, response.raw
+            requests.cookies.extract_cookies_to_jar(jar, request, raw)  # type: ignore[no-untyped-call,unused-ignore]
         return response
 
     # -- SCIM operations -------------------------------------------------------------------

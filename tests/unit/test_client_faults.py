@@ -723,3 +723,47 @@ def test_the_environment_is_read_once_and_a_netrc_never(
     assert "Authorization" not in session.prepare_request(request).headers
     direct = build_session(TargetConfig(name="d", url="https://direct.example/scim/v2"))
     assert "https" not in direct.proxies
+
+
+class TestSessionSettingsOnEveryRequest:
+    """The client sends through the session's adapter itself (not ``session.request``): the
+    session's headers, Basic auth, cookies and proxies must still reach the wire."""
+
+    def test_basic_auth_headers_and_a_cookie_the_target_set_are_sent(
+        self, serve, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A load balancer's stickiness cookie set on the first answer comes back on the
+        next request, with the Basic credentials and the SCIM Accept header."""
+        seen: list[dict[str, str]] = []
+
+        def script(request: BaseHTTPRequestHandler, n: int):
+            seen.append(dict(request.headers))
+            cookie = {"Set-Cookie": "AWSALB=node-7; Path=/"} if n == 1 else {}
+            return 200, {"Content-Type": "application/scim+json", **cookie}, listing()
+
+        fake = serve(script)
+        monkeypatch.setenv("SCIM_PASSWORD", "s3cret")
+        auth = {"type": "basic", "username": "prov", "password": {"env": "SCIM_PASSWORD"}}
+        client = client_for(fake, [], auth=auth)
+        client.find("/Users", 'userName eq "ada"')
+        client.find("/Users", 'userName eq "bob"')
+        assert "Cookie" not in seen[0]
+        assert seen[1]["Cookie"] == "AWSALB=node-7"
+        for headers in seen:
+            assert headers["Authorization"] == "Basic cHJvdjpzM2NyZXQ="  # prov:s3cret
+            assert headers["Accept"].startswith("application/scim+json")
+
+    def test_a_request_goes_through_the_proxy_of_the_environment(
+        self, serve, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """HTTP_PROXY read when the client was built is where the request goes (as an
+        absolute URL to the target, the way a forward proxy receives it)."""
+        proxy = serve(lambda r, n: (200, {"Content-Type": "application/scim+json"}, listing()))
+        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v2"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        target = TargetConfig(name="t", url="http://scim.example.invalid/v2", timeout=2)
+        ScimClient(target).find("/Users", 'userName eq "ada"')
+        assert proxy.requests == [
+            ("GET", "http://scim.example.invalid/v2/Users?filter=userName+eq+%22ada%22&count=2")
+        ]
