@@ -14,8 +14,10 @@ guard's pause); the decisions are the pure functions of ``tasks/``.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -188,6 +190,51 @@ def read_groups(
     narrowed = scoped(targets, users=False)
     scopes = (read_scopes.fn if preview else read_scopes)(source, narrowed) if narrowed else {}
     return GroupRead(groups, read, prints, scopes)
+
+
+class GroupReadAhead:
+    """A sync's group read (:func:`read_groups`), started before its users load and taken
+    when the groups are planned: the directory is read while the users go to the targets,
+    which leaves the provisioner mostly waiting for their answers. The read is the one the
+    group step would make afterwards, from the same inputs: the user cycle, the DNs it changed
+    or found gone (taken before the load) and the group watermarks, which the user load does
+    not move. Its tasks run in the flow run (the context is carried to the reading thread, as
+    Prefect's thread-pool task runner does); an error it raises is raised where it is taken.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        targets: list[TargetConfig],
+        store: StateStore,
+        *,
+        full: bool,
+        users: UserChanges,
+        users_dns: Iterable[str],
+    ) -> None:
+        self.targets = [t.name for t in targets]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-read")
+        self._read = self._pool.submit(
+            contextvars.copy_context().run,
+            read_groups,
+            config,
+            targets,
+            store,
+            full=full,
+            preview=False,
+            users=users,
+            users_dns=sorted(users_dns),
+        )
+
+    def take(self, targets: list[TargetConfig]) -> GroupRead | None:
+        """The read, when it was made for exactly these targets (a target found unreachable
+        meanwhile: ``None``, the group step reads again for the others)."""
+        read = self._read.result()
+        return read if [t.name for t in targets] == self.targets else None
+
+    def close(self) -> None:
+        """Wait for the read (a run stopped during the user load ends after it)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def member_dns(users: UserChanges, records: dict[str, StateRecord]) -> set[str]:

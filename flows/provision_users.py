@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from flows.launch import collect_cycles_rarely
 from flows.pipeline import (
+    GroupReadAhead,
     Mode,
     TargetPipeline,
     cycle_succeeded,
@@ -37,6 +38,7 @@ from tasks.errors import TargetUnreachable
 from tasks.report import RunSummary, TargetReport, final_state, publish
 from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
+from tasks.state.store import StateRecord
 
 
 def _run_name() -> str:
@@ -63,14 +65,25 @@ def run_sync(
         name_run("provision-users", changes.complete)
         groups = config.source.groups
         with_groups = groups is not None and groups.sync_with_users
+        states: dict[str, dict[str, StateRecord]] = {}  # the first target's, read once
         dns: set[str] = set()
+        ahead = None
+        if with_groups:  # before the load, which forgets deleted users
+            for t in targets:
+                state = store.records(t.name, lazy=True)
+                dns |= member_dns(read.of(t), state)
+                if not states:
+                    states[t.name] = state
+            if grouped := [t for t in targets if t.sync_groups]:
+                ahead = GroupReadAhead(
+                    config, grouped, store, full=full, users=changes, users_dns=dns
+                )
+                closing.callback(ahead.close)
         reports = []
         for t in targets:
             pipeline = TargetPipeline(t, store, mode)
-            state = store.records(t.name, lazy=True)
+            state = states.pop(t.name) if t.name in states else store.records(t.name, lazy=True)
             mine = read.of(t)  # narrowed to the target's scope
-            if with_groups:  # before the load, which forgets deleted users
-                dns |= member_dns(mine, state)
             started = time.monotonic()
             try:  # nothing is said about a target this run did not reach
                 client = clients[t.name] = closing.enter_context(reached(t))
@@ -90,6 +103,7 @@ def run_sync(
                 users_dns=dns,
                 mode=mode,
                 clients=clients,
+                ahead=ahead,
             )
             if with_groups
             else []

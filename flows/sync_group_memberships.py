@@ -23,6 +23,7 @@ from prefect.runtime import flow_run
 from flows.launch import collect_cycles_rarely
 from flows.pipeline import (
     GroupRead,
+    GroupReadAhead,
     Mode,
     TargetPipeline,
     cycle_succeeded,
@@ -77,17 +78,20 @@ def run_group_sync(
     users_dns: Iterable[str] = (),
     mode: Mode | None = None,
     clients: dict[str, ScimClient] | None = None,
+    ahead: GroupReadAhead | None = None,
 ) -> list[GroupReport]:
     """Read the groups (the changed ones, in an incremental cycle) once and sync them to every
     target that takes groups; ``users``: the user cycle this follows, if any, and
     ``users_dns`` the DNs of the users it changed or found gone (taken before the user load
-    forgot deleted users)."""
+    forgot deleted users); ``ahead``: that read, started during the user load."""
     wanted = [t for t in targets if t.sync_groups]
     if config.source.groups is None or not wanted:
         return []
-    read = read_groups(
-        config, wanted, store, full=full, preview=False, users=users, users_dns=users_dns
-    )
+    read = ahead.take(wanted) if ahead is not None else None
+    if read is None:
+        read = read_groups(
+            config, wanted, store, full=full, preview=False, users=users, users_dns=users_dns
+        )
     if users is None:  # a user cycle names its run itself
         name_run("sync-group-memberships", read.groups.complete)
     reports = []

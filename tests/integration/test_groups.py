@@ -341,6 +341,51 @@ def test_a_sync_with_groups_reaches_each_target_once(
     assert sent == {"GET": 1}, sent
 
 
+def task_runs_of_the_run_of(config: Path) -> list[Any]:
+    """The task runs of the provision_users flow run made with this config."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["provision_users"]))
+        )
+        run = next(r for r in runs if r.parameters.get("config_path") == str(config))
+        for _ in range(40):  # task runs are recorded from events, a moment later
+            tasks = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+            )
+            if tasks and all(t.end_time is not None for t in tasks):
+                return tasks
+            time.sleep(0.25)
+    raise AssertionError(f"the task runs of flow run {run.id} did not all end")
+
+
+def test_the_groups_are_read_while_the_users_load(
+    tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The group step's directory read runs beside the user load (which mostly waits for the
+    target): it starts before the last user batch ends, not after it; the groups come out as
+    a read after the load would make them, with their provisioned members."""
+    config = config_for(tmp_path, directory, scim, batch_size=5)
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    runs = task_runs_of_the_run_of(config)
+    read = next(r for r in runs if r.name.startswith("extract-group-changes-from-LDAP"))
+    loads = [r for r in runs if r.name.startswith("load-app-")]
+    assert len(loads) > 1, [r.name for r in runs]
+    assert read.start_time < max(load.end_time for load in loads)
+    assert groups_summary(summary)["succeeded"]["create"] > 0
+    assert all(g["names"] for g in target_groups(scim).values())
+
+
 def test_groups_command_without_groups_config(
     tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
