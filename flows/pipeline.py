@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -200,6 +200,8 @@ class GroupReadAhead:
     or found gone (taken before the load) and the group watermarks, which the user load does
     not move. Its tasks run in the flow run (the context is carried to the reading thread, as
     Prefect's thread-pool task runner does); an error it raises is raised where it is taken.
+    Before the load, :meth:`~StateStore.lacks_dns` may still be true of a store from before
+    DNs were kept where it would not be after: the read then takes every user, a superset.
     """
 
     def __init__(
@@ -214,7 +216,7 @@ class GroupReadAhead:
     ) -> None:
         self.targets = [t.name for t in targets]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="group-read")
-        self._read = self._pool.submit(
+        self._read: Future[GroupRead] | None = self._pool.submit(
             contextvars.copy_context().run,
             read_groups,
             config,
@@ -227,14 +229,21 @@ class GroupReadAhead:
         )
 
     def take(self, targets: list[TargetConfig]) -> GroupRead | None:
-        """The read, when it was made for exactly these targets (a target found unreachable
-        meanwhile: ``None``, the group step reads again for the others)."""
-        read = self._read.result()
-        return read if [t.name for t in targets] == self.targets else None
+        """The read, when it was made for exactly these targets; ``None`` when a target was
+        found unreachable meanwhile (the group step reads again for the others, and an error
+        of this read, which covered that target too, is not theirs)."""
+        read, self._read = self._read, None
+        if read is None or [t.name for t in targets] != self.targets:
+            return None
+        return read.result()
 
-    def close(self) -> None:
-        """Wait for the read (a run stopped during the user load ends after it)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    def __enter__(self) -> GroupReadAhead:
+        return self
+
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        """Wait for the read at the end of a run; a run that failed (or was interrupted) does
+        not wait for a read nobody will take."""
+        self._pool.shutdown(wait=failed is None, cancel_futures=True)
 
 
 def member_dns(users: UserChanges, records: dict[str, StateRecord]) -> set[str]:

@@ -75,10 +75,9 @@ def run_sync(
                 if not states:
                     states[t.name] = state
             if grouped := [t for t in targets if t.sync_groups]:
-                ahead = GroupReadAhead(
-                    config, grouped, store, full=full, users=changes, users_dns=dns
+                ahead = closing.enter_context(
+                    GroupReadAhead(config, grouped, store, full=full, users=changes, users_dns=dns)
                 )
-                closing.callback(ahead.close)
         reports = []
         for t in targets:
             pipeline = TargetPipeline(t, store, mode)

@@ -341,8 +341,10 @@ def test_a_sync_with_groups_reaches_each_target_once(
     assert sent == {"GET": 1}, sent
 
 
-def task_runs_of_the_run_of(config: Path) -> list[Any]:
-    """The task runs of the provision_users flow run made with this config."""
+def task_runs_of_the_run_of(config: Path, expected: dict[str, int]) -> list[Any]:
+    """The task runs of the latest provision_users flow run made with this config, once
+    ``expected`` of each name prefix have been recorded and ended (task runs reach the server
+    as events, a moment later)."""
     import time
 
     from prefect.client.orchestration import get_client
@@ -352,38 +354,65 @@ def task_runs_of_the_run_of(config: Path) -> list[Any]:
         FlowRunFilter,
         FlowRunFilterId,
     )
+    from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["provision_users"]))
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["provision_users"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=50,
         )
         run = next(r for r in runs if r.parameters.get("config_path") == str(config))
-        for _ in range(40):  # task runs are recorded from events, a moment later
+        for _ in range(80):
             tasks = client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
             )
-            if tasks and all(t.end_time is not None for t in tasks):
-                return tasks
+            ended = [t for t in tasks if t.end_time is not None]
+            if all(
+                sum(t.name.startswith(prefix) for t in ended) >= count
+                for prefix, count in expected.items()
+            ):
+                return ended
             time.sleep(0.25)
-    raise AssertionError(f"the task runs of flow run {run.id} did not all end")
+    names = [t.name for t in tasks]
+    raise AssertionError(f"flow run {run.id}: task runs {expected} not all recorded: {names}")
 
 
 def test_the_groups_are_read_while_the_users_load(
     tmp_path: Path, directory: Slapd, scim: ScimServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The group step's directory read runs beside the user load (which mostly waits for the
-    target): it starts before the last user batch ends, not after it; the groups come out as
-    a read after the load would make them, with their provisioned members."""
-    config = config_for(tmp_path, directory, scim, batch_size=5)
-    code, summary = sync(config, capsys)
+    target, here 0.1 s away, one user a batch): it starts before the last user batch ends, not
+    after it; the groups come out as the read after the load made them (the incremental
+    inputs, the DNs of changed and deprovisioned users, go through the same read in the tests
+    of TestChanges)."""
+    from tests.fault_proxy import FaultProxy
+
+    proxy = FaultProxy(scim.base_url.removesuffix("/v2"), rates={})
+    proxy.latency = 0.1
+    proxy.start()
+    try:
+        config = config_for(
+            tmp_path, directory, scim, url=f"{proxy.url}/v2", batch_size=1, use_bulk="never"
+        )
+        code, summary = sync(config, capsys)
+    finally:
+        proxy.stop()
     assert code == 0, summary
-    runs = task_runs_of_the_run_of(config)
+    created = summary["targets"][0]["succeeded"]["create"]
+    assert created > 1
+    runs = task_runs_of_the_run_of(
+        config, {"extract-group-changes-from-LDAP": 1, "load-app-batch-": created}
+    )
     read = next(r for r in runs if r.name.startswith("extract-group-changes-from-LDAP"))
-    loads = [r for r in runs if r.name.startswith("load-app-")]
-    assert len(loads) > 1, [r.name for r in runs]
+    loads = [r for r in runs if r.name.startswith("load-app-batch-")]
     assert read.start_time < max(load.end_time for load in loads)
-    assert groups_summary(summary)["succeeded"]["create"] > 0
-    assert all(g["names"] for g in target_groups(scim).values())
+    groups = target_groups(scim)
+    assert groups["engineers"]["names"] == ["ada", "bob"]
+    assert groups["everyone"]["names"] == ["ada", "bob", "dee"]
+    assert groups["auditors"]["names"] == ["dee"]
+    assert groups["staff"]["names"] == ["dee"]
+    assert groups_summary(summary)["succeeded"]["create"] == 4
 
 
 def test_groups_command_without_groups_config(

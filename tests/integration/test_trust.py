@@ -167,6 +167,29 @@ class TestReachability:
         assert "target down (http://127.0.0.1:9/v2) not reached" in err
         assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
 
+    def test_one_unreachable_target_does_not_stop_the_others_groups(
+        self,
+        tmp_path: Path,
+        directory: Slapd,
+        scim: ScimServer,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        """With groups: the group read started during the user load covered both targets;
+        the reachable one still gets its groups (read again for it alone), the run exits 2."""
+        import yaml
+
+        source = {"groups": {"base_dn": GROUPS}}
+        config = write_config(tmp_path / "c.yaml", directory, scim, source=source)
+        data = yaml.safe_load(config.read_text())
+        down = {**data["targets"][0], "name": "down", "url": "http://127.0.0.1:9/v2"}
+        data["targets"].insert(0, {**down, "max_retries": 0})
+        config.write_text(yaml.safe_dump(data))
+        code, err = sync(config, capsys)
+        assert code == 2
+        assert "target down (http://127.0.0.1:9/v2) not reached" in err
+        assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+        assert _groups(scim) == {"auditors", "engineers", "everyone", "staff"}
+
 
 class TestGroupDeletionGuard:
     def test_an_emptied_group_base_is_held_back_until_allowed(

@@ -759,9 +759,10 @@ class TestSessionSettingsOnEveryRequest:
         """HTTP_PROXY read when the client was built is where the request goes (as an
         absolute URL to the target, the way a forward proxy receives it)."""
         proxy = serve(lambda r, n: (200, {"Content-Type": "application/scim+json"}, listing()))
-        monkeypatch.setenv("HTTP_PROXY", proxy.url.removesuffix("/v2"))
-        monkeypatch.delenv("NO_PROXY", raising=False)
-        monkeypatch.delenv("no_proxy", raising=False)
+        for name in ("HTTP_PROXY", "http_proxy"):  # the lower case one wins where both are set
+            monkeypatch.setenv(name, proxy.url.removesuffix("/v2"))
+        for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "REQUEST_METHOD"):
+            monkeypatch.delenv(name, raising=False)
         target = TargetConfig(name="t", url="http://scim.example.invalid/v2", timeout=2)
         ScimClient(target).find("/Users", 'userName eq "ada"')
         assert proxy.requests == [
