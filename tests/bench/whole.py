@@ -7,7 +7,9 @@ Starts its own slapd (``slapadd -q``: N users, every 20th locked; G groups, one 
 every active user, the others ~50 members each) and scim2-server (gunicorn), then measures:
 
 1. **raw**: bare ``POST /Users`` of the payloads the provisioner sends, ``concurrency`` at a
-   time on keep-alive sessions: the target's capacity, in writes/s;
+   time on keep-alive sessions: the target's capacity, in writes/s, measured before and again
+   after the others (the higher counts: the machine is shared, and a slow spell during one
+   sample would flatter every ratio);
 2. **script**: :data:`SCRIPT`, a sequential script as an administrator would write it (ldap3
    paged search, requests, one POST per active user, one POST per group with its members),
    run as its own process into an empty target;
@@ -306,7 +308,7 @@ def measure(
     result: dict[str, Any] = {"target": endpoint.what}
     scim.wipe()
     raw = raw_capacity(endpoint, raw_sample, args.concurrency)  # type: ignore[arg-type]
-    result["raw_writes_per_s"] = round(raw, 1)
+    result["raw_writes_per_s_samples"] = [round(raw, 1)]
 
     scim.wipe()
     script = work / "script.py"
@@ -347,6 +349,13 @@ def measure(
             "requests": counted(scim),
             "cpu_seconds": dict(CPU),
         }
+    # The raw capacity again, after the others: a slow spell of the shared machine during one
+    # sample would flatter every ratio to it (a 50,000-user run once sampled 383 POSTs/s where
+    # the target takes ~580); the higher sample is the capacity compared with.
+    scim.wipe()
+    again = raw_capacity(endpoint, raw_sample, args.concurrency)  # type: ignore[arg-type]
+    result["raw_writes_per_s_samples"].append(round(again, 1))
+    result["raw_writes_per_s"] = max(result["raw_writes_per_s_samples"])
     ratios(result, count, list(syncs))
     return result
 
@@ -581,7 +590,9 @@ def goals_table(result: dict[str, Any]) -> str:
         lines.append(f"{key}: {figures['target']}")
         lines.append(
             f"  raw bound {figures['raw_bound_users_per_s']:.1f} users/s "
-            f"({figures['raw_writes_per_s']:.0f} POSTs/s); script "
+            f"({figures['raw_writes_per_s']:.0f} POSTs/s, the higher of "
+            + " and ".join(f"{r:.0f}" for r in figures.get("raw_writes_per_s_samples", []))
+            + " measured before and after); script "
             f"{figures['script']['users_per_s']:.1f} users/s, groups in "
             f"{figures['script']['groups_seconds']:.1f} s"
         )
