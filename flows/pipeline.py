@@ -225,7 +225,7 @@ class GroupReadAhead:
             full=full,
             preview=False,
             users=users,
-            users_dns=sorted(users_dns),
+            users_dns=tuple(users_dns),  # as they are now (read_groups sorts them)
         )
 
     def take(self, targets: list[TargetConfig]) -> GroupRead | None:

@@ -155,17 +155,8 @@ class TestReachability:
         capsys: pytest.CaptureFixture[str],
     ) -> None:
         """The reachable target is provisioned; the run still exits 2 for the other one."""
-        import yaml
-
         config = write_config(tmp_path / "c.yaml", directory, scim)
-        data = yaml.safe_load(config.read_text())
-        down = {**data["targets"][0], "name": "down", "url": "http://127.0.0.1:9/v2"}
-        data["targets"].append({**down, "max_retries": 0})
-        config.write_text(yaml.safe_dump(data))
-        code, err = sync(config, capsys)
-        assert code == 2
-        assert "target down (http://127.0.0.1:9/v2) not reached" in err
-        assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+        sync_with_a_target_down(config, scim, capsys, at=-1)
 
     def test_one_unreachable_target_does_not_stop_the_others_groups(
         self,
@@ -176,19 +167,28 @@ class TestReachability:
     ) -> None:
         """With groups: the group read started during the user load covered both targets;
         the reachable one still gets its groups (read again for it alone), the run exits 2."""
-        import yaml
-
         source = {"groups": {"base_dn": GROUPS}}
         config = write_config(tmp_path / "c.yaml", directory, scim, source=source)
-        data = yaml.safe_load(config.read_text())
-        down = {**data["targets"][0], "name": "down", "url": "http://127.0.0.1:9/v2"}
-        data["targets"].insert(0, {**down, "max_retries": 0})
-        config.write_text(yaml.safe_dump(data))
-        code, err = sync(config, capsys)
-        assert code == 2
-        assert "target down (http://127.0.0.1:9/v2) not reached" in err
-        assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
+        sync_with_a_target_down(config, scim, capsys, at=0)
         assert _groups(scim) == {"auditors", "engineers", "everyone", "staff"}
+
+
+def sync_with_a_target_down(
+    config: Path, scim: ScimServer, capsys: pytest.CaptureFixture[str], *, at: int
+) -> None:
+    """Add target ``down`` (nothing listens at its URL; no retries) to the config's targets
+    (first with ``at=0``, last with ``at=-1``), sync, and check that the run exits 2 naming it
+    while target ``app`` got its users."""
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    down = {**data["targets"][0], "name": "down", "url": "http://127.0.0.1:9/v2", "max_retries": 0}
+    data["targets"].insert(len(data["targets"]) if at == -1 else at, down)
+    config.write_text(yaml.safe_dump(data))
+    code, err = sync(config, capsys)
+    assert code == 2
+    assert "target down (http://127.0.0.1:9/v2) not reached" in err
+    assert sorted(target_users(scim)) == ["ada", "bob", "dee"]
 
 
 class TestGroupDeletionGuard:
