@@ -123,6 +123,9 @@ class FaultProxy:
         """When set, Bulk requests are served one at a time, each waiting this long per
         operation first."""
         self._bulk_queue = threading.Lock()
+        self.writes_in_flight = 0
+        self.peak_writes_in_flight = 0
+        """The most write requests forwarded at once (each counted until its answer came)."""
         self.refuse_attributes = False
         """Answer a GET asking for ``attributes=`` with a SCIM 400, as some servers do."""
         self.stuck_listing = False
@@ -191,6 +194,18 @@ class FaultProxy:
         return None
 
     def _forward(self, handler: BaseHTTPRequestHandler, body: bytes) -> requests.Response:
+        if handler.command == "GET":
+            return self._forward_one(handler, body)
+        with self._lock:
+            self.writes_in_flight += 1
+            self.peak_writes_in_flight = max(self.peak_writes_in_flight, self.writes_in_flight)
+        try:
+            return self._forward_one(handler, body)
+        finally:
+            with self._lock:
+                self.writes_in_flight -= 1
+
+    def _forward_one(self, handler: BaseHTTPRequestHandler, body: bytes) -> requests.Response:
         headers = {
             k: v for k, v in handler.headers.items() if k.lower() not in ("host", "content-length")
         }

@@ -3,7 +3,8 @@
 A batch of actions runs on a few threads (the target's ``concurrency``); each outcome is written
 to the state store as soon as the target confirmed it, from the calling thread. A rejected user is
 reported and the others go on; a fatal error (authentication) stops the batch after recording
-what was already confirmed.
+what was already confirmed. Batches may overlap (:meth:`Loader.shared_threads`): they then share
+the ``concurrency`` threads, and a fatal error stops the other batch too.
 
 Creating is idempotent: the user is looked up by the configured filter first and adopted if it
 exists; a 409 also leads to a look-up and adoption; after a lost response the next attempt looks
@@ -12,6 +13,7 @@ up again instead of sending a second POST.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import logging
@@ -19,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +69,6 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     outcomes: list[Outcome]
-    requests: dict[str, int]
 
 
 def lookup_value(payload: dict[str, Any], attribute: str) -> str | None:
@@ -181,6 +183,37 @@ class Loader:
         self.claimed = set(managed_ids)
         self._lock = threading.Lock()
         self.index_attribute = ""
+        self._pool: ThreadPoolExecutor | None = None
+        self.halted = threading.Event()
+        """Set by a batch that met a fatal error: no write of any batch starts after it."""
+
+    @contextlib.contextmanager
+    def shared_threads(self) -> Iterator[None]:
+        """One pool of ``concurrency`` threads for every batch loaded in the block, so that
+        batches may overlap (the next one starts while the last writes of this one are in
+        flight) and still never have more than ``concurrency`` writes in flight, taken in the
+        order they were submitted. Leaving the block by an exception stops what has not
+        started."""
+        pool = ThreadPoolExecutor(
+            max_workers=self.target.concurrency, thread_name_prefix=f"load-{self.target.name}"
+        )
+        self._pool = pool
+        try:
+            yield
+        except BaseException:
+            self.halted.set()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            self._pool = None
+            pool.shutdown(wait=True)
+
+    def threads(self, wanted: int) -> AbstractContextManager[ThreadPoolExecutor]:
+        """The shared pool (:meth:`shared_threads`) when there is one, else a pool of
+        ``wanted`` threads of the caller's own."""
+        if self._pool is not None:
+            return contextlib.nullcontext(self._pool)
+        return ThreadPoolExecutor(max_workers=max(1, min(self.target.concurrency, wanted)))
 
     def prefetch(self, creates: int, capabilities: Capabilities) -> bool:
         """List the target's users once when that costs fewer requests than a look-up per
@@ -430,7 +463,7 @@ class Loader:
         outcomes: list[Outcome] = []
         chunks = list(bulk_chunks(operations, self.bulk, self.target.concurrency))
         fatal: BaseException | None = None
-        with ThreadPoolExecutor(max_workers=min(self.target.concurrency, len(chunks) or 1)) as pool:
+        with self.threads(len(chunks)) as pool:
             futures = [pool.submit(self._send_bulk, chunk, by_id) for chunk in chunks]
             for chunk, future in zip(chunks, futures, strict=True):
                 # every answered request is recorded, even after a fatal one
@@ -456,7 +489,10 @@ class Loader:
     def _send_bulk(
         self, chunk: list[dict[str, Any]], by_id: dict[str, Action]
     ) -> tuple[list[Outcome], list[Action]]:
-        """One Bulk request: the outcomes it confirmed, and the actions to do one by one."""
+        """One Bulk request: the outcomes it confirmed, and the actions to do one by one
+        (neither when another batch halted the load before it started)."""
+        if self.halted.is_set():
+            return [], []
         try:
             _, body, _ = self.client.send(
                 "POST", "/Bulk", body=self.dialect.bulk_body(chunk), retry=False
@@ -506,6 +542,18 @@ class Loader:
         return Outcome(
             action, False, f"{what} failed: HTTP {status}" + (f": {detail}" if detail else "")
         )
+
+    def attempt(self, action: Action) -> Outcome | None:
+        """:meth:`run`, or ``None`` when a batch halted the load before this action started
+        (nothing was sent for it). A fatal error halts the load at once: no action of any
+        batch starts after it."""
+        if self.halted.is_set():
+            return None
+        try:
+            return self.run(action)
+        except FatalError:
+            self.halted.set()
+            raise
 
     def run(self, action: Action) -> Outcome:
         """Carry out one action; never raises except :class:`FatalError`."""
@@ -617,16 +665,17 @@ RECORD_EVERY = 0.25
 def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> list[Outcome]:
     """Carry out actions concurrently; record confirmed ones every :data:`RECORD_EVERY` seconds.
 
-    A fatal error stops the batch: nothing new starts, what is running finishes and is
-    recorded, then the error is raised.
+    A fatal error stops the batch, and any batch overlapping it (:attr:`Loader.halted`):
+    nothing new starts, what is running finishes and is recorded, then the error is raised (in
+    the batch that met it; the others return what they confirmed).
     """
     outcomes: list[Outcome] = []
     target = loader.target.name
     actions = list(actions)
     if loader.bulk is not None:
         outcomes, actions = loader.run_bulk(actions, lambda done: record(store, target, done))
-    with ThreadPoolExecutor(max_workers=loader.target.concurrency) as pool:
-        submitted = {pool.submit(loader.run, action): action for action in actions}
+    with loader.threads(len(actions)) as pool:
+        submitted = {pool.submit(loader.attempt, action): action for action in actions}
         pending = set(submitted)
         fatal: BaseException | None = None
         while pending:
@@ -634,9 +683,11 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
             if fatal is None:
                 fatal = next((f.exception() for f in done if f.exception() is not None), None)
                 if fatal is not None:
+                    loader.halted.set()
                     for future in pending:
                         future.cancel()
-            confirmed = [f.result() for f in done if not f.cancelled() and f.exception() is None]
+            answered = [f.result() for f in done if not f.cancelled() and f.exception() is None]
+            confirmed = [outcome for outcome in answered if outcome is not None]
             stopped = [  # the audit log says which write the run stopped on, and why
                 Outcome(submitted[f], False, str(f.exception()))
                 for f in done
@@ -652,10 +703,8 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
 @task(name="load-to-SCIM", cache_policy=NO_CACHE)
 def load_batch(loader: Loader, store: StateStore, actions: list[Action], batch: str) -> BatchResult:
     """Apply one batch of planned actions to the target (never cached: these are writes)."""
-    before = dict(loader.client.stats)
     started = time.monotonic()
     outcomes = run_batch(loader, store, actions)
-    requests = {k: v - before.get(k, 0) for k, v in loader.client.stats.items()}
     failed = sum(1 for o in outcomes if not o.ok)
     log.info(
         "batch %s: %d actions, %d failed, %.1fs",
@@ -664,4 +713,4 @@ def load_batch(loader: Loader, store: StateStore, actions: list[Action], batch: 
         failed,
         time.monotonic() - started,
     )
-    return BatchResult(outcomes, requests)
+    return BatchResult(outcomes)

@@ -16,6 +16,7 @@ from tests.conftest import (
     target_users,
     write_config,
 )
+from tests.fault_proxy import FaultProxy
 from tests.support.servers import ScimServer, Slapd
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("prefect", "ldap_password")]
@@ -443,3 +444,35 @@ def test_bulk_carries_creates_updates_and_deprovisioning(
     scim.reset_stats()
     assert sync(config, capsys)[0] == 0
     assert scim.writes() == 0
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_batches_overlap_within_the_targets_concurrency(
+    concurrency: int,
+    tmp_path: Path,
+    directory: Slapd,
+    scim: ScimServer,
+    proxy: FaultProxy,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The next batch starts while the last writes of one are in flight (no moment with
+    nothing in flight at each batch's end), and all batches share the target's
+    ``concurrency``: never more writes in flight than it allows. One user per batch, the
+    target 0.2 s away: with a concurrency of 2, two batches' writes are in flight at once
+    (one at a time when each batch waited for the last); with 1, never two."""
+    add_people(directory, 3)  # with ada, bob and dee: 6 users, 6 batches
+    proxy.latency = 0.2
+    config = write_config(
+        tmp_path / "c.yaml",
+        directory,
+        scim,
+        url=f"{proxy.url}/v2",
+        batch_size=1,
+        concurrency=concurrency,
+        use_bulk="never",
+    )
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert counts(summary, "create") == 6
+    assert len(target_users(scim)) == 6  # each user once
+    assert proxy.peak_writes_in_flight == concurrency

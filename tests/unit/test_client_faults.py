@@ -404,6 +404,61 @@ def test_circuit_breaker_stops_a_batch_when_the_target_keeps_failing(serve, tmp_
     store.close()
 
 
+def test_a_fatal_answer_in_one_batch_halts_the_batch_overlapping_it(serve, tmp_path) -> None:
+    """Overlapping batches share the target's threads (in the order they were submitted); a
+    fatal answer (401) in the first stops both: nothing of either starts after it, the first
+    raises, the second returns nothing, and only what the target confirmed is recorded."""
+    import time
+
+    from tasks.state.store import StateStore
+    from tasks.sync.load import run_batch
+
+    def script(request: BaseHTTPRequestHandler, n: int) -> tuple[int, dict[str, str], Any]:
+        if request.path.endswith("/id-a0"):  # while a1 is in flight, b queued
+            time.sleep(0.1)
+            return 401, {}, {"detail": "token revoked"}
+        time.sleep(0.3)
+        return 204, {}, None
+
+    fake = serve(script)
+    loader = Loader(client_for(fake, [], concurrency=2), use_patch=True)
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+
+    def update(name: str) -> Action:
+        return Action(
+            "update",
+            name,
+            name,
+            "changed",
+            {"userName": name, "title": "x"},
+            {"userName": name},
+            f"id-{name}",
+        )
+
+    results: dict[str, Any] = {}
+
+    def load(batch: str) -> None:
+        try:
+            results[batch] = run_batch(loader, store, [update(f"{batch}{n}") for n in range(6)])
+        except FatalError as exc:
+            results[batch] = exc
+
+    with loader.shared_threads():
+        first = threading.Thread(target=load, args=("a",))
+        first.start()
+        time.sleep(0.02)  # the second batch's actions queue behind the first's
+        second = threading.Thread(target=load, args=("b",))
+        second.start()
+        first.join()
+        second.join()
+    assert isinstance(results["a"], FatalError)
+    assert results["b"] == []
+    # the write in flight beside the refused one finished; nothing else started
+    assert sorted(path for _, path in fake.requests) == ["/v2/Users/id-a0", "/v2/Users/id-a1"]
+    assert [r.user_name for r in store.records("t").values()] == ["a1"]
+    store.close()
+
+
 class TestRedirects:
     """Redirects: a write is never followed anywhere; a read only on the same origin."""
 
