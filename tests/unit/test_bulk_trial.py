@@ -73,6 +73,19 @@ def test_a_clear_first_share_ends_the_trial(
     )
 
 
+@pytest.mark.parametrize(
+    ("bulk_rate", "single_rate"), [(146.0, 210.0), (356.0, 252.0)], ids=["slow", "fast"]
+)
+def test_rates_as_the_benchmark_targets_show_them_end_the_trial_at_the_first_share(
+    bulk_rate: float, single_rate: float
+) -> None:
+    """1.4 x apart (the slow-Bulk target and scim2-server at 10,000 users): clear enough after
+    the first share, whose loser already cost its time; a second would cost 0.5-0.8 s more."""
+    done = trial(10_000, bulk_rate, single_rate, concurrency=4)
+    assert done.sizes() == [("bulk", 4 * BULK_SPREAD_MIN), ("single", 4 * BULK_SPREAD_MIN)]
+    assert done.chose_bulk is (bulk_rate > single_rate)
+
+
 def test_the_first_share_fills_every_concurrent_bulk_request() -> None:
     """Bulk requests carry at least BULK_SPREAD_MIN operations: a first share of 200 would go
     in two requests against four single requests side by side, and Bulk would look slow."""
