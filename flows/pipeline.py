@@ -607,12 +607,14 @@ def load_actions(
                 for batch in batches(actions, size):
                     running.append(start(batch))
                     if len(running) == 2:  # the next batch started: wait for this one
-                        finish(running.pop(0))
+                        finish(running[0])
+                        running.pop(0)
                 while running:
-                    finish(running.pop(0))
+                    finish(running[0])
+                    running.pop(0)
             except BaseException:
                 loader.halted.set()  # a batch stopped the load (or the run was interrupted)
-                for rest in running:  # what the other batch confirmed before it halted counts
+                for rest in running:  # each batch returns once halted; what it confirmed counts
                     with contextlib.suppress(Exception):
                         finish(rest)
                 raise

@@ -108,6 +108,10 @@ class FaultProxy:
         self.max_body = 0
         """When set, a request whose body is longer is answered 413 (nginx's HTML page)."""
         self.too_large = 0
+        self.revoke_after: int | None = None
+        """When set, this many more writes are forwarded; every later one is answered 401 (the
+        token revoked in the middle of a run), counted in :attr:`revoked`."""
+        self.revoked = 0
         self.refuse_patch = 0
         """When set, every PATCH is answered with this status (405, 501) without forwarding."""
         self.refused_patches = 0
@@ -293,6 +297,20 @@ class FaultProxy:
                         proxy.too_large += 1
                     self._reply(413, {"Content-Type": "text/html"}, TOO_LARGE)
                     return
+                if (
+                    proxy.revoke_after is not None
+                    and self.command != "GET"
+                    and self.path.startswith("/v2")
+                ):
+                    with proxy._lock:
+                        refused = proxy.revoke_after <= 0
+                        proxy.revoke_after -= 0 if refused else 1
+                        proxy.revoked += refused
+                    if refused:
+                        error = {"status": "401", "detail": "the token was revoked"}
+                        data = json.dumps(error).encode()
+                        self._reply(401, {"Content-Type": "application/scim+json"}, data)
+                        return
                 if proxy.refuse_patch and self.command == "PATCH":
                     with proxy._lock:
                         proxy.refused_patches += 1

@@ -192,17 +192,18 @@ class Loader:
         """One pool of ``concurrency`` threads for every batch loaded in the block, so that
         batches may overlap (the next one starts while the last writes of this one are in
         flight) and still never have more than ``concurrency`` writes in flight, taken in the
-        order they were submitted. Leaving the block by an exception stops what has not
-        started."""
+        order they were submitted. Leaving the block by an exception halts the load: what
+        has not started is not sent (each queued action still passes through a thread, as a
+        no-op, so that every batch waiting for its actions sees them done)."""
         pool = ThreadPoolExecutor(
             max_workers=self.target.concurrency, thread_name_prefix=f"load-{self.target.name}"
         )
         self._pool = pool
+        self.halted.clear()
         try:
             yield
         except BaseException:
             self.halted.set()
-            pool.shutdown(wait=True, cancel_futures=True)
             raise
         finally:
             self._pool = None
@@ -497,6 +498,9 @@ class Loader:
             _, body, _ = self.client.send(
                 "POST", "/Bulk", body=self.dialect.bulk_body(chunk), retry=False
             )
+        except FatalError:
+            self.halted.set()  # no request of any batch starts after it
+            raise
         except (TransientError, RejectedError) as exc:
             log.info("a Bulk request failed (%s); its changes go one by one", exc)
             return [], [by_id[op["bulkId"]] for op in chunk]
@@ -669,9 +673,16 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
     nothing new starts, what is running finishes and is recorded, then the error is raised (in
     the batch that met it; the others return what they confirmed).
     """
+    try:
+        return _run_batch(loader, store, list(actions))
+    except BaseException:
+        loader.halted.set()  # a fatal answer, the store failing, an interrupt: no batch goes on
+        raise
+
+
+def _run_batch(loader: Loader, store: StateStore, actions: list[Action]) -> list[Outcome]:
     outcomes: list[Outcome] = []
     target = loader.target.name
-    actions = list(actions)
     if loader.bulk is not None:
         outcomes, actions = loader.run_bulk(actions, lambda done: record(store, target, done))
     with loader.threads(len(actions)) as pool:
@@ -681,7 +692,8 @@ def run_batch(loader: Loader, store: StateStore, actions: Iterable[Action]) -> l
         while pending:
             done, pending = wait(pending, timeout=RECORD_EVERY)
             if fatal is None:
-                fatal = next((f.exception() for f in done if f.exception() is not None), None)
+                failed = (f.exception() for f in done if not f.cancelled())
+                fatal = next((exc for exc in failed if exc is not None), None)
                 if fatal is not None:
                     loader.halted.set()
                     for future in pending:

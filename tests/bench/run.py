@@ -179,9 +179,11 @@ def task_runs(flow_run_id: Any) -> dict[str, Any]:
 @contextlib.contextmanager
 def without_prefect() -> Iterator[None]:
     """Run the product code with Prefect's machinery taken out: a task call is a plain call of
-    its function (annotations unwrapped), a submitted task runs at once (in this thread: the
-    transforms are CPU-bound, so the thread pool gains nothing under the GIL), loggers are plain
-    loggers, artifacts are not made."""
+    its function (annotations unwrapped), a submitted task runs on a plain thread pool (as
+    Prefect's thread-pool task runner runs it: the user load's batches overlap), loggers are
+    plain loggers, artifacts are not made."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import prefect
     import prefect.artifacts
     from prefect.tasks import Task
@@ -204,20 +206,9 @@ def without_prefect() -> Iterator[None]:
     def nothing(*args: Any, **kwargs: Any) -> None:
         return None
 
-    class Done:
-        """A submitted task's future, already done (submitted tasks run at once, in turn)."""
-
-        def __init__(self, value: Any) -> None:
-            self.value = value
-
-        def result(self, *args: Any, **kwargs: Any) -> Any:
-            return self.value
-
-        def wait(self, *args: Any, **kwargs: Any) -> None:
-            return None
-
+    runner = ThreadPoolExecutor(max_workers=8, thread_name_prefix="bench-task")
     replace(Task, "__call__", call)
-    replace(Task, "submit", lambda self, *a, **k: Done(call(self, *a, **k)))
+    replace(Task, "submit", lambda self, *a, **k: runner.submit(call, self, *a, **k))
     fakes: dict[str, Callable[..., Any]] = {
         "get_run_logger": lambda *a, **k: logger,
         "create_progress_artifact": nothing,
@@ -234,6 +225,7 @@ def without_prefect() -> Iterator[None]:
     try:
         yield
     finally:
+        runner.shutdown(wait=True)
         for owner, name, value in reversed(replaced):
             setattr(owner, name, value)
 

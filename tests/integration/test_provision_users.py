@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from tests.conftest import (
     CUSTOM_URN,
@@ -476,3 +477,39 @@ def test_batches_overlap_within_the_targets_concurrency(
     assert counts(summary, "create") == 6
     assert len(target_users(scim)) == 6  # each user once
     assert proxy.peak_writes_in_flight == concurrency
+
+
+def test_a_token_revoked_in_the_middle_of_overlapping_batches_stops_the_run(
+    tmp_path: Path,
+    directory: Slapd,
+    scim: ScimServer,
+    proxy: FaultProxy,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The target answers 401 from the fifth write on, while two batches overlap: the run
+    stops with exit 2 and the reason, no write of either batch starts after the 401 (at most
+    the one in flight beside it is refused too), and the state store holds exactly the users
+    the target created."""
+    add_people(directory, 17)  # with ada, bob and dee: 20 users, 10 batches of 2
+    proxy.latency = 0.1
+    proxy.revoke_after = 4
+    config = write_config(
+        tmp_path / "c.yaml",
+        directory,
+        scim,
+        url=f"{proxy.url}/v2",
+        batch_size=2,
+        concurrency=2,
+        use_bulk="never",
+    )
+    code, err = sync(config, capsys)
+    assert code == 2
+    assert "HTTP 401" in err
+    assert 1 <= proxy.revoked <= 2
+    created = target_users(scim)
+    assert len(created) == 4
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    with engine.connect() as conn:
+        names = conn.execute(sa.text("select user_name from provisioned_users")).scalars()
+        assert sorted(names) == sorted(created)
+    engine.dispose()

@@ -404,24 +404,41 @@ def test_circuit_breaker_stops_a_batch_when_the_target_keeps_failing(serve, tmp_
     store.close()
 
 
-def test_a_fatal_answer_in_one_batch_halts_the_batch_overlapping_it(serve, tmp_path) -> None:
+@pytest.mark.parametrize("bulk", [False, True], ids=["one-request-each", "bulk"])
+def test_a_fatal_answer_in_one_batch_halts_the_batch_overlapping_it(
+    bulk: bool, serve, tmp_path
+) -> None:
     """Overlapping batches share the target's threads (in the order they were submitted); a
-    fatal answer (401) in the first stops both: nothing of either starts after it, the first
-    raises, the second returns nothing, and only what the target confirmed is recorded."""
+    fatal answer (401) in the first stops both at once: nothing of either starts after it, the
+    first raises, the second returns nothing, and only what the target confirmed is recorded.
+    The same with one change per request and with Bulk requests (one operation each)."""
     import time
 
+    from tasks.scim.dialect import Capabilities
     from tasks.state.store import StateStore
     from tasks.sync.load import run_batch
 
+    sent: list[str] = []
+    two_in_flight = threading.Event()
+
     def script(request: BaseHTTPRequestHandler, n: int) -> tuple[int, dict[str, str], Any]:
-        if request.path.endswith("/id-a0"):  # while a1 is in flight, b queued
+        body: Any = getattr(request, "body", None)
+        operations = body["Operations"] if bulk else [{"path": request.path}]
+        sent.extend(op["path"].rsplit("/", 1)[-1] for op in operations)
+        if len(sent) >= 2:
+            two_in_flight.set()
+        if sent[-1] == "id-a0":  # answered while a1 is in flight and b is queued
             time.sleep(0.1)
             return 401, {}, {"detail": "token revoked"}
         time.sleep(0.3)
-        return 204, {}, None
+        if not bulk:
+            return 204, {}, None
+        answers = [{**op, "status": "200", "location": op["path"]} for op in operations]
+        return 200, {}, {"Operations": answers}
 
     fake = serve(script)
-    loader = Loader(client_for(fake, [], concurrency=2), use_patch=True)
+    capabilities = Capabilities(bulk=True, bulk_max_operations=1) if bulk else None
+    loader = Loader(client_for(fake, [], concurrency=2), use_patch=True, bulk=capabilities)
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
 
     def update(name: str) -> Action:
@@ -446,7 +463,7 @@ def test_a_fatal_answer_in_one_batch_halts_the_batch_overlapping_it(serve, tmp_p
     with loader.shared_threads():
         first = threading.Thread(target=load, args=("a",))
         first.start()
-        time.sleep(0.02)  # the second batch's actions queue behind the first's
+        assert two_in_flight.wait(5)  # every action of a was queued before b's
         second = threading.Thread(target=load, args=("b",))
         second.start()
         first.join()
@@ -454,8 +471,40 @@ def test_a_fatal_answer_in_one_batch_halts_the_batch_overlapping_it(serve, tmp_p
     assert isinstance(results["a"], FatalError)
     assert results["b"] == []
     # the write in flight beside the refused one finished; nothing else started
-    assert sorted(path for _, path in fake.requests) == ["/v2/Users/id-a0", "/v2/Users/id-a1"]
+    assert sorted(sent) == ["id-a0", "id-a1"]
     assert [r.user_name for r in store.records("t").values()] == ["a1"]
+    store.close()
+
+
+def test_an_interrupted_load_halts_and_its_batch_ends(serve, tmp_path) -> None:
+    """Ctrl-C (or a SIGTERM turned into an exception) in the flow's thread while a batch runs on
+    the shared threads: the batch stops after the write in flight (nothing else is sent) and
+    its thread ends, rather than waiting forever for actions that never ran."""
+    import time
+
+    from tasks.state.store import StateStore
+    from tasks.sync.load import run_batch
+
+    def script(request: BaseHTTPRequestHandler, n: int) -> tuple[int, dict[str, str], Any]:
+        time.sleep(0.3)
+        return 204, {}, None
+
+    fake = serve(script)
+    loader = Loader(client_for(fake, [], concurrency=1), use_patch=True)
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    actions = [
+        Action("update", n, n, "changed", {"userName": n, "title": "x"}, {"userName": n}, f"id-{n}")
+        for n in ("a0", "a1", "a2", "a3")
+    ]
+    batch = threading.Thread(target=run_batch, args=(loader, store, actions), daemon=True)
+    with pytest.raises(KeyboardInterrupt), loader.shared_threads():
+        batch.start()
+        time.sleep(0.1)
+        raise KeyboardInterrupt
+    batch.join(5)
+    assert not batch.is_alive()
+    assert fake.requests == [("PATCH", "/v2/Users/id-a0")]
+    assert [r.user_name for r in store.records("t").values()] == ["a0"]
     store.close()
 
 
