@@ -605,6 +605,8 @@ def load_actions(
             running: list[tuple[PrefectFuture[BatchResult], list[Action]]] = []
             try:
                 for batch in batches(actions, size):
+                    if loader.halted.is_set():  # a running batch stopped the load: no more
+                        break
                     running.append(start(batch))
                     if len(running) == 2:  # the next batch started: wait for this one
                         finish(running[0])
