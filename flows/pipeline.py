@@ -57,7 +57,7 @@ from tasks.scim.target import discover, uses_bulk, uses_group_patch, uses_patch
 from tasks.state.store import GroupRecord, StateRecord, StateStore, Status
 from tasks.sync.group_plan import DesiredGroup, GroupPlan, plan_groups, resolve_groups
 from tasks.sync.guard import apply_group_guard, apply_guard
-from tasks.sync.load import BULK_SPREAD_MIN, BatchResult, Loader, load_batch
+from tasks.sync.load import BULK_SPREAD_MIN, Loader, Outcome, load_batch
 from tasks.sync.load_groups import GroupLoader, load_groups, max_members, members_per_create
 from tasks.sync.plan import Action, Plan, by_status, plan_users
 from tasks.sync.transform import DesiredUser, Rejection, transform_batch, transform_users
@@ -531,9 +531,14 @@ class TargetPipeline:
                     progress.close()
                     report.notes.extend(loader.patch.notes + loader.notes)
             finally:
-                report.requests.update({k: n - before.get(k, 0) for k, n in client.stats.items()})
+                report.requests.update(requests_since(client, before))
         report.seconds = time.monotonic() - started
         return report
+
+
+def requests_since(client: ScimClient, before: dict[str, int]) -> dict[str, int]:
+    """The client's requests by method since ``before``, a copy of its ``stats``."""
+    return {k: n - before.get(k, 0) for k, n in client.stats.items()}
 
 
 BULK_TRIAL_MIN = 400
@@ -574,20 +579,22 @@ def load_actions(
     before = dict(loader.client.stats)
     number = 0
 
-    def start(batch: list[Action]) -> tuple[PrefectFuture[BatchResult], list[Action]]:
+    Running = tuple[PrefectFuture[list[Outcome]], list[Action]]  # a batch's task and its actions
+
+    def start(batch: list[Action]) -> Running:
         nonlocal number
         number += 1
         run = load_batch.with_options(task_run_name=f"load-{name}-{label}-{number}")
         return run.submit(loader, store, as_is(batch), f"{label}-{number}"), batch
 
-    def finish(running: tuple[PrefectFuture[BatchResult], list[Action]]) -> int:
+    def finish(running: Running) -> int:
         """Wait for a batch; count its outcomes in the report; return its confirmed ones."""
         future, batch = running
-        result = future.result()
-        for outcome in result.outcomes:
+        outcomes = future.result()
+        for outcome in outcomes:
             report.add(outcome)
         progress.advance(len(batch))
-        return sum(1 for o in result.outcomes if o.ok)
+        return sum(1 for o in outcomes if o.ok)
 
     def load(batch: list[Action]) -> tuple[int, float]:
         """Load one batch alone; return its confirmed changes and the seconds it took."""
@@ -602,7 +609,7 @@ def load_actions(
         if loader.bulk is not None:  # room for `concurrency` Bulk requests in flight per batch
             size = max(size, loader.target.concurrency * (loader.bulk.bulk_max_operations or 1))
         with loader.shared_threads():
-            running: list[tuple[PrefectFuture[BatchResult], list[Action]]] = []
+            running: list[Running] = []
             try:
                 for batch in batches(actions, size):
                     if loader.halted.is_set():  # a running batch stopped the load: no more
@@ -621,7 +628,7 @@ def load_actions(
                         finish(rest)
                 raise
     finally:
-        report.requests.update({k: n - before.get(k, 0) for k, n in loader.client.stats.items()})
+        report.requests.update(requests_since(loader.client, before))
         progress.close()
 
 

@@ -66,11 +66,6 @@ class Outcome:
     version: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    outcomes: list[Outcome]
-
-
 def lookup_value(payload: dict[str, Any], attribute: str) -> str | None:
     """The desired value of the matching attribute (``emails`` means the primary email)."""
     node: Any = payload
@@ -713,7 +708,9 @@ def _run_batch(loader: Loader, store: StateStore, actions: list[Action]) -> list
 
 
 @task(name="load-to-SCIM", cache_policy=NO_CACHE)
-def load_batch(loader: Loader, store: StateStore, actions: list[Action], batch: str) -> BatchResult:
+def load_batch(
+    loader: Loader, store: StateStore, actions: list[Action], batch: str
+) -> list[Outcome]:
     """Apply one batch of planned actions to the target (never cached: these are writes)."""
     started = time.monotonic()
     outcomes = run_batch(loader, store, actions)
@@ -725,4 +722,4 @@ def load_batch(loader: Loader, store: StateStore, actions: list[Action], batch: 
         failed,
         time.monotonic() - started,
     )
-    return BatchResult(outcomes)
+    return outcomes
