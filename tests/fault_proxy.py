@@ -258,6 +258,11 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _scim_json(self, status: int, document: dict[str, Any]) -> None:
+                self._reply(
+                    status, {"Content-Type": "application/scim+json"}, json.dumps(document).encode()
+                )
+
             def _drop(self) -> None:
                 self.close_connection = True
                 with contextlib.suppress(OSError):
@@ -269,7 +274,7 @@ class FaultProxy:
                 if proxy.header_type is not None:
                     given = self.headers.get("Authorization", "")
                     if not given.startswith(f"{proxy.header_type} "):
-                        self._reply(401, {"Content-Type": "application/scim+json"}, b"{}")
+                        self._scim_json(401, {})
                         return
                 for mapped, served in proxy.path_map.items():
                     if self.path.startswith(mapped):
@@ -289,8 +294,7 @@ class FaultProxy:
                 if proxy.advertise_patch and self.path.startswith("/v2/ServiceProviderConfig"):
                     config = proxy._forward(self, body).json()
                     config["patch"] = {"supported": True}
-                    data = json.dumps(config).encode()
-                    self._reply(200, {"Content-Type": "application/scim+json"}, data)
+                    self._scim_json(200, config)
                     return
                 if proxy.max_body and len(body) > proxy.max_body:
                     with proxy._lock:
@@ -304,20 +308,20 @@ class FaultProxy:
                 ):
                     with proxy._lock:
                         refused = proxy.revoke_after <= 0
-                        proxy.revoke_after -= 0 if refused else 1
-                        proxy.revoked += refused
+                        if refused:
+                            proxy.revoked += 1
+                        else:
+                            proxy.revoke_after -= 1
                     if refused:
-                        error = {"status": "401", "detail": "the token was revoked"}
-                        data = json.dumps(error).encode()
-                        self._reply(401, {"Content-Type": "application/scim+json"}, data)
+                        self._scim_json(401, {"status": "401", "detail": "the token was revoked"})
                         return
                 if proxy.refuse_patch and self.command == "PATCH":
                     with proxy._lock:
                         proxy.refused_patches += 1
                     status = proxy.refuse_patch
-                    error = {"status": str(status), "detail": "PATCH is not supported"}
-                    data = json.dumps(error).encode()
-                    self._reply(status, {"Content-Type": "application/scim+json"}, data)
+                    self._scim_json(
+                        status, {"status": str(status), "detail": "PATCH is not supported"}
+                    )
                     return
                 redirect = proxy.redirect
                 if redirect and self.command != "GET" and self.path.startswith("/v2"):
@@ -327,10 +331,7 @@ class FaultProxy:
                     self._reply(status, {"Location": location, "Content-Type": "text/html"}, b"")
                     return
                 if proxy.huge_error and self.command != "GET" and self.path.startswith("/v2"):
-                    error = {"status": "400", "detail": "x" * proxy.huge_error}
-                    self._reply(
-                        400, {"Content-Type": "application/scim+json"}, json.dumps(error).encode()
-                    )
+                    self._scim_json(400, {"status": "400", "detail": "x" * proxy.huge_error})
                     return
                 users = self.command == "GET" and self.path.startswith("/v2/Users")
                 if users and (proxy.trickle or proxy.oversize):
@@ -352,23 +353,18 @@ class FaultProxy:
                     with proxy._lock:
                         proxy.invalidate_cursors -= 1
                     error = {"status": "400", "scimType": "invalidCursor", "detail": "cursor"}
-                    data = json.dumps(error).encode()
-                    self._reply(400, {"Content-Type": "application/scim+json"}, data)
+                    self._scim_json(400, error)
                     return
                 if proxy.refuse_attributes and self.command == "GET" and "attributes=" in self.path:
                     error = {"status": "400", "scimType": "invalidValue", "detail": "attributes"}
-                    self._reply(
-                        400, {"Content-Type": "application/scim+json"}, json.dumps(error).encode()
-                    )
+                    self._scim_json(400, error)
                     return
                 if proxy.stuck_listing and self.command == "GET" and "startIndex=" in self.path:
                     self.path = re.sub(r"startIndex=\d+", "startIndex=1", self.path)
                     response = proxy._forward(self, body)
                     page = response.json()
                     page["totalResults"] = 10**9
-                    self._reply(
-                        200, {"Content-Type": "application/scim+json"}, json.dumps(page).encode()
-                    )
+                    self._scim_json(200, page)
                     return
                 fault = proxy._pick(self.path)
                 if fault == "5xx":
