@@ -36,6 +36,7 @@ from flows.sync_group_memberships import run_group_sync
 from tasks.config import Config, load_config
 from tasks.errors import TargetUnreachable
 from tasks.report import RunSummary, TargetReport, final_state, publish
+from tasks.results import forget_results
 from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
 from tasks.state.store import StateRecord
@@ -149,4 +150,5 @@ def provision_users(
     summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout, full)
     publish(summary, "provision-users")
     get_run_logger().info("summary: %s", summary.headline)
+    forget_results(not summary.problems(), config.state.results_retention_days)
     return final_state(summary)

@@ -71,6 +71,7 @@ from tasks.report import (
     final_state,
     publish,
 )
+from tasks.results import forget_results
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
 from tasks.scim.target import discover
@@ -624,4 +625,5 @@ def reconcile(
     if summary.targets:
         publish(summary, "reconcile-repair")
     get_run_logger().info("summary: %s", summary.headline)
+    forget_results(not summary.problems(), config.state.results_retention_days)
     return final_state(summary)

@@ -36,6 +36,7 @@ from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError, TargetUnreachable
 from tasks.ldap.changes import UserChanges
 from tasks.report import GroupReport, RunSummary, final_state, publish
+from tasks.results import forget_results
 from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
 from tasks.state.store import StateStore
@@ -147,4 +148,5 @@ def sync_group_memberships(
     summary = RunSummary("groups", groups=reports)
     publish(summary, "sync-group-memberships")
     get_run_logger().info("summary: %s", summary.headline)
+    forget_results(not summary.problems(), config.state.results_retention_days)
     return final_state(summary)

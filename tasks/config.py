@@ -842,6 +842,12 @@ class StateConfig(_Model):
     audit_retention_days: int = Field(
         180, ge=1, description="audit-log entries older than this are deleted at each run"
     )
+    results_retention_days: int = Field(
+        7,
+        ge=1,
+        description="a failed run's persisted task results (its directory read, kept for a "
+        "retry) are deleted once older than this; a completed run's at its end",
+    )
 
 
 class Config(_Model):

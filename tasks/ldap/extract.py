@@ -472,14 +472,15 @@ class _DirectoryTask:
         with self._lock:
             if self._task is None:
                 from prefect import task
-                from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
+
+                from tasks.results import RUN_SCOPED
 
                 self._task = task(
                     name=self._name,
                     retries=3,
                     retry_delay_seconds=[2, 10, 30],
                     retry_condition_fn=retry_on(SourceUnavailable),
-                    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+                    cache_policy=RUN_SCOPED,
                     persist_result=True,
                 )(self._fn)
             return self._task

@@ -7,10 +7,10 @@ from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS, RUN_ID, TASK_SOURCE
 
 from tasks.config import TargetConfig
 from tasks.errors import ConfigError, TargetUnreachable, TransientError, retry_on
+from tasks.results import RUN_SCOPED
 from tasks.scim.client import ScimClient, safe_url
 from tasks.scim.dialect import Capabilities, Scim20
 
@@ -55,7 +55,7 @@ def reached(target: TargetConfig) -> Iterator[ScimClient]:
 
 @task(
     name="discover-target",
-    cache_policy=INPUTS + TASK_SOURCE + RUN_ID,
+    cache_policy=RUN_SCOPED,
     persist_result=True,
     retries=2,
     retry_delay_seconds=5,

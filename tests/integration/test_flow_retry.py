@@ -1,4 +1,5 @@
-"""A retried flow run reuses its persisted extract and redoes only what was not confirmed."""
+"""A retried flow run reuses its persisted extract and redoes only what was not confirmed; the
+persisted results are kept only while a retry may need them."""
 
 from __future__ import annotations
 
@@ -58,6 +59,56 @@ def test_retry_uses_the_cached_extract_and_creates_no_duplicate(
     users = target_users(scim, headers={"Authorization": f"Bearer {BEARER_TOKEN}"})
     assert sorted(users) == ["ada", "bob", "dee"]
     assert summary["targets"][0]["succeeded"]["create"] == 3
+    # completed at last: its persisted read, kept for the retry, is deleted
+    assert not (results_folder() / str(state.state_details.flow_run_id)).exists()
+
+
+def results_folder() -> Path:
+    """Where the runs' persisted results go (one folder per flow run)."""
+    from prefect.settings import get_current_settings
+
+    from tasks.results import RUNS_FOLDER
+
+    return Path(get_current_settings().results.local_storage_path).expanduser() / RUNS_FOLDER
+
+
+def test_persisted_results_are_kept_for_a_retry_and_deleted_once_of_no_use(
+    tmp_path: Path,
+    directory: Slapd,
+    scim_servers: ScimServers,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The directory read a run persists (identity data on the disk) stays while a retry may
+    use it: a failed run's folder is kept, a completed run's is deleted at its end, and a
+    failed run's once it is older than ``state.results_retention_days`` (7 by default)."""
+    from tests.conftest import sync
+
+    runs = results_folder()
+    expired = runs / "a-run-failed-8-days-ago"
+    expired.mkdir(parents=True, exist_ok=True)
+    (expired / "read").write_bytes(b"persisted entries")
+    eight_days_ago = time.time() - 8 * 86_400
+    os.utime(expired, (eight_days_ago, eight_days_ago))
+    scim = scim_servers.get("bearer")
+    auth = {"type": "bearer", "token": {"env": "APP_TOKEN"}}
+    config = write_config(tmp_path / "c.yaml", directory, scim, auth=auth)
+
+    monkeypatch.setenv("APP_TOKEN", "refused-token")
+    before = set(runs.iterdir())
+    code, _ = sync(config, capsys)
+    assert code != 0  # the target refused the token: the run failed
+    failed = set(runs.iterdir()) - before
+    assert len(failed) == 1, failed  # its read is kept for a retry
+    assert any(p.is_file() for p in next(iter(failed)).rglob("*"))
+    assert not expired.exists()  # older than the retention: deleted by that run's end
+
+    monkeypatch.setenv("APP_TOKEN", BEARER_TOKEN)
+    before = set(runs.iterdir())
+    code, summary = sync(config, capsys)
+    assert code == 0, summary
+    assert set(runs.iterdir()) == before  # this run's own folder is gone, the failed one stays
+    assert failed <= before
 
 
 def test_directory_down_at_the_start_is_retried(

@@ -8,7 +8,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = {"tasks.config", "tasks.errors", "tasks.expressions", "tasks.logs", "tasks.batching"}
+BASE = {
+    "tasks.config",
+    "tasks.errors",
+    "tasks.expressions",
+    "tasks.logs",
+    "tasks.batching",
+    "tasks.results",
+}
 ALLOWED = {
     "base": BASE,
     "tasks.ldap": BASE | {"tasks.ldap", "tasks.state"},
