@@ -36,7 +36,7 @@ from flows.sync_group_memberships import run_group_sync
 from tasks.config import Config, load_config
 from tasks.errors import TargetUnreachable
 from tasks.report import RunSummary, TargetReport, final_state, publish
-from tasks.results import forget_results
+from tasks.results import kept_for_retry
 from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
 from tasks.state.store import StateRecord
@@ -147,8 +147,9 @@ def provision_users(
     """
     collect_cycles_rarely()
     config = load_config(config_path)
-    summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout, full)
+    with kept_for_retry(config.state.results_retention_days) as results:
+        summary = run_sync(config, target, allow_mass_deprovisioning, approval_timeout, full)
+        results.keep = summary.retry_may_help()
     publish(summary, "provision-users")
     get_run_logger().info("summary: %s", summary.headline)
-    forget_results(not summary.problems(), config.state.results_retention_days)
     return final_state(summary)

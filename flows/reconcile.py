@@ -71,7 +71,7 @@ from tasks.report import (
     final_state,
     publish,
 )
-from tasks.results import forget_results
+from tasks.results import kept_for_retry
 from tasks.scim.client import ScimClient
 from tasks.scim.dialect import Capabilities, dialect_for
 from tasks.scim.target import discover
@@ -614,16 +614,17 @@ def reconcile(
     collect_cycles_rarely()
     config = load_config(config_path)
     directory = Path(report_dir) if report_dir else Path(config_path).resolve().parent / "reports"
-    summary = run_reconcile(
-        config,
-        target,
-        dry_run=dry_run,
-        report_dir=directory,
-        allow_mass_deprovisioning=allow_mass_deprovisioning,
-        approval_timeout=approval_timeout,
-    )
+    with kept_for_retry(config.state.results_retention_days) as results:
+        summary = run_reconcile(
+            config,
+            target,
+            dry_run=dry_run,
+            report_dir=directory,
+            allow_mass_deprovisioning=allow_mass_deprovisioning,
+            approval_timeout=approval_timeout,
+        )
+        results.keep = summary.retry_may_help()
     if summary.targets:
         publish(summary, "reconcile-repair")
     get_run_logger().info("summary: %s", summary.headline)
-    forget_results(not summary.problems(), config.state.results_retention_days)
     return final_state(summary)

@@ -36,7 +36,7 @@ from tasks.config import Config, TargetConfig, load_config
 from tasks.errors import ConfigError, TargetUnreachable
 from tasks.ldap.changes import UserChanges
 from tasks.report import GroupReport, RunSummary, final_state, publish
-from tasks.results import forget_results
+from tasks.results import kept_for_retry
 from tasks.scim.client import ScimClient
 from tasks.scim.target import reached
 from tasks.state.store import StateStore
@@ -135,18 +135,19 @@ def sync_group_memberships(
         raise ConfigError("the config has no source.groups section: there are no groups to sync")
     targets = config.target(target)
     store = open_store(config)
-    try:
-        reports = run_group_sync(
-            config,
-            targets,
-            store,
-            full=full,
-            mode=Mode(allow_mass_deprovisioning, approval_timeout),
-        )
-    finally:
-        store.close()
-    summary = RunSummary("groups", groups=reports)
+    with kept_for_retry(config.state.results_retention_days) as results:
+        try:
+            reports = run_group_sync(
+                config,
+                targets,
+                store,
+                full=full,
+                mode=Mode(allow_mass_deprovisioning, approval_timeout),
+            )
+        finally:
+            store.close()
+        summary = RunSummary("groups", groups=reports)
+        results.keep = summary.retry_may_help()
     publish(summary, "sync-group-memberships")
     get_run_logger().info("summary: %s", summary.headline)
-    forget_results(not summary.problems(), config.state.results_retention_days)
     return final_state(summary)

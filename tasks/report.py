@@ -281,6 +281,12 @@ class RunSummary:
         reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]
         return sum(r.problems() for r in reports) + len(self.unreached())
 
+    def retry_may_help(self) -> bool:
+        """Whether retrying this run could bring more into step: a write failed, or a target
+        was not reached. Rejected entries and held-back deprovisionings come back the same."""
+        reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]
+        return any(sum(r.failed.values()) or r.unreachable for r in reports)
+
     def unreached(self) -> list[str]:
         """Why each target this run could not reach was not reached (one line each)."""
         reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]

@@ -8,18 +8,25 @@ users, once a run, identity data kept in the clear long after the run that neede
 
 Here they are kept only while they can serve a retry: each run's results go to one folder of
 the result storage (:data:`RUN_SCOPED`, the same cache key as ``INPUTS + TASK_SOURCE + RUN_ID``
-but the run's id as a folder), the folder is deleted when the run ends with everything in step
-(a completed run is not retried), and a failed run's folder once it is older than
-``state.results_retention_days``, by the next run to end. Only a result storage on this
-machine's disk (Prefect's default, or ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``) is cleaned; a
-remote one (an S3 block as the server's default) is left to its own lifecycle rules.
+but the run's id as a folder). When the run ends (:func:`kept_for_retry`), the folder is deleted
+unless a retry could help (a write failed, a target was not reached, the run raised), and any
+run's folder untouched for ``state.results_retention_days`` is deleted too; a run touches its
+own folder when it starts and when it keeps it, so the retention counts from its last attempt
+and a folder in use is never taken. Only a result storage on this machine's disk (Prefect's
+default, or ``PREFECT_RESULTS_LOCAL_STORAGE_PATH``) is cleaned; a remote one (an S3 block as the
+server's default) is left to its own lifecycle rules. Not covered: the exception a cached task
+finally fails with, which Prefect persists under a random name at the storage's top level.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +56,14 @@ class RunScoped(CachePolicy):
     ) -> str | None:
         run = RUN_ID.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
         key = self.within.compute_key(task_ctx, inputs, flow_parameters, **kwargs)
-        if run is None or key is None:
+        if run is None:
             return None
-        return f"{RUNS_FOLDER}/{run}/{key}"
+        # no key of the inputs: never a cache hit, but still in the run's folder
+        return f"{RUNS_FOLDER}/{run}/{key or uuid.uuid4().hex}"
+
+    def __sub__(self, other: str) -> CachePolicy:
+        """``RUN_SCOPED - "name"``: the same, without that input in the key."""
+        return replace(self, within=self.within - other)
 
 
 RUN_SCOPED = RunScoped()
@@ -69,17 +81,47 @@ def local_runs_folder() -> Path | None:
     return Path(storage.basepath or ".").expanduser().resolve() / RUNS_FOLDER
 
 
-def forget_results(completed: bool, retention_days: int) -> list[str]:
-    """At the end of a flow run: delete its persisted results when it ``completed`` (nothing
-    will read them again), and the folders of earlier runs older than ``retention_days``
-    (failed runs that were not retried in time). Returns the run ids whose folders were
-    deleted. A folder that cannot be deleted is logged, never raised: the run's outcome
-    stands."""
-    folder = local_runs_folder()
+def this_run() -> str | None:
     context = FlowRunContext.get()
-    if folder is None or context is None or context.flow_run is None or not folder.is_dir():
+    return str(context.flow_run.id) if context is not None and context.flow_run else None
+
+
+@dataclass
+class Outcome:
+    """What the end of a run decides about its persisted results."""
+
+    keep: bool = True
+    """Keep them for a retry (the default: a run that raises may be retried)."""
+
+
+@contextmanager
+def kept_for_retry(retention_days: int) -> Iterator[Outcome]:
+    """Around a flow's work: the run's persisted results are kept at its end only when its
+    :class:`Outcome` says so (the flow sets ``keep``); see the module's description."""
+    _touch_own_folder()
+    outcome = Outcome()
+    try:
+        yield outcome
+    finally:
+        if outcome.keep:
+            _touch_own_folder()
+        forget_results(outcome.keep, retention_days)
+
+
+def _touch_own_folder() -> None:
+    folder, run = local_runs_folder(), this_run()
+    if folder is not None and run is not None:
+        with suppress(OSError):  # nothing persisted yet
+            os.utime(folder / run)
+
+
+def forget_results(keep: bool, retention_days: int) -> list[str]:
+    """Delete this run's persisted results unless ``keep``, and the folders of other runs
+    untouched for ``retention_days``. Returns the run ids whose folders were deleted. A folder
+    that cannot be deleted is logged, never raised: the run's outcome stands."""
+    folder, own = local_runs_folder(), this_run()
+    if folder is None or own is None or not folder.is_dir():
         return []
-    this_run = str(context.flow_run.id)
     oldest = time.time() - retention_days * 86_400
     deleted: list[str] = []
     for run in folder.iterdir():
@@ -87,7 +129,7 @@ def forget_results(completed: bool, retention_days: int) -> list[str]:
             expired = run.stat().st_mtime < oldest
         except OSError:
             continue  # deleted meanwhile by a run ending at the same time
-        if (run.name == this_run and completed) or (run.name != this_run and expired):
+        if (run.name == own and not keep) or (run.name != own and expired):
             try:
                 if run.is_dir():
                     shutil.rmtree(run)

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import BEARER_TOKEN, ScimServers, add_people, target_users, write_config
+from tests.conftest import (
+    BEARER_TOKEN,
+    PEOPLE,
+    ScimServers,
+    add_people,
+    target_users,
+    write_config,
+)
 from tests.support.servers import Slapd
 from tests.tcp_proxy import TcpProxy
 
@@ -80,13 +87,18 @@ def test_persisted_results_are_kept_for_a_retry_and_deleted_once_of_no_use(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The directory read a run persists (identity data on the disk) stays while a retry may
-    use it: a failed run's folder is kept, a completed run's is deleted at its end, and a
-    failed run's once it is older than ``state.results_retention_days`` (7 by default)."""
+    use it: a failed run's folder is kept, a completed run's is deleted at its end, so is that
+    of a run whose only problem a retry cannot mend (a rejected entry), and a failed run's once
+    it is older than ``state.results_retention_days`` (7 by default)."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    from tasks.results import RUNS_FOLDER
     from tests.conftest import sync
 
-    runs = results_folder()
+    storage = tmp_path / "results"  # this test's own: other runs on the machine stay out of it
+    runs = storage / RUNS_FOLDER
     expired = runs / "a-run-failed-8-days-ago"
-    expired.mkdir(parents=True, exist_ok=True)
+    expired.mkdir(parents=True)
     (expired / "read").write_bytes(b"persisted entries")
     eight_days_ago = time.time() - 8 * 86_400
     os.utime(expired, (eight_days_ago, eight_days_ago))
@@ -94,21 +106,27 @@ def test_persisted_results_are_kept_for_a_retry_and_deleted_once_of_no_use(
     auth = {"type": "bearer", "token": {"env": "APP_TOKEN"}}
     config = write_config(tmp_path / "c.yaml", directory, scim, auth=auth)
 
-    monkeypatch.setenv("APP_TOKEN", "refused-token")
-    before = set(runs.iterdir())
-    code, _ = sync(config, capsys)
-    assert code != 0  # the target refused the token: the run failed
-    failed = set(runs.iterdir()) - before
-    assert len(failed) == 1, failed  # its read is kept for a retry
-    assert any(p.is_file() for p in next(iter(failed)).rglob("*"))
-    assert not expired.exists()  # older than the retention: deleted by that run's end
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: storage}):
+        monkeypatch.setenv("APP_TOKEN", "refused-token")
+        code, _ = sync(config, capsys)
+        assert code != 0  # the target refused the token: the run failed
+        failed = set(runs.iterdir())
+        assert len(failed) == 1, failed  # its read is kept for a retry
+        assert any(p.is_file() for p in next(iter(failed)).rglob("*"))
+        # (the expired folder was deleted by that run's end)
 
-    monkeypatch.setenv("APP_TOKEN", BEARER_TOKEN)
-    before = set(runs.iterdir())
-    code, summary = sync(config, capsys)
-    assert code == 0, summary
-    assert set(runs.iterdir()) == before  # this run's own folder is gone, the failed one stays
-    assert failed <= before
+        monkeypatch.setenv("APP_TOKEN", BEARER_TOKEN)
+        code, summary = sync(config, capsys)
+        assert code == 0, summary
+        assert set(runs.iterdir()) == failed  # this run's own folder is gone
+
+        directory.modify(
+            f"dn: cn=No Uid,{PEOPLE}\nchangetype: add\nobjectClass: inetOrgPerson\n"
+            "cn: No Uid\nsn: U\n"
+        )
+        code, summary = sync(config, capsys)
+        assert code != 0 and len(summary["targets"][0]["rejected"]) == 1, summary
+        assert set(runs.iterdir()) == failed  # failed, but a retry would reject it again
 
 
 def test_directory_down_at_the_start_is_retried(
