@@ -845,8 +845,8 @@ class StateConfig(_Model):
     results_retention_days: int = Field(
         7,
         ge=1,
-        description="a failed run's persisted task results (its directory read, kept for a "
-        "retry) are deleted once older than this; a completed run's at its end",
+        description="a run's persisted task results (its directory read) are deleted at its "
+        "end unless a retry could help; kept ones once untouched for this many days",
     )
 
 

@@ -275,22 +275,23 @@ class RunSummary:
     def __repr__(self) -> str:
         return f"RunSummary({self.command!r}: {self.headline})"
 
+    def reports(self) -> list[TargetReport | GroupReport]:
+        """Every target's users report, then every target's groups report."""
+        return [*self.targets, *self.groups]
+
     def problems(self) -> int:
         """Users and groups that did not reach the desired state (failed, rejected, held
         back), plus one per target the run could not reach."""
-        reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]
-        return sum(r.problems() for r in reports) + len(self.unreached())
+        return sum(r.problems() for r in self.reports()) + len(self.unreached())
 
     def retry_may_help(self) -> bool:
         """Whether retrying this run could bring more into step: a write failed, or a target
         was not reached. Rejected entries and held-back deprovisionings come back the same."""
-        reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]
-        return any(sum(r.failed.values()) or r.unreachable for r in reports)
+        return any(sum(r.failed.values()) or r.unreachable for r in self.reports())
 
     def unreached(self) -> list[str]:
         """Why each target this run could not reach was not reached (one line each)."""
-        reports: list[TargetReport | GroupReport] = [*self.targets, *self.groups]
-        reasons = [r.unreachable for r in reports if r.unreachable]
+        reasons = [r.unreachable for r in self.reports() if r.unreachable]
         return list(dict.fromkeys(reasons))
 
     @property
@@ -425,8 +426,7 @@ def _headline(summary: RunSummary) -> str:
         parts.append(f"{renamed} renamed")
     parts += [f"{groups[k]} {k}" for k in ("members added", "members removed") if groups[k]]
     done = ", ".join(parts) or "no changes"
-    reports: list[TargetReport | GroupReport] = [*summary.targets, *summary.groups]
-    missed = sorted({r.target for r in reports if r.unreachable})
+    missed = sorted({r.target for r in summary.reports() if r.unreachable})
     bad = summary.problems() - len(summary.unreached())
     one, many = ("user or group", "users or groups") if summary.groups else ("user", "users")
     trouble = f"{bad} {_plural(bad, one, many)} with problems"
@@ -465,8 +465,7 @@ def print_summary(summary: RunSummary, console: Console | None = None) -> None:
                 *(Text(str(row[c])) for c in ("target", "action", "planned", "succeeded", "failed"))
             )
     console.print(table)
-    reports: list[TargetReport | GroupReport] = [*summary.targets, *summary.groups]
-    for report in reports:
+    for report in summary.reports():
         for note in dict.fromkeys(report.notes):
             console.print(labelled("note", "yellow", f"{report.target}: {note}"))
     for t in summary.targets:

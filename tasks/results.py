@@ -82,6 +82,7 @@ def local_runs_folder() -> Path | None:
 
 
 def this_run() -> str | None:
+    """The id of the flow run this code runs in, if any."""
     context = FlowRunContext.get()
     return str(context.flow_run.id) if context is not None and context.flow_run else None
 
@@ -115,15 +116,14 @@ def _touch_own_folder() -> None:
             os.utime(folder / run)
 
 
-def forget_results(keep: bool, retention_days: int) -> list[str]:
+def forget_results(keep: bool, retention_days: int) -> None:
     """Delete this run's persisted results unless ``keep``, and the folders of other runs
-    untouched for ``retention_days``. Returns the run ids whose folders were deleted. A folder
-    that cannot be deleted is logged, never raised: the run's outcome stands."""
+    untouched for ``retention_days``. A folder that cannot be deleted is logged, never raised:
+    the run's outcome stands."""
     folder, own = local_runs_folder(), this_run()
     if folder is None or own is None or not folder.is_dir():
-        return []
+        return
     oldest = time.time() - retention_days * 86_400
-    deleted: list[str] = []
     for run in folder.iterdir():
         try:
             expired = run.stat().st_mtime < oldest
@@ -139,6 +139,3 @@ def forget_results(keep: bool, retention_days: int) -> list[str]:
                 continue
             except OSError as exc:
                 run_logger().warning("persisted results of run %s not deleted: %s", run.name, exc)
-                continue
-            deleted.append(run.name)
-    return deleted

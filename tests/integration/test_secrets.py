@@ -33,7 +33,7 @@ def test_no_secret_in_logs_results_artifacts_or_state(
     caplog.set_level(logging.DEBUG)
     # a completed run deletes its persisted results at its end (test_flow_retry): kept here,
     # to read them
-    monkeypatch.setattr("tasks.results.forget_results", lambda *args: [])
+    monkeypatch.setattr("tasks.results.forget_results", lambda *args: None)
     code, summary = sync(config, capsys)
     assert code == 0, summary
     secrets = (BEARER_TOKEN, LDAP_PASSWORD)
